@@ -1,0 +1,266 @@
+"""The `erasekit` command line: parses, calls the Python API, prints.
+
+Every command turns an `ErasekitError` (bad input, missing model...) into one line on stderr and
+exit code 2, with no traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+app = typer.Typer(
+    help="Erase concepts from text-to-image diffusion models, measure the erasure, attack it.\n\n"
+    "Models: 'builtin' (the shipped shapes-world model), a diffusers folder, a .safetensors file, or a hub id.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+shapes_app = typer.Typer(help="The built-in shapes world: train its model and classifier, score a model on it.", no_args_is_help=True)
+app.add_typer(shapes_app, name="shapes")
+
+MODEL_HELP = "'builtin', a diffusers folder, a .safetensors checkpoint, or a hub id (from the local cache when offline)."
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def friendly_errors(command):
+    """Run a command; an ErasekitError becomes 'error: ...' on stderr and exit code 2."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        from .errors import ErasekitError
+
+        _quiet_libraries()
+        try:
+            return command(*args, **kwargs)
+        except ErasekitError as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+def _read_prompts(prompt: list[str] | None, prompt_file: Path | None) -> list[str]:
+    from .errors import ErasekitError
+
+    prompts = list(prompt or [])
+    if prompt_file is not None:
+        if not prompt_file.is_file():
+            raise ErasekitError(f"prompt file not found: {prompt_file}")
+        prompts += [line.strip() for line in prompt_file.read_text().splitlines() if line.strip()]
+    if not prompts:
+        raise ErasekitError("no prompts: give --prompt TEXT (repeatable) or --prompt-file FILE with one prompt per line")
+    return prompts
+
+
+@app.command()
+@friendly_errors
+def generate(
+    prompt: Optional[List[str]] = typer.Option(None, "--prompt", "-p", help="A prompt; repeat for several."),
+    prompt_file: Optional[Path] = typer.Option(None, help="A text file with one prompt per line."),
+    model: str = typer.Option("builtin", help=MODEL_HELP),
+    negative_prompt: Optional[str] = typer.Option(None, help="What to steer away from (classifier-free guidance)."),
+    n: int = typer.Option(4, "--n", help="Images per prompt; image j uses seed SEED + j."),
+    seed: int = typer.Option(0, help="First seed: the same seed and prompt give the same image."),
+    steps: int = typer.Option(35, help="DDIM steps."),
+    guidance: float = typer.Option(7.5, help="Classifier-free guidance scale."),
+    batch_size: int = typer.Option(32, help="Images per UNet batch."),
+    out: Path = typer.Option(Path("out"), help="Folder for the PNGs and grid.png."),
+):
+    """Generate images and a grid (one row per prompt).
+
+    Example: erasekit generate -p "a red circle" -p "a blue striped star" --n 8 --out samples
+    """
+    from .api import generate as generate_images
+    from .images import ensure_writable_dir, make_grid, save_images, slug
+    from .io import atomic_save_image
+    from .model import load_pipeline
+
+    prompts = _read_prompts(prompt, prompt_file)
+    ensure_writable_dir(out)
+    pipe = load_pipeline(model)
+    images = generate_images(pipe, prompts, n=n, seed=seed, steps=steps, guidance=guidance, negative_prompt=negative_prompt, batch_size=batch_size)
+    names = [f"{slug(p)}_{seed + j}.png" for p in prompts for j in range(n)]
+    save_images(images, names, out)
+    scale = max(1, 128 // images[0].size[0])
+    atomic_save_image(make_grid(images, columns=n, row_labels=prompts, scale=scale), out / "grid.png")
+    typer.echo(f"wrote {len(images)} images and grid.png to {out}")
+
+
+def _parse_settings(pairs: list[str] | None) -> dict:
+    """--set key=value pairs -> {key: value}, values read as JSON where they parse (numbers, null, true)."""
+    from .errors import ErasekitError
+
+    settings = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ErasekitError(f"--set takes key=value, got '{pair}'")
+        try:
+            settings[key.strip().replace("-", "_")] = json.loads(value)
+        except json.JSONDecodeError:
+            settings[key.strip().replace("-", "_")] = value
+    return settings
+
+
+@app.command()
+@friendly_errors
+def erase(
+    concept: List[str] = typer.Option(..., "--concept", "-c", help="Concept to erase; repeat to erase several (one is drawn per step)."),
+    model: str = typer.Option("builtin", help=MODEL_HELP),
+    method: str = typer.Option("abo", help="esd-x, esd-u, esd-all, esd-x-strict, or abo (All but One)."),
+    replacement: Optional[str] = typer.Option(None, help="abo: what the concept becomes instead (e.g. --concept circle --replacement square)."),
+    preset: Optional[str] = typer.Option(None, help="Named settings, e.g. 'paper' (the paper's optimiser, lr and steps, meant for Stable Diffusion)."),
+    steps: Optional[int] = typer.Option(None, help="Training steps (default: the method's)."),
+    lr: Optional[float] = typer.Option(None, help="Learning rate (default: the method's)."),
+    sample_from: Optional[str] = typer.Option(None, help="ESD: draw x_t from the 'frozen' model (fast, default) or the 'student' (the paper's loop)."),
+    setting: Optional[List[str]] = typer.Option(None, "--set", help="Any other method setting as key=value, e.g. --set lam=5 --set delta=implicit."),
+    seed: int = typer.Option(0, help="Seed: the same seed and settings give the same weights."),
+    out: Path = typer.Option(Path("erased.safetensors"), help="Erasure file: the changed parameters plus metadata (safetensors)."),
+    save_pipeline: Optional[Path] = typer.Option(None, help="Also write the whole erased pipeline as a diffusers folder."),
+    checkpoint_every: int = typer.Option(50, help="Checkpoint every N steps into OUT.ckpt/ (removed when done)."),
+    resume: bool = typer.Option(False, help="Continue from OUT.ckpt/ exactly where an interrupted run stopped."),
+    report: Optional[Path] = typer.Option(None, help="Write a before/after report (grid.png, report.md, metrics.json) to this folder."),
+    report_seeds: int = typer.Option(4, help="Seeds per prompt in the report."),
+):
+    """Erase a concept from a model's weights and save the change.
+
+    Example: erasekit erase --concept circle --replacement square --report report/
+    """
+    import shutil
+
+    from .erase import erase as erase_concepts
+    from .images import ensure_writable_dir
+
+    settings = _parse_settings(setting)
+    settings.update({k: v for k, v in {"steps": steps, "lr": lr, "sample_from": sample_from}.items() if v is not None})
+    for folder in [out.parent] + [p for p in (save_pipeline, report) if p is not None]:
+        ensure_writable_dir(folder)
+    checkpoint_dir = out.with_name(out.name + ".ckpt")
+    erasure = erase_concepts(
+        model, method=method, concepts=concept, replacement=replacement, preset=preset, seed=seed, out=out,
+        checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every, resume=resume, **settings,
+    )
+    shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    typer.echo(f"wrote {out} ({len(erasure.names)} changed tensors, final loss {erasure.metadata['final_loss']})")
+    pipe = None
+    if save_pipeline is not None:
+        from .model import load_pipeline
+        from .params import load_erasure
+
+        pipe = load_pipeline(model)
+        load_erasure(pipe, out)
+        pipe.save_pretrained(save_pipeline, safe_serialization=True)
+        typer.echo(f"wrote the erased pipeline to {save_pipeline}")
+    if report is not None:
+        _erasure_report(model, out, concept[0], replacement, report, report_seeds)
+
+
+def _erasure_report(model: str, erasure_file: Path, concept: str, replacement: str | None, out: Path, seeds: int) -> None:
+    from .evaluation.report import write_report
+    from .evaluation.shapes import evaluate_erasure, other_prompts, target_prompts
+    from .model import load_pipeline
+    from .params import load_erasure
+    from .shapes.classifier import load_classifier
+
+    base = load_pipeline(model)
+    erased = load_pipeline(model)
+    metadata = load_erasure(erased, erasure_file)
+    report, images = evaluate_erasure(base, erased, load_classifier(), concept, replacement, seeds=seeds)
+    path = write_report(out, report, images, target_prompts(concept), [p for p, _ in other_prompts(concept)], seeds, metadata)
+    typer.echo(f"wrote {path}")
+    typer.echo(
+        f"'{concept}' detected: {100 * report.target_rate_base:.0f}% before, {100 * report.target_rate:.0f}% after; "
+        f"SSIM to base on other prompts {report.ssim_other:.3f}"
+    )
+
+
+@shapes_app.command("train")
+@friendly_errors
+def shapes_train(
+    out: Path = typer.Option(..., help="Folder for the run: pipeline/, classifier/, train_config.json, train_log.csv. Re-run to resume."),
+    seed: int = typer.Option(0, help="Seed for data, initialisation and sampling."),
+    unet_steps: int = typer.Option(3200, help="UNet + text-encoder training steps (batch 64; ~0.9 s each on 2 CPU cores)."),
+    n_images: int = typer.Option(40_000, help="Rendered training images."),
+    quick: bool = typer.Option(False, help="A tiny schedule for smoke tests (a minute; the result draws blobs)."),
+):
+    """Train the shapes-world pipeline and classifier from nothing (about 75 minutes on 2 CPU cores)."""
+    from .shapes.train import TrainConfig, train_all
+
+    cfg = TrainConfig(seed=seed, unet_steps=unet_steps, n_images=n_images)
+    if quick:
+        cfg = TrainConfig(seed=seed, n_images=512, classifier_steps=20, vae_steps=20, unet_steps=10, checkpoint_every=5)
+    pipeline_dir = train_all(out, cfg)
+    typer.echo(f"pipeline written to {pipeline_dir}; classifier to {out / 'classifier'}")
+
+
+@shapes_app.command("score")
+@friendly_errors
+def shapes_score(
+    model: str = typer.Option("builtin", help=MODEL_HELP),
+    classifier: Optional[Path] = typer.Option(None, help="Classifier folder (default: the shipped one)."),
+    seeds: int = typer.Option(2, help="Seeds per prompt (108 prompts: every shape x colour x texture)."),
+    steps: int = typer.Option(35, help="DDIM steps."),
+    guidance: float = typer.Option(7.5, help="Classifier-free guidance scale."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON (with per-image predictions) instead of a table."),
+):
+    """Generate every shape x colour x texture prompt and report how often the classifier agrees with it."""
+    from .model import load_pipeline
+    from .shapes.classifier import load_classifier
+    from .shapes.score import score_model
+
+    pipe = load_pipeline(model)
+    detector = load_classifier(classifier)
+    score = score_model(pipe, detector, seeds=seeds, steps=steps, guidance=guidance)
+    if as_json:
+        json.dump({"model": model, "agreement": score.agreement, "n_images": score.n_images, "per_image": score.per_prompt}, sys.stdout, indent=2)
+        typer.echo()
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"prompt agreement of {model} ({score.n_images} images, guidance {guidance}, {steps} DDIM steps)")
+    table.add_column("attribute")
+    table.add_column("agreement", justify="right")
+    for attribute, value in score.agreement.items():
+        table.add_row(attribute, f"{100 * value:.1f}%")
+    Console().print(table)
+
+
+@shapes_app.command("render")
+@friendly_errors
+def shapes_render(
+    n: int = typer.Option(64, help="How many images."),
+    seed: int = typer.Option(0, help="Seed of the world."),
+    out: Path = typer.Option(Path("shapes-world.png"), help="Grid image to write."),
+):
+    """Draw a grid of ground-truth images of the shapes world, to see what the model learns from."""
+    from PIL import Image
+
+    from .images import ensure_writable_dir, make_grid
+    from .io import atomic_save_image
+    from .shapes.world import render_dataset
+
+    ensure_writable_dir(out.parent)
+    images, _ = render_dataset(n, seed)
+    atomic_save_image(make_grid([Image.fromarray(im) for im in images], scale=2), out)
+    typer.echo(f"wrote {out}")
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,5 @@
+"""The one exception type the CLI turns into a one-line message and a non-zero exit."""
+
+
+class ErasekitError(Exception):
+    """Bad input or a missing resource, explained in the message; never a bug."""
