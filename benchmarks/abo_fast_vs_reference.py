@@ -1,0 +1,152 @@
+"""Benchmark: erasekit's fast AbO (teacher bank, student-only steps) against Algorithm 1 as written.
+
+Run from the repository root:
+    .venv/bin/python benchmarks/abo_fast_vs_reference.py
+Each variant runs in its own process (so peak RSS is its own) and the side-by-side results go to
+benchmarks/results/abo_fast_vs_reference.{json,md}, with the command that made them:
+  * built-in model, AbO erasing "circle" for --steps steps: the reference, and the fast path with
+    several bank sizes (trajectories); wall time of training, peak RSS, erasure and preservation;
+  * a UNet of the real SD 1.4 config (random weights, 8x8 latents, a few steps): peak RSS of the
+    reference (frozen copy held) and of the fast path (no copy).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def sd14_pipeline():
+    """A StableDiffusionPipeline whose UNet has the SD 1.4 config (random weights, 8x8 latents)."""
+    import tempfile
+
+    import torch
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from erasekit.shapes.tokenizer import save_tokenizer
+
+    torch.manual_seed(0)
+    config = json.loads((ROOT / "tests" / "data" / "sd14_unet_config.json").read_text())
+    config = {k: v for k, v in config.items() if not k.startswith("_")} | {"sample_size": 8}
+    tokenizer = save_tokenizer(Path(tempfile.mkdtemp()) / "tokenizer")
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=768, intermediate_size=1024, num_hidden_layers=1, num_attention_heads=12,
+        max_position_embeddings=77, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    ))
+    vae = AutoencoderKL(block_out_channels=(8,), norm_num_groups=8, latent_channels=4)
+    scheduler = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=UNet2DConditionModel(**config),
+                                   scheduler=scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def run_one(variant: str, steps: int, bank: int, seeds: int, concept: str) -> dict:
+    """Run one variant in this process; returns its measurements."""
+    import torch
+
+    torch.set_num_threads(2)
+    from erasekit import erase, load_pipeline
+    from erasekit.evaluation.shapes import evaluate_erasure
+    from erasekit.methods.abo import Abo
+    from erasekit.shapes.classifier import load_classifier
+    from reference_abo import reference_abo
+
+    sd14 = variant.startswith("sd14")
+    pipe = sd14_pipeline() if sd14 else load_pipeline("builtin")
+    settings = dict(steps=steps, ddim_steps=4, bank_trajectories=bank) if sd14 else dict(steps=steps, bank_trajectories=bank)
+    config = Abo.make_config(**settings)
+    rss_loaded = peak_rss_mb()
+    start = time.perf_counter()
+    if variant.endswith("reference"):
+        reference_abo(pipe, concept, config, seed=0, progress=False)
+    else:
+        erase(pipe, method="abo", concepts=concept, seed=0, progress=False, **settings)
+    seconds = time.perf_counter() - start
+    result = {"variant": variant, "bank_trajectories": None if variant.endswith("reference") else bank, "steps": steps,
+              "train_seconds": round(seconds, 2), "peak_rss_mb": round(peak_rss_mb(), 1), "rss_after_load_mb": round(rss_loaded, 1)}
+    if not sd14:
+        report, _ = evaluate_erasure(load_pipeline("builtin"), pipe, load_classifier(), concept, seeds=seeds, progress=False)
+        result.update(report.as_dict())
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--banks", default="8,32,128", help="bank sizes (trajectories) of the fast path")
+    parser.add_argument("--seeds", type=int, default=2, help="seeds per prompt in the erasure evaluation")
+    parser.add_argument("--concept", default="circle")
+    parser.add_argument("--sd14-steps", type=int, default=3)
+    parser.add_argument("--one", help=argparse.SUPPRESS)
+    parser.add_argument("--bank", type=int, default=32, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.one:
+        steps = args.sd14_steps if args.one.startswith("sd14") else args.steps
+        print(json.dumps(run_one(args.one, steps, args.bank, args.seeds, args.concept)))
+        return
+
+    variants = [("reference", 0)] + [("fast", int(k)) for k in args.banks.split(",")] + [("sd14-reference", 0), ("sd14-fast", 2)]
+    rows = []
+    for variant, bank in variants:
+        cmd = [sys.executable, __file__, "--one", variant, "--bank", str(bank), "--steps", str(args.steps),
+               "--seeds", str(args.seeds), "--concept", args.concept, "--sd14-steps", str(args.sd14_steps)]
+        print("running", variant, bank or "", flush=True)
+        done = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        print(json.dumps(rows[-1]), flush=True)
+
+    ref = next(r for r in rows if r["variant"] == "reference")
+    sd_ref = next(r for r in rows if r["variant"] == "sd14-reference")
+    sd_fast = next(r for r in rows if r["variant"] == "sd14-fast")
+    command = "python benchmarks/abo_fast_vs_reference.py " + " ".join(sys.argv[1:])
+    meta = {"command": command.strip(), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "machine": f"{platform.processor() or platform.machine()}, {__import__('os').cpu_count()} cores, torch threads 2"}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "abo_fast_vs_reference.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+
+    lines = [
+        "# AbO: fast path vs Algorithm 1 as written (built-in model)", "",
+        f"Command: `{meta['command']}`  ", f"Date: {meta['date']}; {meta['machine']}", "",
+        f"Erasing '{args.concept}', {args.steps} steps, same seed. Speed-up and memory are ratios against the reference, in this one run.", "",
+        "| variant | bank trajectories | train time (s) | speed-up | peak RSS (MB) | target detected (base → erased) | shape / colour agreement, other prompts (base → erased) | SSIM to base, other prompts |",
+        "|---|---:|---:|---:|---:|---|---|---:|",
+    ]
+    for r in rows:
+        if r["variant"].startswith("sd14"):
+            continue
+        lines.append(
+            f"| {r['variant']} | {r['bank_trajectories'] or '—'} | {r['train_seconds']} | {ref['train_seconds'] / r['train_seconds']:.1f}x | {r['peak_rss_mb']:.0f} | "
+            f"{100 * r['target_rate_base']:.0f}% → {100 * r['target_rate']:.0f}% | "
+            f"{100 * r['agreement_base']['shape']:.0f}/{100 * r['agreement_base']['colour']:.0f}% → {100 * r['agreement']['shape']:.0f}/{100 * r['agreement']['colour']:.0f}% | {r['ssim_other']:.3f} |"
+        )
+    lines += [
+        "", f"## Peak memory on the SD 1.4 UNet config (random weights, 8x8 latents, {args.sd14_steps} steps)", "",
+        "| variant | peak RSS (MB) | RSS after building the model (MB) |", "|---|---:|---:|",
+        f"| reference (frozen copy held) | {sd_ref['peak_rss_mb']:.0f} | {sd_ref['rss_after_load_mb']:.0f} |",
+        f"| fast path (no copy) | {sd_fast['peak_rss_mb']:.0f} | {sd_fast['rss_after_load_mb']:.0f} |",
+        "", f"Fast / reference peak RSS: **{sd_fast['peak_rss_mb'] / sd_ref['peak_rss_mb']:.2f}x**", "",
+    ]
+    (RESULTS / "abo_fast_vs_reference.md").write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

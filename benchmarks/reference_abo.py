@@ -1,0 +1,76 @@
+"""All-but-One exactly as Algorithm 1 of the paper writes it: the baseline the fast path is timed against.
+
+Per step: draw t ~ U{1..T}, sample x_T ~ N(0, I), run DDIM from T down to t with the frozen
+model's guided output (one UNet call per condition, batch 1), then one update of the student from
+the loss at x_t. A separate frozen copy of the UNet is held throughout, as in the paper.
+The math (guidance, δ, losses) is erasekit's own pure functions, so only the schedule differs.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from erasekit.guidance import Instruction, explicit_delta
+from erasekit.losses import abo_guidance_target, abo_loss
+from erasekit.methods.abo import AboConfig
+from erasekit.params import select_parameters
+from erasekit.progress import progress_bar
+from erasekit.sampling import ddim_scheduler, embed, initial_noise, latent_shape, unet_out
+
+
+def reference_abo(pipe, concept: str, config: AboConfig, replacement: str | None = None, seed: int = 0, progress: bool = True):
+    """Train `pipe.unet` in place by Algorithm 1; returns the names of the trained parameters and the loss history."""
+    generator = torch.Generator().manual_seed(seed)
+    frozen = copy.deepcopy(pipe.unet).requires_grad_(False)  # θ* ← θ (line 1)
+    student = pipe.unet.requires_grad_(False)
+    names = select_parameters(student, config.parameters)
+    params = [p for n, p in student.named_parameters() if n in set(names)]
+    for p in params:
+        p.requires_grad_(True)
+    opt = torch.optim.AdamW(params, lr=config.lr, eps=config.adam_eps, weight_decay=config.weight_decay)
+    scheduler = ddim_scheduler(pipe, config.ddim_steps)
+    uncond, c = embed(pipe, [""]), embed(pipe, [concept])
+    window = dict(kappa=config.kappa, warmup=config.warmup, start=config.window_start, end=config.window_end)
+    instructions = [Instruction(concept, -config.erase_scale, **window)]
+    instruction_emb = [c]
+    if replacement:
+        instructions.append(Instruction(replacement, config.replace_scale, **window))
+        instruction_emb.append(embed(pipe, [replacement]))
+
+    def delta(x, tau, i, eps_uncond):
+        with torch.no_grad():
+            eps_instr = [unet_out(frozen, x, tau, e) for e in instruction_emb]
+        return explicit_delta(eps_uncond, eps_instr, instructions, i)
+
+    history = []
+    T = config.ddim_steps
+    with progress_bar(disable=not progress) as bar:
+        task = bar.add_task("reference AbO", total=config.steps, info="")
+        for _ in range(config.steps):
+            t = int(torch.randint(1, T + 1, (1,), generator=generator))  # t ~ U{1..T} (line 3)
+            x = initial_noise(1, latent_shape(pipe), generator, scheduler)
+            stop = T - t  # DDIM steps from τ = T down to τ = t (lines 4-10)
+            for i in range(stop):
+                tau = scheduler.timesteps[i]
+                with torch.no_grad():
+                    eps_u = unet_out(frozen, x, tau, uncond)
+                    eps_c = unet_out(frozen, x, tau, c)
+                    guided = eps_u + config.gamma1 * (eps_c - eps_u) + delta(x, tau, i, eps_u)
+                x = scheduler.step(guided, tau, x, eta=0.0).prev_sample
+            tau = scheduler.timesteps[stop]
+            with torch.no_grad():
+                eps_u = unet_out(frozen, x, tau, uncond)
+                eps_c = unet_out(frozen, x, tau, c)
+                target = abo_guidance_target(eps_c, eps_u, delta(x, tau, stop, eps_u), config.gamma1)
+            s_c = unet_out(student, x, tau, c)  # lines 11-13
+            s_u = unet_out(student, x, tau, uncond)
+            loss, terms = abo_loss(s_c, s_u, target, eps_u, config.gamma2, config.lam)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            history.append(terms)
+            bar.update(task, advance=1, info=f"concept {terms['concept']:.4g} penalty {terms['penalty']:.4g}")
+    student.requires_grad_(False)
+    return names, history

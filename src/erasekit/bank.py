@@ -1,0 +1,78 @@
+"""The teacher bank: frozen-model trajectories and the loss targets at every x_τ, computed once.
+
+A method's teacher step runs the frozen model on a batch of x_τ and returns the guided output to
+step with plus the targets its loss needs there; `build_bank` runs many trajectories side by side
+in large batches and keeps every (x_τ, τ, targets). Training then draws from the bank and runs
+only the student. Because the bank is built from the model before its first update, the student
+itself is the frozen model at that moment: no second UNet is ever held.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .io import atomic_path
+from .progress import progress_bar
+from .sampling import ddim_sample, initial_noise
+
+# teacher_step(x, t, step_index, concept_index) -> (guided output, {name: target tensor})
+TeacherStep = Callable[[torch.Tensor, torch.Tensor, int, torch.Tensor], tuple[torch.Tensor, dict[str, torch.Tensor]]]
+
+
+@dataclass
+class Bank:
+    x: torch.Tensor  # (N, C, H, W) latents x_τ
+    t: torch.Tensor  # (N,) their timesteps
+    concept: torch.Tensor  # (N,) index of the target concept that drew them
+    targets: dict[str, torch.Tensor]  # (N, C, H, W) each
+
+    def __len__(self) -> int:
+        return self.x.shape[0]
+
+    def draw(self, batch: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        idx = torch.randint(0, len(self), (batch,), generator=generator)
+        return {"x": self.x[idx], "t": self.t[idx], "concept": self.concept[idx], **{k: v[idx] for k, v in self.targets.items()}}
+
+    def save(self, path: Path) -> None:
+        tensors = {"x": self.x, "t": self.t, "concept": self.concept, **{f"target.{k}": v for k, v in self.targets.items()}}
+        with atomic_path(path) as tmp:
+            save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, str(tmp))
+
+    @classmethod
+    def load(cls, path: Path) -> "Bank":
+        t = load_file(str(path))
+        return cls(t["x"], t["t"], t["concept"], {k.removeprefix("target."): v for k, v in t.items() if k.startswith("target.")})
+
+
+@torch.no_grad()
+def build_bank(
+    scheduler, teacher_step: TeacherStep, n_trajectories: int, n_concepts: int, latent_shape: tuple[int, ...],
+    generator: torch.Generator, device, batch_size: int = 64, progress: bool = True,
+) -> Bank:
+    """Run `n_trajectories` DDIM trajectories (trajectory k draws concept k mod n_concepts) and keep every step."""
+    xs, ts, concepts, targets = [], [], [], {}
+    steps = len(scheduler.timesteps)
+    with progress_bar(disable=not progress) as bar:
+        task = bar.add_task("teacher bank", total=n_trajectories * steps, info=f"{n_trajectories} trajectories x {steps} steps")
+        for start in range(0, n_trajectories, batch_size):
+            n = min(batch_size, n_trajectories - start)
+            concept = torch.arange(start, start + n) % n_concepts
+            x_T = initial_noise(n, latent_shape, generator, scheduler).to(device)
+
+            def record(x, t, i):
+                guided, step_targets = teacher_step(x, t, i, concept)
+                xs.append(x.cpu())
+                ts.append(torch.full((n,), int(t)))
+                concepts.append(concept)
+                for name, value in step_targets.items():
+                    targets.setdefault(name, []).append(value.cpu())
+                bar.update(task, advance=n)
+                return guided
+
+            ddim_sample(scheduler, x_T, record)
+    return Bank(torch.cat(xs), torch.cat(ts), torch.cat(concepts), {k: torch.cat(v) for k, v in targets.items()})

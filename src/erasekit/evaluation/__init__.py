@@ -1,0 +1,1 @@
+"""Measuring an erasure: detectors, metrics, prompt suites."""

@@ -1,0 +1,117 @@
+"""All but One: surgical concept erasing with model preservation (Hong, Lee, Woo, AAAI 2024).
+
+Algorithm 1 of the paper. For a target concept c drawn from C each step:
+  x_t by DDIM (η = 0, T steps) from x_T ~ N(0, I) with the frozen model's guided output
+      ε*(x_τ, ∅) + γ1 (ε*(x_τ, c) − ε*(x_τ, ∅)) + δ(C_I, x_τ, θ*)          (lines 4–10)
+  L_concept = ‖γ2 (ε_θ(x_t, c) − sg[ε_θ(x_t, ∅)]) − (γ1 (ε*(x_t, c) − ε*(x_t, ∅)) + δ)‖²   (line 11)
+  L_penalty = ‖ε_θ(x_t, ∅) − ε*(x_t, ∅)‖²                                    (line 12)
+  L = L_concept + λ L_penalty                                                  (line 13)
+δ is the erasing signal: explicit (SEGA-style masked guidance of instruction concepts C_I:
+"−target" and, with a replacement c', "+c'") or implicit (the frozen model with the target tokens'
+cross-attention suppressed, Prompt-to-Prompt style: δ = γ1 (ε^ptp(x_t, c) − ε*(x_t, c))).
+
+Fast path: every x_τ of a trajectory and both targets at it are computed once, in batches, into the
+teacher bank (the frozen outputs at x_t are the very ones that drew it); each step then runs only
+the student, [c, ∅] stacked in one forward.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..attention import reweighted_cross_attention, token_weights
+from ..bank import build_bank
+from ..errors import ErasekitError
+from ..guidance import Instruction, explicit_delta
+from ..losses import abo_guidance_target, abo_loss
+from ..sampling import ddim_scheduler, embed, unet_out
+from .base import Method, MethodConfig, register
+
+
+@dataclass
+class AboConfig(MethodConfig):
+    steps: int = 200
+    lr: float = 1e-4
+    optimizer: str = "adamw"
+    gamma1: float = 7.5
+    gamma2: float = 7.5
+    lam: float = 5.0  # λ, weight of the penalty on the unconditional output
+    ddim_steps: int = 35  # T
+    delta: str = "explicit"  # "explicit", "implicit" or "none"
+    erase_scale: float = 7.5  # g of the instruction "−target"
+    replace_scale: float = 7.5  # g of the instruction "+replacement"
+    kappa: float = 0.5  # percentile below which a δ element is dropped
+    warmup: int = 5  # t_warmup, in sampling steps
+    window_start: int = 0  # B_c, in sampling-step indices (0 = noisiest)
+    window_end: int | None = None
+    ptp_weight: float = 0.0  # implicit δ: attention weight of the target tokens (0 = suppressed)
+
+    def validate(self) -> None:
+        super().validate()
+        if self.delta not in ("explicit", "implicit", "none"):
+            raise ErasekitError(f"delta must be 'explicit', 'implicit' or 'none', got '{self.delta}'")
+        if not 0.0 <= self.kappa < 1.0:
+            raise ErasekitError(f"kappa must be in [0, 1), got {self.kappa}")
+        if self.lam < 0:
+            raise ErasekitError(f"lambda must be >= 0, got {self.lam}")
+
+
+PAPER = {"optimizer": "adamw", "lr": 1e-5, "adam_eps": 1e-8, "gamma1": 7.5, "gamma2": 7.5, "lam": 5.0, "warmup": 5, "ddim_steps": 35, "steps": 200}
+
+
+@register
+class Abo(Method):
+    name = "abo"
+    Config = AboConfig
+    presets = {"paper": PAPER}
+
+    def __init__(self, pipe, concepts, config: AboConfig, replacement=None):
+        super().__init__(pipe, concepts, config, replacement)
+        self.scheduler = ddim_scheduler(pipe, config.ddim_steps)
+        if config.delta == "implicit" and replacement:
+            raise ErasekitError("a replacement concept needs the explicit δ (delta='explicit')")
+        window = dict(kappa=config.kappa, warmup=config.warmup, start=config.window_start, end=config.window_end)
+        # C_I of the paper: "−c" (the step's target concept) and, with a replacement, "+c'".
+        self.instructions = [Instruction("-target", -config.erase_scale, **window)]
+        if replacement:
+            self.instructions.append(Instruction(replacement, config.replace_scale, **window))
+            self.replacement_emb = embed(pipe, [replacement])
+        self.ptp_weights = token_weights(pipe.tokenizer, concepts, concepts, config.ptp_weight)
+
+    def delta(self, x, t, i, concept, eps_uncond, eps_concept):
+        cfg = self.config
+        if cfg.delta == "none":
+            return torch.zeros_like(eps_uncond)
+        if cfg.delta == "implicit":
+            with reweighted_cross_attention(self.unet, self.ptp_weights[concept]):
+                eps_ptp = unet_out(self.unet, x, t, self.concept_emb[concept])
+            return cfg.gamma1 * (eps_ptp - eps_concept)
+        eps_instructions = [eps_concept]  # "−target" is the step's own concept: its output is at hand
+        if self.replacement:
+            eps_instructions.append(unet_out(self.unet, x, t, self.replacement_emb.expand(x.shape[0], -1, -1)))
+        return explicit_delta(eps_uncond, eps_instructions, self.instructions, i)
+
+    def teacher_step(self, x, t, i, concept):
+        n = x.shape[0]
+        eps_uncond, eps_concept = unet_out(self.unet, x.repeat(2, 1, 1, 1), t, torch.cat([self.uncond_like(n), self.concept_emb[concept]])).chunk(2)
+        delta = self.delta(x, t, i, concept, eps_uncond, eps_concept)
+        target = abo_guidance_target(eps_concept, eps_uncond, delta, self.config.gamma1)
+        return eps_uncond + target, {"eps_uncond": eps_uncond, "target": target}
+
+    def prepare(self, generator, progress):
+        self.bank = build_bank(
+            self.scheduler, self.teacher_step, self.config.bank_trajectories, len(self.concepts),
+            self.latent_shape, generator, self.device, progress=progress,
+        )
+
+    def draw(self, generator):
+        return self.bank.draw(self.config.batch_size, generator)
+
+    def loss(self, batch):
+        x = batch["x"].to(self.device)
+        n = x.shape[0]
+        out = unet_out(self.unet, x.repeat(2, 1, 1, 1), batch["t"].repeat(2), torch.cat([self.concept_emb[batch["concept"]], self.uncond_like(n)]))
+        eps_concept, eps_uncond = out.chunk(2)
+        return abo_loss(eps_concept, eps_uncond, batch["target"].to(self.device), batch["eps_uncond"].to(self.device), self.config.gamma2, self.config.lam)

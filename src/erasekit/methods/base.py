@@ -1,0 +1,105 @@
+"""What every training-based method shares: its settings, its conditioning, and the registry.
+
+A method says which parameters train (a preset of params.py), how a training batch is drawn (from
+the teacher bank, or by sampling as its paper does), and which loss applies to it. The one training
+loop in train.py does the rest.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import ErasekitError
+from ..sampling import embed, latent_shape
+
+
+@dataclass
+class MethodConfig:
+    """Settings every method has. Subclasses add their own and set their defaults."""
+
+    steps: int = 200
+    lr: float = 1e-4
+    optimizer: str = "adamw"  # "adam" or "adamw"
+    adam_eps: float = 1e-8
+    weight_decay: float = 0.0
+    batch_size: int = 1
+    parameters: str = "attn2"  # a preset of erasekit.params.PRESETS
+    bank_trajectories: int = 32  # fast path: trajectories in the teacher bank (0 = not used)
+
+    def validate(self) -> None:
+        if self.steps <= 0:
+            raise ErasekitError(f"steps must be positive, got {self.steps}")
+        if not self.lr > 0:
+            raise ErasekitError(f"learning rate must be positive, got {self.lr}")
+        if self.batch_size <= 0:
+            raise ErasekitError(f"batch size must be positive, got {self.batch_size}")
+        if self.optimizer not in ("adam", "adamw"):
+            raise ErasekitError(f"optimizer must be 'adam' or 'adamw', got '{self.optimizer}'")
+
+
+class Method:
+    """Base of the training-based methods. `prepare` once, then `draw` and `loss` every step."""
+
+    name: str = ""
+    Config: type = MethodConfig
+    presets: dict[str, dict] = {}
+
+    def __init__(self, pipe, concepts: list[str], config: MethodConfig, replacement: str | None = None):
+        self.pipe, self.unet, self.config = pipe, pipe.unet, config
+        self.concepts, self.replacement = concepts, replacement
+        self.device = pipe.unet.device
+        self.latent_shape = latent_shape(pipe)
+        self.uncond = embed(pipe, [""])
+        self.concept_emb = embed(pipe, concepts)
+
+    @classmethod
+    def make_config(cls, preset: str | None = None, **overrides) -> MethodConfig:
+        """Defaults, then a named preset (e.g. the paper's), then explicit overrides (None = keep)."""
+        values = {}
+        if preset is not None:
+            if preset not in cls.presets:
+                raise ErasekitError(f"method '{cls.name}' has no preset '{preset}'; presets: {', '.join(cls.presets) or 'none'}")
+            values.update(cls.presets[preset])
+        known = {f.name for f in dataclasses.fields(cls.Config)}
+        unknown = [k for k, v in overrides.items() if v is not None and k not in known]
+        if unknown:
+            raise ErasekitError(f"method '{cls.name}' has no setting {', '.join(unknown)}")
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        config = cls.Config(**values)
+        config.validate()
+        return config
+
+    # Subclasses implement these three.
+    def prepare(self, generator: torch.Generator, progress: bool) -> None:
+        raise NotImplementedError
+
+    def draw(self, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        raise NotImplementedError
+
+    # Methods with a teacher bank keep it here, so that a resumed run reuses it.
+    bank = None
+
+    def uncond_like(self, n: int) -> torch.Tensor:
+        return self.uncond.expand(n, -1, -1)
+
+
+METHODS: dict[str, type[Method]] = {}
+
+
+def register(cls: type[Method]) -> type[Method]:
+    METHODS[cls.name] = cls
+    return cls
+
+
+def get_method(name: str) -> type[Method]:
+    from . import abo, esd  # noqa: F401  (registration happens on import)
+
+    if name not in METHODS:
+        raise ErasekitError(f"unknown method '{name}'; choose from {', '.join(sorted(METHODS))}")
+    return METHODS[name]

@@ -1,0 +1,85 @@
+"""Which UNet parameters an erasure trains, and the erasure file: only those parameters plus metadata.
+
+The file is plain safetensors keyed by the UNet's own parameter names, so plain diffusers applies it:
+`pipe.unet.load_state_dict(safetensors.torch.load_file(path), strict=False)`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from .errors import ErasekitError
+from .io import atomic_path
+from .model import unet_fingerprint
+
+# ESD-u leaves out the final output layers and time embedding too, as esd_sd.py does ("out.", "time_embed").
+_ESD_U_EXCLUDED = ("attn2", "time_embedding", "conv_out", "conv_norm_out")
+
+PRESETS = {
+    "attn2": lambda name: "attn2" in name,
+    "attn2-kv": lambda name: "attn2.to_k" in name or "attn2.to_v" in name,
+    "non-attn2": lambda name: not any(part in name for part in _ESD_U_EXCLUDED),
+    "all": lambda name: True,
+}
+
+
+def select_parameters(unet, preset: str) -> list[str]:
+    """Names of the UNet parameters that `preset` trains."""
+    if preset not in PRESETS:
+        raise ErasekitError(f"unknown parameter preset '{preset}'; choose from {', '.join(PRESETS)}")
+    names = [name for name, _ in unet.named_parameters() if PRESETS[preset](name)]
+    if not names:
+        raise ErasekitError(f"parameter preset '{preset}' selects no parameter of this UNet")
+    return names
+
+
+def save_erasure(path: Path | str, unet, names: list[str], metadata: dict) -> None:
+    """Write the named parameters of `unet` and `metadata` (JSON-able values) to a safetensors file, atomically."""
+    params = dict(unet.named_parameters())
+    tensors = {name: params[name].detach().to("cpu").contiguous() for name in names}
+    header = {f"erasekit.{k}": json.dumps(v) for k, v in metadata.items()}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=header)
+
+
+def read_metadata(path: Path | str) -> dict:
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw = f.metadata() or {}
+    except Exception as e:
+        raise ErasekitError(f"{path} is not a readable safetensors erasure file ({type(e).__name__})") from None
+    return {k.removeprefix("erasekit."): json.loads(v) for k, v in raw.items() if k.startswith("erasekit.")}
+
+
+def load_erasure(pipe, path: Path | str) -> dict:
+    """Apply an erasure file to `pipe.unet` in place; refuses a file made for another base model.
+
+    Returns the erasure's metadata.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ErasekitError(f"erasure file not found: {path}")
+    metadata = read_metadata(path)
+    expected = metadata.get("base_unet_sha256")
+    if expected is None:
+        raise ErasekitError(f"{path} has no erasekit metadata (base model hash); was it written by erasekit?")
+    actual = unet_fingerprint(pipe.unet)
+    if actual != expected:
+        raise ErasekitError(
+            f"{path.name} was made for base model '{metadata.get('base_model')}' (UNet {expected}), "
+            f"not for this one (UNet {actual}): load the model it was made for"
+        )
+    from safetensors.torch import load_file
+
+    state = load_file(str(path), device=str(pipe.unet.device))
+    missing_in_unet = set(state) - set(pipe.unet.state_dict())
+    if missing_in_unet:
+        raise ErasekitError(f"{path.name} holds parameters this UNet lacks, e.g. {sorted(missing_in_unet)[0]}")
+    with torch.no_grad():
+        pipe.unet.load_state_dict({k: v.to(pipe.unet.dtype) for k, v in state.items()}, strict=False)
+    return metadata

@@ -1,0 +1,55 @@
+"""DDIM sampling with a guidance hook, and text embedding; shared by the bank, the methods and the reference.
+
+The hook `guided(x, t, i)` returns the model output to step with at timestep t (sampling-step
+index i, 0 = noisiest); callers record in it whatever they need along the trajectory. Stepping is
+diffusers' `DDIMScheduler.step` with η = 0, so epsilon and v-prediction models both work.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from diffusers import DDIMScheduler
+
+Guided = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
+
+
+def ddim_scheduler(pipe, steps: int) -> DDIMScheduler:
+    """A fresh DDIM scheduler of the pipeline's noise schedule, set to `steps` steps."""
+    scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    scheduler.set_timesteps(steps)
+    return scheduler
+
+
+@torch.no_grad()
+def ddim_sample(scheduler: DDIMScheduler, x: torch.Tensor, guided: Guided, stop: int | None = None) -> torch.Tensor:
+    """Run DDIM from x_T through steps 0..stop-1 (all when stop is None); returns x at step index `stop`."""
+    timesteps = scheduler.timesteps
+    for i, t in enumerate(timesteps[:stop]):
+        x = scheduler.step(guided(x, t, i), t, x, eta=0.0).prev_sample
+    return x
+
+
+def unet_out(unet, x: torch.Tensor, t, embeddings: torch.Tensor) -> torch.Tensor:
+    """One UNet call for a batch; `t` a scalar or per-sample timesteps."""
+    if not torch.is_tensor(t) or t.dim() == 0:
+        t = torch.full((x.shape[0],), int(t), device=x.device)
+    return unet(x, t.to(x.device), encoder_hidden_states=embeddings.to(x.dtype)).sample
+
+
+@torch.no_grad()
+def embed(pipe, prompts: list[str]) -> torch.Tensor:
+    """Text-encoder hidden states for prompts, exactly as the pipeline conditions its UNet."""
+    embeddings, _ = pipe.encode_prompt(prompts, pipe.device, 1, do_classifier_free_guidance=False)
+    return embeddings
+
+
+def initial_noise(n: int, shape: tuple[int, ...], generator: torch.Generator, scheduler: DDIMScheduler) -> torch.Tensor:
+    """x_T ~ N(0, I) scaled by the scheduler's initial sigma, drawn on the CPU for device-independent seeds."""
+    return torch.randn((n, *shape), generator=generator) * scheduler.init_noise_sigma
+
+
+def latent_shape(pipe) -> tuple[int, int, int]:
+    size = pipe.unet.config.sample_size
+    return (pipe.unet.config.in_channels, size, size)

@@ -1,0 +1,129 @@
+"""erase(): resume equivalence, the erasure file round trip, wrong-base refusal, bad input.
+
+These run on a tiny random SD-1.x-shaped pipeline, so they take seconds; the erasure quality
+tests on the built-in model are in test_erasure_quality.py.
+"""
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from erasekit import ErasekitError, erase, load_erasure, load_pipeline
+from erasekit.erase import check_concepts
+from erasekit.methods.base import METHODS, get_method
+
+from .conftest import build_tiny_sd
+
+FAST = dict(steps=6, bank_trajectories=3, ddim_steps=6, progress=False)
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny")
+    build_tiny_sd("1").save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+def _trainable(unet, names):
+    params = dict(unet.named_parameters())
+    return {n: params[n].detach().clone() for n in names}
+
+
+@pytest.mark.parametrize("method,extra", [("abo", {"replacement": "square"}), ("esd-x", {"sample_from": "student"}), ("esd-u", {})])
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tiny_folder, tmp_path, monkeypatch, method, extra):
+    full = erase(str(tiny_folder), method=method, concepts=["circle", "red"], seed=3, **FAST, **extra)
+    expected = _trainable(full.unet, full.names)
+
+    cls = get_method(method)
+    real_draw = cls.draw
+    calls = {"n": 0}
+
+    def interrupted_draw(self, generator):
+        calls["n"] += 1
+        if calls["n"] == 5:  # interrupted in step 5, after the checkpoint of step 4
+            raise KeyboardInterrupt
+        return real_draw(self, generator)
+
+    monkeypatch.setattr(cls, "draw", interrupted_draw)
+    ckpt = tmp_path / "ckpt"
+    with pytest.raises(KeyboardInterrupt):
+        erase(str(tiny_folder), method=method, concepts=["circle", "red"], seed=3, checkpoint_dir=ckpt, checkpoint_every=2, **FAST, **extra)
+    monkeypatch.setattr(cls, "draw", real_draw)
+    state = torch.load(ckpt / "state.pt", weights_only=True)
+    assert state["step"] == 4
+    resumed = erase(str(tiny_folder), method=method, concepts=["circle", "red"], seed=3, checkpoint_dir=ckpt, checkpoint_every=2, resume=True, **FAST, **extra)
+    assert len(resumed.history) == 2  # only the remaining steps ran
+    got = _trainable(resumed.unet, resumed.names)
+    for name in expected:
+        assert torch.equal(expected[name], got[name]), name
+    base = _trainable(load_pipeline(str(tiny_folder)).unet, full.names)
+    assert any(not torch.equal(expected[n], base[n]) for n in expected)  # training did move the weights
+
+
+def test_erasure_file_round_trip_and_plain_diffusers_loading(tiny_folder, tmp_path):
+    out = tmp_path / "erased.safetensors"
+    erasure = erase(str(tiny_folder), method="abo", concepts="circle", out=out, **FAST)
+    stored = load_file(str(out))
+    assert set(stored) == set(erasure.names) and all("attn2" in n for n in stored)
+
+    pipe = load_pipeline(str(tiny_folder))
+    metadata = load_erasure(pipe, out)
+    assert metadata["method"] == "abo" and metadata["concepts"] == ["circle"]
+    assert metadata["hyperparameters"]["lam"] == 5.0 and len(metadata["base_unet_sha256"]) == 16
+    params = dict(pipe.unet.named_parameters())
+    assert all(torch.equal(params[n], stored[n]) for n in stored)
+
+    plain = load_pipeline(str(tiny_folder))
+    result = plain.unet.load_state_dict(load_file(str(out)), strict=False)
+    assert not result.unexpected_keys
+    assert all(torch.equal(dict(plain.unet.named_parameters())[n], stored[n]) for n in stored)
+
+
+def test_erasure_for_another_base_model_is_refused(tiny_folder, tmp_path):
+    out = tmp_path / "erased.safetensors"
+    erase(str(tiny_folder), method="esd-x", concepts="circle", out=out, **FAST)
+    other = load_pipeline(str(tiny_folder))
+    with torch.no_grad():
+        next(other.unet.parameters()).add_(0.01)
+    with pytest.raises(ErasekitError, match="was made for base model"):
+        load_erasure(other, out)
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        (dict(method="esd-z"), "unknown method"),
+        (dict(concepts=""), "empty concept"),
+        (dict(concepts=["circle", " \t "]), "empty concept"),
+        (dict(steps=0), "steps must be positive"),
+        (dict(lr=0.0), "learning rate must be positive"),
+        (dict(lr=-1e-4), "learning rate must be positive"),
+        (dict(gamma9=1.0), "has no setting gamma9"),
+        (dict(preset="fastest"), "has no preset"),
+        (dict(method="esd-x", replacement="square"), "ESD takes no replacement"),
+    ],
+)
+def test_bad_input_fails_clearly(tiny_folder, kwargs, message):
+    args = dict(method="abo", concepts="circle", **FAST)
+    args.update(kwargs)
+    with pytest.raises(ErasekitError, match=message):
+        erase(str(tiny_folder), **args)
+
+
+def test_unwritable_output_fails_before_training(tiny_folder, tmp_path):
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(ErasekitError, match="cannot write"):
+        erase(str(tiny_folder), method="abo", concepts="circle", out=tmp_path / "a-file" / "e.safetensors", **FAST)
+
+
+def test_a_concept_that_tokenises_to_nothing_is_refused():
+    silent = lambda text, add_special_tokens=False: SimpleNamespace(input_ids=[])  # noqa: E731
+    with pytest.raises(ErasekitError, match="tokenises to nothing"):
+        check_concepts(silent, ["circle"])
+
+
+def test_registry_has_the_two_papers_methods():
+    get_method("abo")
+    assert {"esd-x", "esd-u", "esd-all", "esd-x-strict", "abo"} <= set(METHODS)
