@@ -149,6 +149,10 @@ def erase(
 
     settings = _parse_settings(setting)
     settings.update({k: v for k, v in {"steps": steps, "lr": lr, "sample_from": sample_from}.items() if v is not None})
+    if report is not None:
+        from .evaluation.shapes import attribute_of
+
+        attribute_of(concept[0].strip())  # the report measures shapes-world concepts: refuse others before training
     for folder in [out.parent] + [p for p in (save_pipeline, report) if p is not None]:
         ensure_writable_dir(folder)
     checkpoint_dir = out.with_name(out.name + ".ckpt")

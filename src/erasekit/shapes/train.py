@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+
 from ..io import atomic_save_torch, atomic_write_text
 from ..progress import progress_bar
 from .classifier import ShapesClassifier, save_classifier, to_tensor
