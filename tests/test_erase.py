@@ -156,3 +156,12 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(tiny_f
         erase(str(tiny_folder), method="abo", concepts="circle", checkpoint_dir=ckpt, checkpoint_every=2, **gentle("abo"))
     state = torch.load(ckpt / "state.pt", weights_only=True)
     assert state["step"] == 2 and all(torch.isfinite(v).all() for v in state["params"].values())
+
+
+def test_resume_refuses_a_checkpoint_of_another_run(tiny_folder, tmp_path):
+    ckpt = tmp_path / "ckpt"
+    erase(str(tiny_folder), method="abo", concepts="circle", checkpoint_dir=ckpt, **gentle("abo"))
+    with pytest.raises(ErasekitError, match="of another run"):
+        erase(str(tiny_folder), method="abo", concepts="circle", checkpoint_dir=ckpt, resume=True, **{**gentle("abo"), "lr": 5e-4})
+    with pytest.raises(ErasekitError, match="nothing to resume"):
+        erase(str(tiny_folder), method="abo", concepts="circle", checkpoint_dir=tmp_path / "none", resume=True, **gentle("abo"))

@@ -7,6 +7,8 @@ never interrupted.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 from pathlib import Path
 
@@ -27,8 +29,15 @@ def make_optimizer(config, params: list[torch.nn.Parameter]) -> torch.optim.Opti
     return kind(params, lr=config.lr, eps=config.adam_eps, weight_decay=config.weight_decay)
 
 
-def _save_checkpoint(directory: Path, step: int, params: dict[str, torch.nn.Parameter], opt, generator: torch.Generator) -> None:
+def _run_identity(method) -> str:
+    """What a checkpoint must match to be resumed: method, concepts and every setting but the step count."""
+    config = {k: v for k, v in dataclasses.asdict(method.config).items() if k != "steps"}
+    return json.dumps({"method": method.name, "concepts": method.concepts, "replacement": method.replacement, "config": config}, sort_keys=True)
+
+
+def _save_checkpoint(directory: Path, step: int, params: dict[str, torch.nn.Parameter], opt, generator: torch.Generator, run: str) -> None:
     state = {
+        "run": run,
         "step": step,
         "params": {name: p.detach().cpu().clone() for name, p in params.items()},
         "optimizer": opt.state_dict(),
@@ -53,14 +62,17 @@ def train(method, names: list[str], generator: torch.Generator, checkpoint_dir: 
     state_file = checkpoint_dir / "state.pt" if checkpoint_dir else None
     bank_file = checkpoint_dir / "bank.safetensors" if checkpoint_dir else None
     start = 0
+    run = _run_identity(method)
     if resume:
         if state_file is None or not state_file.is_file():
             raise ErasekitError(f"nothing to resume: no checkpoint in {checkpoint_dir}")
+        state = torch.load(state_file, weights_only=True)
+        if state["run"] != run:
+            raise ErasekitError(f"the checkpoint in {checkpoint_dir} is of another run (method, concepts or settings differ): resume with the same ones")
         if bank_file.is_file():
             method.bank = Bank.load(bank_file)
         else:
             method.prepare(generator, progress)  # student sampling: only the frozen copy, drawn from the base weights
-        state = torch.load(state_file, weights_only=True)
         with torch.no_grad():
             for name, p in params.items():
                 p.copy_(state["params"][name])
@@ -73,7 +85,7 @@ def train(method, names: list[str], generator: torch.Generator, checkpoint_dir: 
             checkpoint_dir.mkdir(parents=True, exist_ok=True)
             if method.bank is not None:
                 method.bank.save(bank_file)
-            _save_checkpoint(checkpoint_dir, 0, params, opt, generator)
+            _save_checkpoint(checkpoint_dir, 0, params, opt, generator, run)
 
     history = []
     last_saved = start
@@ -92,7 +104,7 @@ def train(method, names: list[str], generator: torch.Generator, checkpoint_dir: 
             bar.update(task, advance=1, info="  ".join(f"{k} {v:.4g}" for k, v in terms.items()))
             done = step + 1
             if checkpoint_dir is not None and (done % checkpoint_every == 0 or done == config.steps):
-                _save_checkpoint(checkpoint_dir, done, params, opt, generator)
+                _save_checkpoint(checkpoint_dir, done, params, opt, generator, run)
                 last_saved = done
     unet.requires_grad_(False)
     return history

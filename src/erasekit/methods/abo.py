@@ -33,14 +33,14 @@ from .base import Method, MethodConfig, register
 @dataclass
 class AboConfig(MethodConfig):
     steps: int = 200
-    lr: float = 1e-4
+    lr: float = 3e-4  # best of the few tried on the built-in model (see README); the paper's is a preset
     optimizer: str = "adamw"
     gamma1: float = 7.5
     gamma2: float = 7.5
     lam: float = 5.0  # λ, weight of the penalty on the unconditional output
     ddim_steps: int = 35  # T
     delta: str = "explicit"  # "explicit", "implicit" or "none"
-    erase_scale: float = 7.5  # g of the instruction "−target"
+    erase_scale: float = 15.0  # g of the instruction "−target"; 2 γ1 reverses the kept guidance elements
     replace_scale: float = 7.5  # g of the instruction "+replacement"
     kappa: float = 0.5  # percentile below which a δ element is dropped
     warmup: int = 5  # t_warmup, in sampling steps

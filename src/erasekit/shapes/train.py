@@ -4,7 +4,7 @@ Four phases, each saved when done, so that re-running with the same output folde
   1. classifier: a CNN on freshly rendered images (the world's ground-truth detector);
   2. VAE: an AutoencoderKL (4x down) on random crops (it is fully convolutional);
   3. latents: the training set encoded once;
-  4. UNet + CLIP text encoder, jointly, on latents (epsilon loss, min-SNR-5 weights, 10% caption
+  4. UNet + CLIP text encoder, jointly, on latents (v-prediction loss, min-SNR-5 weights, 10% caption
      dropout, EMA), checkpointed every `checkpoint_every` steps.
 The result is a standard diffusers `StableDiffusionPipeline` folder.
 """
@@ -41,7 +41,7 @@ class TrainConfig:
     vae_steps: int = 2500
     vae_batch: int = 32
     vae_crop: int = 32
-    unet_steps: int = 3200
+    unet_steps: int = 2400
     unet_batch: int = 64
     unet_lr: float = 6e-4
     warmup_steps: int = 200
@@ -137,9 +137,10 @@ def encode_latents(vae, images: np.ndarray, batch: int = 256) -> torch.Tensor:
 
 
 def _min_snr_weights(scheduler, timesteps: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Min-SNR-γ loss weights for a v-prediction loss (Hang et al. 2023): min(SNR, γ) / (SNR + 1)."""
     alpha_bar = scheduler.alphas_cumprod[timesteps]
     snr = alpha_bar / (1 - alpha_bar)
-    return torch.clamp(snr, max=gamma) / snr
+    return torch.clamp(snr, max=gamma) / (snr + 1)
 
 
 def train_unet(latents: torch.Tensor, labels: list, tokenizer, cfg: TrainConfig, work: Path, log):
@@ -189,7 +190,7 @@ def train_unet(latents: torch.Tensor, labels: list, tokenizer, cfg: TrainConfig,
             t = torch.randint(0, scheduler.config.num_train_timesteps, (x0.shape[0],), generator=g)
             xt = scheduler.add_noise(x0, noise, t)
             pred = unet(xt, t, text_encoder(ids).last_hidden_state).sample
-            per_sample = (pred - noise).pow(2).mean(dim=(1, 2, 3))
+            per_sample = (pred - scheduler.get_velocity(x0, noise, t)).pow(2).mean(dim=(1, 2, 3))
             loss = (per_sample * _min_snr_weights(scheduler, t, cfg.min_snr_gamma)).mean()
             opt.zero_grad()
             loss.backward()
