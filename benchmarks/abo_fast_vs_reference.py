@@ -63,9 +63,10 @@ def run_one(variant: str, steps: int, bank: int, seeds: int, concept: str) -> di
 
     torch.set_num_threads(2)
     from erasekit import erase, load_pipeline
-    from erasekit.evaluation.shapes import evaluate_erasure
+    from erasekit.evaluation.detectors import ShapesDetector
+    from erasekit.evaluation.evaluate import evaluate
+    from erasekit.evaluation.prompts import load_prompts
     from erasekit.methods.abo import Abo
-    from erasekit.shapes.classifier import load_classifier
     from reference_abo import reference_abo
 
     sd14 = variant.startswith("sd14")
@@ -82,8 +83,11 @@ def run_one(variant: str, steps: int, bank: int, seeds: int, concept: str) -> di
     result = {"variant": variant, "bank_trajectories": None if variant.endswith("reference") else bank, "steps": steps,
               "train_seconds": round(seconds, 2), "peak_rss_mb": round(peak_rss_mb(), 1), "rss_after_load_mb": round(rss_loaded, 1)}
     if not sd14:
-        report, _ = evaluate_erasure(load_pipeline("builtin"), pipe, load_classifier(), concept, seeds=seeds, progress=False)
-        result.update(report.as_dict())
+        evaluation = evaluate(load_pipeline("builtin"), pipe, concept, load_prompts("target,related", concept), ShapesDetector(),
+                              seeds=list(range(seeds)), reference=None, progress=False)
+        target, related = evaluation.suites["target"], evaluation.suites["related"]
+        result.update(target_rate_base=target.detected_base, target_rate=target.detected, agreement_base=related.alignment_base,
+                      agreement=related.alignment, ssim_other=related.ssim)
     return result
 
 

@@ -12,6 +12,32 @@ from .progress import progress_bar
 __all__ = ["load_pipeline", "generate"]
 
 
+Job = tuple[str, int, float]  # (prompt, seed, guidance scale): one image
+
+
+def make_batches(jobs: list[Job], batch_size: int) -> list[list[Job]]:
+    """Consecutive jobs in batches of at most `batch_size` sharing one guidance scale."""
+    batches: list[list[Job]] = []
+    for job in jobs:
+        if batches and len(batches[-1]) < batch_size and batches[-1][0][2] == job[2]:
+            batches[-1].append(job)
+        else:
+            batches.append([job])
+    return batches
+
+
+def generate_batch(pipe, batch: list[Job], steps: int, negative_prompt: str | None = None) -> list[Image.Image]:
+    """One pipeline call; every image has its own generator, so it depends only on (prompt, seed)."""
+    return pipe(
+        prompt=[p for p, _, _ in batch],
+        negative_prompt=[negative_prompt] * len(batch) if negative_prompt else None,
+        generator=[torch.Generator("cpu").manual_seed(s) for _, s, _ in batch],
+        num_inference_steps=steps,
+        guidance_scale=batch[0][2],
+        output_type="pil",
+    ).images
+
+
 def generate(
     pipe,
     prompts: list[str],
@@ -33,21 +59,11 @@ def generate(
         raise ErasekitError("no prompts given: pass at least one prompt")
     if n <= 0 or steps <= 0 or batch_size <= 0:
         raise ErasekitError("n, steps and batch size must be positive")
-    jobs = [(p, seed + j) for p in prompts for j in range(n)]
+    jobs = [(p, seed + j, guidance) for p in prompts for j in range(n)]
     images: list[Image.Image] = []
     with progress_bar(disable=not progress) as bar:
         task = bar.add_task("generate", total=len(jobs), info="")
-        for start in range(0, len(jobs), batch_size):
-            chunk = jobs[start : start + batch_size]
-            out = pipe(
-                prompt=[p for p, _ in chunk],
-                negative_prompt=[negative_prompt] * len(chunk) if negative_prompt else None,
-                generator=[torch.Generator("cpu").manual_seed(s) for _, s in chunk],
-                num_inference_steps=steps,
-                guidance_scale=guidance,
-                output_type="pil",
-            )
-            images.extend(out.images)
-            bar.update(task, advance=len(chunk))
+        for batch in make_batches(jobs, batch_size):
+            images.extend(generate_batch(pipe, batch, steps, negative_prompt))
+            bar.update(task, advance=len(batch))
     return images
-

@@ -176,22 +176,158 @@ def erase(
 
 
 def _erasure_report(model: str, erasure_file: Path, concept: str, replacement: str | None, out: Path, seeds: int) -> None:
-    from .evaluation.report import write_report
-    from .evaluation.shapes import evaluate_erasure, other_prompts, target_prompts
+    from .evaluation.detectors import ShapesDetector
+    from .evaluation.evaluate import evaluate
+    from .evaluation.prompts import load_prompts
+    from .evaluation.report import write_evaluation
     from .model import load_pipeline
     from .params import load_erasure
-    from .shapes.classifier import load_classifier
 
     base = load_pipeline(model)
     erased = load_pipeline(model)
     metadata = load_erasure(erased, erasure_file)
-    report, images = evaluate_erasure(base, erased, load_classifier(), concept, replacement, seeds=seeds)
-    path = write_report(out, report, images, target_prompts(concept), [p for p, _ in other_prompts(concept)], seeds, metadata)
+    suites = load_prompts("target,related", concept)
+    evaluation = evaluate(base, erased, concept, suites, ShapesDetector(), seeds=list(range(seeds)), replacement=replacement)
+    path = write_evaluation(out, evaluation, metadata)
+    target, related = evaluation.suites["target"], evaluation.suites["related"]
     typer.echo(f"wrote {path}")
     typer.echo(
-        f"'{concept}' detected: {100 * report.target_rate_base:.0f}% before, {100 * report.target_rate:.0f}% after; "
-        f"SSIM to base on other prompts {report.ssim_other:.3f}"
+        f"'{concept}' detected: {100 * target.detected_base:.0f}% before, {100 * target.detected:.0f}% after; "
+        f"SSIM to base on related prompts {related.ssim:.3f}"
     )
+
+
+def _parse_seeds(text: str) -> list[int]:
+    """'0,1,2' or '0-3' (inclusive) -> a list of seeds."""
+    from .errors import ErasekitError
+
+    try:
+        if "-" in text.strip("-"):
+            lo, hi = text.split("-")
+            return list(range(int(lo), int(hi) + 1))
+        return [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise ErasekitError(f"--seeds takes '0,1,2' or '0-3', got '{text}'") from None
+
+
+def _read_image_folder(folder: Path) -> list:
+    from PIL import Image
+
+    from .errors import ErasekitError
+
+    paths = sorted(p for p in folder.glob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp")) if folder.is_dir() else []
+    if not paths:
+        raise ErasekitError(f"no reference images (.png, .jpg, .webp) in {folder}")
+    return [Image.open(p).convert("RGB") for p in paths]
+
+
+@app.command()
+@friendly_errors
+def evaluate(
+    concept: str = typer.Option(..., "--concept", "-c", help="The erased concept (what the detector looks for)."),
+    model: str = typer.Option("builtin", help=MODEL_HELP),
+    erasure: Optional[Path] = typer.Option(None, help="Erasure file (from `erasekit erase`) applied to the model."),
+    method: Optional[str] = typer.Option(None, help="Or an inference-time method instead of a file: neg-prompt."),
+    prompts: str = typer.Option("target,related,unrelated", help="Built-in suites (target, related, unrelated) or a CSV file (I2P or COCO columns)."),
+    detector: str = typer.Option("shapes", help="shapes (the shapes classifier), nudenet, or imagenet."),
+    threshold: float = typer.Option(0.6, help="nudenet: score at which an EXPOSED class counts."),
+    seeds: str = typer.Option("0,1", help="Seeds for prompts without their own, e.g. 0,1,2 or 0-7."),
+    steps: int = typer.Option(35, help="DDIM steps."),
+    guidance: float = typer.Option(7.5, help="Classifier-free guidance scale (CSV rows may set their own)."),
+    reference: str = typer.Option("auto", help="FID/KID reference: auto (rendered ground truth in the shapes world, else the base model), none, or a folder of images."),
+    features: str = typer.Option("shapes", help="FID/KID features: shapes (the shapes classifier) or inception."),
+    clip: Optional[str] = typer.Option(None, help="CLIP model (folder or hub id) for CLIP score, for real models."),
+    batch_size: int = typer.Option(32, help="Images per UNet batch."),
+    out: Path = typer.Option(Path("evaluation"), help="Folder for report.md, metrics.json and grid.png."),
+    as_json: bool = typer.Option(False, "--json", help="Also print the metrics as JSON on stdout."),
+):
+    """Measure an erasure: base vs erased model, same prompts and seeds.
+
+    Reports the detector's rate on each prompt suite, same-seed SSIM, prompt alignment (shapes
+    world) or CLIP score, FID/KID, and timings. Shard generation over processes with
+    `accelerate launch --multi_gpu --num_processes N -m erasekit evaluate ...` (works on CPU too).
+
+    Example: erasekit evaluate --concept red --erasure red.safetensors --out eval-red/
+    """
+    from .errors import ErasekitError
+    from .evaluation.detectors import make_detector
+    from .evaluation.evaluate import evaluate as run_evaluation
+    from .evaluation.metrics import feature_extractor
+    from .evaluation.prompts import load_prompts
+    from .evaluation.report import write_evaluation
+    from .images import ensure_writable_dir
+    from .model import load_pipeline
+    from .params import load_erasure
+
+    if (erasure is None) == (method is None):
+        raise ErasekitError("give exactly one of --erasure FILE or --method NAME (inference-time: neg-prompt)")
+    if method is not None and method != "neg-prompt":
+        raise ErasekitError(f"unknown inference-time method '{method}': use neg-prompt, or --erasure FILE for trained methods")
+    if erasure is not None and not erasure.is_file():
+        raise ErasekitError(f"erasure file not found: {erasure}")
+    suites = load_prompts(prompts, concept)
+    seed_list = _parse_seeds(seeds)
+    if not seed_list or steps <= 0 or batch_size <= 0:
+        raise ErasekitError("seeds, steps and batch size must be given and positive")
+    ref = None if reference == "none" else ("auto" if reference == "auto" else _read_image_folder(Path(reference)))
+    found = make_detector(detector, **({"threshold": threshold} if detector == "nudenet" else {}))
+    extractor = feature_extractor(features) if ref is not None else None
+    ensure_writable_dir(out)
+
+    base = load_pipeline(model)
+    metadata = None
+    if erasure is not None:
+        erased = load_pipeline(model)
+        metadata = load_erasure(erased, erasure)
+    else:
+        erased, metadata = base, {"method": method, "concepts": [concept]}
+    result = run_evaluation(
+        base, erased, concept, suites, found, seeds=seed_list, steps=steps, guidance=guidance,
+        negative_prompt=concept if method == "neg-prompt" else None, reference=ref, features=extractor,
+        clip_model=clip, batch_size=batch_size,
+    )
+    if result is None:  # not rank 0 of a multi-process run
+        return
+    result.settings["model"] = model
+    path = write_evaluation(out, result, metadata)
+    if as_json:
+        typer.echo(json.dumps(result.as_dict(), indent=2))
+    typer.echo(f"wrote {path}", err=as_json)
+    for name, r in result.suites.items():
+        typer.echo(f"{name}: '{concept}' detected {100 * r.detected_base:.1f}% -> {100 * r.detected:.1f}%, SSIM {r.ssim:.3f}", err=as_json)
+
+
+@app.command()
+@friendly_errors
+def bench(
+    methods: str = typer.Option("esd-x,esd-u,abo", help="Comma-separated methods (trained ones, and neg-prompt)."),
+    concepts: str = typer.Option("circle,striped", help="Comma-separated shapes-world concepts."),
+    model: str = typer.Option("builtin", help=MODEL_HELP),
+    seeds: str = typer.Option("0,1", help="Evaluation seeds, e.g. 0,1 or 0-3."),
+    steps: int = typer.Option(35, help="DDIM steps when generating for evaluation."),
+    prompts: str = typer.Option("target,related,unrelated", help="Prompt suites evaluated for every cell."),
+    setting: Optional[List[str]] = typer.Option(None, "--set", help="Method settings: key=value for every trained method, or method.key=value for one (--set abo.steps=50)."),
+    out: Path = typer.Option(Path("bench"), help="Folder for bench.md, bench.html, scatter.png, grids and the per-cell cache (cells/)."),
+):
+    """Erase and evaluate every method on every concept; write a Table-1-style report.
+
+    Finished cells are cached under OUT/cells/ by a hash of their settings: re-running only
+    computes what changed. Example: erasekit bench --methods esd-x,esd-u,abo --concepts circle,striped
+    """
+    from .evaluation.bench import INFERENCE_METHODS, BenchSettings
+    from .evaluation.bench import bench as run_bench
+    from .images import ensure_writable_dir
+
+    method_list = [m.strip() for m in methods.split(",") if m.strip()]
+    per_method: dict[str, dict] = {m: {} for m in method_list if m not in INFERENCE_METHODS}
+    for key, value in _parse_settings(setting).items():
+        name, _, field_name = key.rpartition(".")
+        for m in per_method if not name else [name]:
+            per_method.setdefault(m, {})[field_name] = value
+    ensure_writable_dir(out)
+    settings = BenchSettings(model=model, seeds=tuple(_parse_seeds(seeds)), steps=steps, prompts=prompts)
+    rows = run_bench(out, method_list, [c.strip() for c in concepts.split(",") if c.strip()], settings, per_method)
+    typer.echo(f"wrote {out / 'bench.md'} and {out / 'bench.html'} ({len(rows)} cells)")
 
 
 @shapes_app.command("train")
@@ -199,16 +335,17 @@ def _erasure_report(model: str, erasure_file: Path, concept: str, replacement: s
 def shapes_train(
     out: Path = typer.Option(..., help="Folder for the run: pipeline/, classifier/, train_config.json, train_log.csv. Re-run to resume."),
     seed: int = typer.Option(0, help="Seed for data, initialisation and sampling."),
-    unet_steps: int = typer.Option(2400, help="UNet + text-encoder training steps (batch 64; ~1.2 s each on 2 CPU cores)."),
+    unet_steps: int = typer.Option(4800, help="UNet + text-encoder training steps (batch 64; ~1.2 s each on 2 CPU cores)."),
+    unet_cycle: int = typer.Option(2400, help="The cosine learning rate restarts every this many steps."),
     n_images: int = typer.Option(40_000, help="Rendered training images."),
     quick: bool = typer.Option(False, help="A tiny schedule for smoke tests (a minute; the result draws blobs)."),
 ):
-    """Train the shapes-world pipeline and classifier from nothing (about 70 minutes on 2 CPU cores)."""
+    """Train the shapes-world pipeline and classifier from nothing (about two hours on 2 CPU cores)."""
     from .shapes.train import TrainConfig, train_all
 
-    cfg = TrainConfig(seed=seed, unet_steps=unet_steps, n_images=n_images)
+    cfg = TrainConfig(seed=seed, unet_steps=unet_steps, unet_cycle=unet_cycle, n_images=n_images)
     if quick:
-        cfg = TrainConfig(seed=seed, n_images=512, classifier_steps=20, vae_steps=20, unet_steps=10, checkpoint_every=5)
+        cfg = TrainConfig(seed=seed, n_images=512, classifier_steps=20, vae_steps=20, unet_steps=10, unet_cycle=10, checkpoint_every=5)
     pipeline_dir = train_all(out, cfg)
     typer.echo(f"pipeline written to {pipeline_dir}; classifier to {out / 'classifier'}")
 

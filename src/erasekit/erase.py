@@ -89,7 +89,7 @@ def erase(
         "preset": preset,
         "seed": seed,
         "hyperparameters": dataclasses.asdict(config),
-        "base_model": str(model) if isinstance(model, (str, Path)) else getattr(pipe, "name_or_path", "pipeline"),
+        "base_model": str(model if isinstance(model, (str, Path)) else getattr(pipe, "name_or_path", "pipeline")),
         "base_unet_sha256": base_hash,
         "erasekit_version": __version__,
         "final_loss": history[-1] if history else None,

@@ -1,4 +1,4 @@
-"""The erasure report: a before/after grid (same seeds) and the numbers, as Markdown and JSON."""
+"""The evaluation report: a before/after grid (same seeds) and the numbers, as Markdown and JSON."""
 
 from __future__ import annotations
 
@@ -27,48 +27,82 @@ def before_after_grid(base: list[Image.Image], erased: list[Image.Image], prompt
     return grid
 
 
-def pick_rows(images: list[Image.Image], prompts: list[str], seeds: int, rows: int) -> tuple[list[Image.Image], list[str]]:
-    """`rows` prompts spread evenly over the list, with their images."""
-    step = max(1, len(prompts) // rows)
-    chosen = list(range(0, len(prompts), step))[:rows]
-    return [im for i in chosen for im in images[i * seeds : (i + 1) * seeds]], [prompts[i] for i in chosen]
+def sample_rows(jobs: list, rows: int, columns: int) -> tuple[list[int], list[str]]:
+    """Indices of up to `columns` images for each of `rows` prompts spread evenly over `jobs`."""
+    by_prompt: dict[str, list[int]] = {}
+    for i, (text, _, _) in enumerate(jobs):
+        by_prompt.setdefault(text, []).append(i)
+    texts = list(by_prompt)
+    chosen = texts[:: max(1, len(texts) // rows)][:rows]
+    columns = min(columns, min(len(by_prompt[t]) for t in chosen))
+    return [i for t in chosen for i in by_prompt[t][:columns]], chosen
 
 
-def write_report(out: Path, report, images: dict, target_prompts: list[str], other_prompts: list[str], seeds: int, metadata: dict) -> Path:
+def evaluation_grid(evaluation, rows_per_suite: int = 4, columns: int = 4) -> Image.Image:
+    """A few prompts of every suite, base model left, erased model right, same seeds."""
+    base, erased, labels = [], [], []
+    per_row = min(columns, min(len(evaluation.jobs[n]) for n in evaluation.jobs))
+    for name, jobs in evaluation.jobs.items():
+        picked, texts = sample_rows(jobs, rows_per_suite, per_row)
+        per_row = min(per_row, len(picked) // len(texts))
+        base += [evaluation.images[name]["base"][i] for i in picked]
+        erased += [evaluation.images[name]["erased"][i] for i in picked]
+        labels += [f"{name}: {t}" for t in texts]
+    return before_after_grid(base, erased, labels, per_row)
+
+
+def _pct(value) -> str:
+    return "—" if value is None else f"{100 * value:.1f}%"
+
+
+def _attributes(values: dict | None) -> str:
+    return "—" if not values else ", ".join(f"{a} {_pct(v)}" for a, v in values.items())
+
+
+def evaluation_markdown(evaluation, metadata: dict | None, grid: str | None = "grid.png") -> str:
+    ev = evaluation
+    title = f"# Erasure of '{ev.concept}'" + (f" ({metadata.get('method')})" if metadata else "")
+    lines = [title, ""]
+    if grid:
+        lines += [f"![base vs erased, same seeds]({grid})", ""]
+    lines += [
+        f"| suite | images | '{ev.concept}' detected, base → erased | alignment, base → erased | SSIM (25x25) to base |",
+        "|---|---:|---:|---|---:|",
+    ]
+    for name, r in ev.suites.items():
+        alignment = f"{_attributes(r.alignment_base)} → {_attributes(r.alignment)}" if r.alignment else (
+            f"CLIP {r.clip_base:.2f} → {r.clip:.2f}" if r.clip is not None else "—")
+        lines.append(f"| {name} | {r.n_images} | {_pct(r.detected_base)} → **{_pct(r.detected)}** | {alignment} | {r.ssim:.3f} |")
+        if r.replacement is not None:
+            lines.append(f"| {name}: replacement '{ev.settings['replacement']}' shown | | {_pct(r.replacement)} | | |")
+    if ev.distribution:
+        d = ev.distribution
+        base = d["base"]
+        lines += [
+            "", f"FID / KID against {d['n_reference']} images ({d['reference']}), features of the shapes classifier unless stated:", "",
+            "| model | FID | KID |", "|---|---:|---:|",
+        ]
+        if base:
+            lines.append(f"| base | {base['fid']:.2f} | {base['kid']:.4f} |")
+        lines.append(f"| erased | {d['erased']['fid']:.2f} | {d['erased']['kid']:.4f} |")
+    t = ev.timing
+    lines += [
+        "",
+        f"Generation: {t['images']} images in {t['generation_s']} s ({t['images_per_s']} images/s, "
+        f"{ev.settings['processes']} process(es)); measuring added {100 * t['metrics_overhead']:.1f}%.",
+        "",
+        f"Settings: {json.dumps(ev.settings)}",
+        "",
+    ]
+    if metadata:
+        lines += [f"Erasure: {json.dumps({k: metadata.get(k) for k in ('method', 'concepts', 'replacement', 'hyperparameters')})}", ""]
+    return "\n".join(lines)
+
+
+def write_evaluation(out: Path, evaluation, metadata: dict | None = None) -> Path:
     """Write grid.png, metrics.json and report.md to `out`; returns the Markdown path."""
     out.mkdir(parents=True, exist_ok=True)
-    rows = []
-    prompts = []
-    for which, texts in ((0, target_prompts), (1, other_prompts)):
-        base, names = pick_rows(images["base"][which], texts, seeds, 4)
-        erased, _ = pick_rows(images["erased"][which], texts, seeds, 4)
-        rows.append((base, erased))
-        prompts += names
-    grid = before_after_grid(rows[0][0] + rows[1][0], rows[0][1] + rows[1][1], prompts, seeds)
-    atomic_save_image(grid, out / "grid.png")
-    atomic_write_text(out / "metrics.json", json.dumps({"report": report.as_dict(), "erasure": metadata}, indent=2))
-
-    r = report
-    pct = lambda v: "—" if v is None else f"{100 * v:.1f}%"  # noqa: E731
-    lines = [
-        f"# Erasure of '{r.concept}' ({metadata.get('method')})",
-        "",
-        "![base vs erased, same seeds](grid.png)",
-        "",
-        "| metric | base model | erased model |",
-        "|---|---:|---:|",
-        f"| '{r.concept}' detected on prompts naming it ({r.n_target_images} images) | {pct(r.target_rate_base)} | {pct(r.target_rate)} |",
-    ]
-    if r.replacement_rate is not None:
-        lines.append(f"| replacement '{metadata.get('replacement')}' shown on those prompts | | {pct(r.replacement_rate)} |")
-    for attribute in r.agreement:
-        lines.append(f"| {attribute} agreement on other prompts ({r.n_other_images} images) | {pct(r.agreement_base[attribute])} | {pct(r.agreement[attribute])} |")
-    lines += [
-        f"| SSIM (25x25) to base, other prompts | 1.000 | {r.ssim_other:.3f} |",
-        f"| SSIM (25x25) to base, target prompts | 1.000 | {r.ssim_target:.3f} |",
-        "",
-        f"Settings: {json.dumps(metadata.get('hyperparameters'))}",
-        "",
-    ]
-    atomic_write_text(out / "report.md", "\n".join(lines))
+    atomic_save_image(evaluation_grid(evaluation), out / "grid.png")
+    atomic_write_text(out / "metrics.json", json.dumps({"evaluation": evaluation.as_dict(), "erasure": metadata}, indent=2))
+    atomic_write_text(out / "report.md", evaluation_markdown(evaluation, metadata))
     return out / "report.md"

@@ -27,11 +27,11 @@ class Score:
 
 
 def agreement(predicted: dict[str, list[str]], wanted: list[dict[str, str]]) -> dict[str, float]:
-    """For each attribute named in `wanted`, the share of images where the prediction matches."""
+    """Per attribute, the share of matching predictions among the images whose prompt names it."""
     result = {}
-    for attribute in wanted[0]:
-        hits = [p == w[attribute] for p, w in zip(predicted[attribute], wanted)]
-        result[attribute] = sum(hits) / len(hits)
+    for attribute in sorted({a for w in wanted for a in w}):
+        pairs = [(p, w[attribute]) for p, w in zip(predicted[attribute], wanted) if attribute in w]
+        result[attribute] = sum(p == w for p, w in pairs) / len(pairs)
     return result
 
 

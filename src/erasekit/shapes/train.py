@@ -5,7 +5,8 @@ Four phases, each saved when done, so that re-running with the same output folde
   2. VAE: an AutoencoderKL (4x down) on random crops (it is fully convolutional);
   3. latents: the training set encoded once;
   4. UNet + CLIP text encoder, jointly, on latents (v-prediction loss, min-SNR-5 weights, 10% caption
-     dropout, EMA), checkpointed every `checkpoint_every` steps.
+     dropout, EMA, cosine learning rate restarted every `unet_cycle` steps), checkpointed every
+     `checkpoint_every` steps.
 The result is a standard diffusers `StableDiffusionPipeline` folder.
 """
 
@@ -41,7 +42,8 @@ class TrainConfig:
     vae_steps: int = 2500
     vae_batch: int = 32
     vae_crop: int = 32
-    unet_steps: int = 2400
+    unet_steps: int = 4800
+    unet_cycle: int = 2400
     unet_batch: int = 64
     unet_lr: float = 6e-4
     warmup_steps: int = 200
@@ -151,9 +153,12 @@ def train_unet(latents: torch.Tensor, labels: list, tokenizer, cfg: TrainConfig,
     opt = torch.optim.AdamW(params, lr=cfg.unet_lr, weight_decay=1e-2)
 
     def lr_at(step: int) -> float:
+        # Warm restarts (SGDR, Loshchilov & Hutter 2017): a longer run continues a shorter one exactly,
+        # because its first cycle is the shorter run's whole schedule.
+        step %= cfg.unet_cycle
         if step < cfg.warmup_steps:
             return (step + 1) / cfg.warmup_steps
-        progress = (step - cfg.warmup_steps) / max(1, cfg.unet_steps - cfg.warmup_steps)
+        progress = (step - cfg.warmup_steps) / max(1, cfg.unet_cycle - cfg.warmup_steps)
         return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)

@@ -1,0 +1,234 @@
+"""bench(): erase and evaluate a method x concept matrix, and write a Table-1-style report.
+
+Each cell (one method, one concept) is trained, applied and evaluated with the same prompts and
+seeds, and stored in its own folder named by a hash of everything that determines it, so a
+re-run reuses finished cells and only computes what changed. The base model's images are
+generated once per concept and shared by all its cells.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import html
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image
+
+from ..errors import ErasekitError
+from ..images import make_grid
+from ..io import atomic_save_image, atomic_write_text
+from .prompts import load_prompts
+
+INFERENCE_METHODS = ("neg-prompt",)
+
+
+@dataclass
+class BenchSettings:
+    model: str = "builtin"
+    seeds: tuple[int, ...] = (0, 1)
+    steps: int = 35  # DDIM steps when generating for evaluation
+    guidance: float = 7.5
+    prompts: str = "target,related,unrelated"
+    train_seed: int = 0
+    batch_size: int = 32
+
+
+def cell_key(method: str, concept: str, method_settings: dict, settings: BenchSettings) -> str:
+    """A short hash of everything that determines a cell's numbers."""
+    from .. import __version__
+
+    blob = json.dumps([method, concept, method_settings, settings.__dict__, __version__], sort_keys=True, default=list)
+    return hashlib.sha256(blob.encode()).hexdigest()[:10]
+
+
+def _sample_indices(evaluation) -> dict[str, list[int]]:
+    """The images shown in the grids: seed 0 of up to three prompts per suite."""
+    from .report import sample_rows
+
+    return {name: sample_rows(jobs, 3, 1)[0] for name, jobs in evaluation.jobs.items()}
+
+
+def _save_samples(folder: Path, evaluation, which: str) -> None:
+    for name, picked in _sample_indices(evaluation).items():
+        for k, i in enumerate(picked):
+            atomic_save_image(evaluation.images[name][which][i], folder / "samples" / f"{name}-{k}.png")
+
+
+def _load_samples(folder: Path) -> list[Image.Image]:
+    return [Image.open(p).convert("RGB") for p in sorted((folder / "samples").glob("*.png"))]
+
+
+def run_cell(out: Path, method: str, concept: str, method_settings: dict, settings: BenchSettings, detector, base, base_images: dict, progress: bool) -> dict:
+    """Train (unless inference-time), evaluate and store one cell; reuse it if it is already there.
+
+    base: a loader of the base pipeline (called only if the cell must be computed); base_images:
+    the base model's images per concept, filled by the first computed cell of each concept.
+    """
+    from ..erase import erase
+    from ..model import load_pipeline
+    from .evaluate import evaluate
+
+    folder = out / "cells" / f"{method}-{concept}-{cell_key(method, concept, method_settings, settings)}"
+    result_file = folder / "result.json"
+    if result_file.exists():
+        return json.loads(result_file.read_text())
+
+    erased = load_pipeline(settings.model)
+    train_s = 0.0
+    if method not in INFERENCE_METHODS:
+        started = time.perf_counter()
+        erase(erased, method=method, concepts=concept, seed=settings.train_seed, out=folder / "erasure.safetensors", progress=progress, **method_settings)
+        train_s = time.perf_counter() - started
+    suites = load_prompts(settings.prompts, concept)
+    evaluation = evaluate(
+        base(), erased, concept, suites, detector, seeds=list(settings.seeds), steps=settings.steps, guidance=settings.guidance,
+        negative_prompt=concept if method == "neg-prompt" else None, batch_size=settings.batch_size,
+        base_images=base_images.get(concept), progress=progress,
+    )
+    if concept not in base_images:
+        base_images[concept] = {name: evaluation.images[name]["base"] for name in suites}
+        _save_samples(out / "cells" / f"base-{concept}-{cell_key('base', concept, {}, settings)}", evaluation, "base")
+    _save_samples(folder, evaluation, "erased")
+    result = {"method": method, "concept": concept, "method_settings": method_settings, "train_s": round(train_s, 1),
+              "evaluation": evaluation.as_dict()}
+    atomic_write_text(result_file, json.dumps(result, indent=2))
+    return result
+
+
+def bench(out: Path | str, methods: list[str], concepts: list[str], settings: BenchSettings | None = None,
+          method_settings: dict[str, dict] | None = None, progress: bool = True) -> list[dict]:
+    """Run every method on every concept (cached per cell) and write bench.md, bench.html, plots and grids."""
+    from ..methods.base import get_method
+    from ..model import load_pipeline
+    from .detectors import ShapesDetector
+    from .shapes import attribute_of
+
+    settings = settings or BenchSettings()
+    method_settings = method_settings or {}
+    for m in methods:
+        if m not in INFERENCE_METHODS:
+            get_method(m)  # refuses unknown names before any work
+    for c in concepts:
+        attribute_of(c)
+    if not methods or not concepts:
+        raise ErasekitError("bench needs at least one method and one concept")
+    out = Path(out)
+    detector = ShapesDetector()
+    base = functools.cache(lambda: load_pipeline(settings.model))
+
+    base_images: dict = {}
+    rows = [
+        run_cell(out, method, concept, method_settings.get(method, {}), settings, detector, base, base_images, progress)
+        for concept in concepts
+        for method in methods
+    ]
+    write_bench_report(out, rows, settings)
+    return rows
+
+
+def _pct(v: float | None) -> str:
+    return "—" if v is None else f"{100 * v:.0f}%"
+
+
+def table_rows(rows: list[dict]) -> list[list[str]]:
+    """The report's table, one list of cells per (method, concept)."""
+    from .shapes import attribute_of
+
+    table = []
+    for r in rows:
+        suites = r["evaluation"]["suites"]
+        target, related, unrelated = suites.get("target"), suites.get("related"), suites.get("unrelated")
+        attribute = attribute_of(r["concept"])[0]
+        dist = r["evaluation"].get("distribution") or {}
+        erased = dist.get("erased") or {}
+        timing = r["evaluation"]["timing"]
+        table.append([
+            r["method"], r["concept"],
+            f"{_pct(target['detected_base'])} → {_pct(target['detected'])}" if target else "—",
+            f"{_pct(related['alignment_base'][attribute])} → {_pct(related['alignment'][attribute])}" if related and related["alignment"] else "—",
+            " / ".join(f"{a} {_pct(unrelated['alignment'][a])}" for a in unrelated["alignment"]) if unrelated and unrelated["alignment"] else "—",
+            f"{related['ssim']:.3f}" if related else "—",
+            f"{unrelated['ssim']:.3f}" if unrelated else "—",
+            f"{erased['fid']:.1f} / {erased['kid']:.3f}" if erased else "—",
+            f"{r['train_s']:.0f} s" if r["train_s"] else "none",
+            f"{timing['images_per_s']:.2f}",
+        ])
+    return table
+
+
+HEADER = ["method", "concept", "target detected, base → erased", "same-attribute prompts: alignment, base → erased",
+          "unrelated prompts: alignment (erased)", "SSIM to base, related", "SSIM to base, unrelated", "FID / KID (erased)",
+          "train time", "eval images/s"]
+
+
+def scatter_plot(rows: list[dict], path: Path) -> None:
+    """Erasure (target detection rate after erasure) against preservation (same-seed SSIM, related prompts)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4.5), dpi=110)
+    concepts = sorted({r["concept"] for r in rows})
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    markers = "osD^vP*X"
+    for r in rows:
+        s = r["evaluation"]["suites"]
+        if "target" not in s or "related" not in s:
+            continue
+        x, y = 100 * s["target"]["detected"], s["related"]["ssim"]
+        ax.scatter(x, y, marker=markers[concepts.index(r["concept"]) % len(markers)], color=f"C{methods.index(r['method'])}", s=60)
+        ax.annotate(f"{r['method']} ({r['concept']})", (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    ax.set_xlabel("target still detected after erasure (%), lower erases more")
+    ax.set_ylabel("SSIM to base, related prompts")
+    ax.set_xlim(-5, 105)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def concept_grid(out: Path, concept: str, rows: list[dict], settings: BenchSettings) -> Image.Image:
+    """Rows: the base model, then each method; columns: the same prompts and seeds."""
+    base = _load_samples(out / "cells" / f"base-{concept}-{cell_key('base', concept, {}, settings)}")
+    images, labels = list(base), ["base model"]
+    for r in rows:
+        folder = out / "cells" / f"{r['method']}-{concept}-{cell_key(r['method'], concept, r['method_settings'], settings)}"
+        images += _load_samples(folder)
+        labels.append(r["method"])
+    return make_grid(images, columns=len(base), row_labels=labels, scale=2)
+
+
+def write_bench_report(out: Path, rows: list[dict], settings: BenchSettings) -> None:
+    table = table_rows(rows)
+    scatter_plot(rows, out / "scatter.png")
+    grids = []
+    for concept in dict.fromkeys(r["concept"] for r in rows):
+        name = f"grid-{concept}.png"
+        atomic_save_image(concept_grid(out, concept, [r for r in rows if r["concept"] == concept], settings), out / name)
+        grids.append((concept, name))
+
+    intro = (f"Model `{settings.model}`; evaluation: prompts {settings.prompts}, seeds {list(settings.seeds)}, "
+             f"{settings.steps} DDIM steps, guidance {settings.guidance}; base and erased models from the same seeds. "
+             "Alignment: the shapes classifier agrees with what the prompt names. FID/KID: shapes-classifier features "
+             "against rendered ground truth for the non-target prompts.")
+    md = ["# erasekit bench", "", intro, "", "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+    md += ["| " + " | ".join(cells) + " |" for cells in table]
+    md += ["", "![erasure vs preservation](scatter.png)", ""]
+    md += [f"## {concept}\n\n![{concept}: base and each method, same seeds]({name})\n" for concept, name in grids]
+    atomic_write_text(out / "bench.md", "\n".join(md))
+
+    esc = html.escape
+    body = [f"<h1>erasekit bench</h1><p>{esc(intro)}</p>", "<table><thead><tr>" + "".join(f"<th>{esc(h)}</th>" for h in HEADER) + "</tr></thead><tbody>"]
+    body += ["<tr>" + "".join(f"<td>{esc(c)}</td>" for c in cells) + "</tr>" for cells in table]
+    body += ["</tbody></table>", '<h2>Erasure vs preservation</h2><img src="scatter.png" alt="erasure vs preservation">']
+    body += [f'<h2>{esc(concept)}</h2><img src="{esc(name)}" alt="{esc(concept)}: base and each method">' for concept, name in grids]
+    style = "body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}"
+    page = f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>erasekit bench</title><style>{style}</style></head><body>\n' + "\n".join(body) + "\n</body></html>\n"
+    atomic_write_text(out / "bench.html", page)

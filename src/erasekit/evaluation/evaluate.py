@@ -1,0 +1,205 @@
+"""evaluate(): generate with the base and the erased model from the same seeds, and measure both.
+
+Erasure is the detector's rate on prompts that name the concept; preservation is same-seed SSIM
+to the base model, prompt alignment (the shapes classifier, or CLIP score for real models) and
+FID/KID against a reference set. Generation is sharded across processes when run under
+`accelerate launch`: every process draws whole batches of one global batch list, so the images
+do not depend on the number of processes; rank 0 gathers them and measures.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..api import Job, generate_batch, make_batches
+from ..progress import progress_bar
+from ..shapes.score import agreement
+from .metrics import fid_kid, ssim
+from .prompts import Prompt
+
+
+@dataclass
+class SuiteResult:
+    """One prompt suite, base model vs erased model (same prompts, same seeds)."""
+
+    n_images: int
+    detected_base: float  # share of images where the detector finds the concept
+    detected: float
+    counts_base: dict[str, int]  # detector classes found, images per class
+    counts: dict[str, int]
+    ssim: float  # mean same-seed SSIM (25x25 window) between base and erased images
+    alignment_base: dict[str, float] | None = None  # shapes world: agreement with the attributes named
+    alignment: dict[str, float] | None = None
+    clip_base: float | None = None  # real models: CLIP score of image and prompt
+    clip: float | None = None
+    replacement: float | None = None  # share of erased images showing the replacement concept
+
+
+@dataclass
+class Evaluation:
+    concept: str
+    settings: dict
+    suites: dict[str, SuiteResult]
+    distribution: dict | None  # FID/KID of base and erased images against the reference set
+    timing: dict
+    images: dict[str, dict[str, list[Image.Image]]] = field(default_factory=dict, repr=False)
+    jobs: dict[str, list[Job]] = field(default_factory=dict, repr=False)
+
+    def as_dict(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if k not in ("images", "jobs")} | {
+            "prompts": {name: [list(j) for j in jobs] for name, jobs in self.jobs.items()}
+        }
+
+
+def expand(prompts: list[Prompt], seeds: list[int], guidance: float) -> list[Job]:
+    """One job per prompt and seed; a prompt with its own seed (a CSV row) gives one job."""
+    jobs = []
+    for p in prompts:
+        g = p.guidance if p.guidance is not None else guidance
+        jobs += [(p.text, p.seed, g)] if p.seed is not None else [(p.text, s, g) for s in seeds]
+    return jobs
+
+
+def _state():
+    from accelerate import PartialState
+
+    # On a machine without CUDA, accelerate only sets up multi-process CPU runs when told `cpu=True`.
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
+def generate_sharded(pipe, jobs: list[Job], steps: int, negative_prompt: str | None, batch_size: int, label: str, progress: bool) -> list[Image.Image]:
+    """Generate `jobs` split by whole batches across the processes of an accelerate launch."""
+    from accelerate.utils import gather_object
+
+    state = _state()
+    batches = make_batches(jobs, batch_size)
+    local = []
+    with state.split_between_processes(batches) as mine, progress_bar(disable=not (progress and state.is_main_process)) as bar:
+        task = bar.add_task(label, total=sum(len(b) for b in mine), info="")
+        for batch in mine:
+            local.append(generate_batch(pipe, batch, steps, negative_prompt))
+            bar.update(task, advance=len(batch))
+    gathered = gather_object(local) if state.num_processes > 1 else local
+    return [image for batch in gathered for image in batch]
+
+
+def render_reference(prompts: list[Prompt], jobs_per_prompt: list[int], seed: int = 0) -> list[Image.Image]:
+    """Shapes world: a rendered image for each generated one, with the attributes its prompt names
+    and the rest drawn at random: the ground truth that FID/KID compare a model with."""
+    from ..shapes.world import Labels, random_labels, render
+
+    rng = np.random.default_rng(seed)
+    images = []
+    for prompt, count in zip(prompts, jobs_per_prompt):
+        for _ in range(count):
+            labels = random_labels(rng)
+            labels = Labels(**{**asdict(labels), **prompt.wanted})
+            images.append(render(labels, rng))
+    return images
+
+
+def evaluate(
+    base,
+    erased,
+    concept: str,
+    suites: dict[str, list[Prompt]],
+    detector,
+    seeds: list[int] = (0, 1),
+    steps: int = 35,
+    guidance: float = 7.5,
+    negative_prompt: str | None = None,
+    replacement: str | None = None,
+    reference: list[Image.Image] | str | None = "auto",
+    features=None,
+    clip_model: str | None = None,
+    batch_size: int = 32,
+    base_images: dict[str, list[Image.Image]] | None = None,
+    progress: bool = True,
+) -> Evaluation | None:
+    """Measure `erased` against `base` on every suite; returns None on processes other than rank 0.
+
+    base, erased: pipelines (the same object when the method acts at inference, with
+    `negative_prompt` set for the erased run). reference: images for FID/KID, "auto" (rendered
+    ground truth for the shapes world, the base model's images otherwise) or None (skip).
+    features: the FID/KID feature extractor (default: the shapes classifier's features).
+    base_images: the base model's images per suite from an earlier evaluation with the same
+    suites and settings (`Evaluation.images`), so that comparing many erasures generates them once.
+    """
+    jobs = {name: expand(prompts, list(seeds), guidance) for name, prompts in suites.items()}
+    images: dict[str, dict[str, list[Image.Image]]] = {name: {} for name in suites}
+    started = time.perf_counter()
+    for which, pipe, negative in (("base", base, None), ("erased", erased, negative_prompt)):
+        for name in suites:
+            if which == "base" and base_images is not None:
+                images[name]["base"] = base_images[name]
+            else:
+                images[name][which] = generate_sharded(pipe, jobs[name], steps, negative, batch_size, f"{which}: {name}", progress)
+    generation_s = time.perf_counter() - started
+    if not _state().is_main_process:
+        return None
+
+    started = time.perf_counter()
+    results = {}
+    for name, prompts in suites.items():
+        before, after = images[name]["base"], images[name]["erased"]
+        found_base, found = detector.detect(before, concept), detector.detect(after, concept)
+        result = SuiteResult(
+            n_images=len(before), detected_base=found_base.rate, detected=found.rate,
+            counts_base=found_base.counts, counts=found.counts, ssim=ssim(before, after).mean().item(),
+        )
+        wanted = [p.wanted for p in prompts for _ in range(1 if p.seed is not None else len(seeds))]
+        if hasattr(detector, "predict") and all(wanted):
+            result.alignment_base = agreement(detector.predict(before), wanted)
+            result.alignment = agreement(detector.predict(after), wanted)
+        if clip_model is not None:
+            from .metrics import clip_score
+
+            texts = [text for text, _, _ in jobs[name]]
+            result.clip_base, result.clip = clip_score(before, texts, clip_model), clip_score(after, texts, clip_model)
+        if replacement is not None and name == "target":
+            result.replacement = detector.detect(after, replacement).rate
+        results[name] = result
+
+    distribution = _distribution(suites, images, seeds, reference, features)
+    metrics_s = time.perf_counter() - started
+    n_images = (1 if base_images is not None else 2) * sum(len(j) for j in jobs.values())
+    timing = {
+        "generation_s": round(generation_s, 2), "images": n_images, "images_per_s": round(n_images / generation_s, 2),
+        "metrics_s": round(metrics_s, 2), "metrics_overhead": round(metrics_s / generation_s, 4),
+    }
+    settings = {
+        "seeds": list(seeds), "steps": steps, "guidance": guidance, "negative_prompt": negative_prompt,
+        "detector": getattr(detector, "name", type(detector).__name__), "batch_size": batch_size,
+        "processes": _state().num_processes, "replacement": replacement,
+    }
+    return Evaluation(concept=concept, settings=settings, suites=results, distribution=distribution, timing=timing, images=images, jobs=jobs)
+
+
+def _distribution(suites, images, seeds, reference, features) -> dict | None:
+    """FID/KID of the base and erased images of every suite but "target" against the reference."""
+    kept = [name for name in suites if name != "target"] or list(suites)
+    base_images = [im for name in kept for im in images[name]["base"]]
+    erased_images = [im for name in kept for im in images[name]["erased"]]
+    if reference is None or len(base_images) < 2:
+        return None
+    if features is None:
+        from .metrics import ClassifierFeatures
+
+        features = ClassifierFeatures()
+    source = "given"
+    if reference == "auto":
+        prompts = [p for name in kept for p in suites[name]]
+        if all(p.wanted for p in prompts):
+            reference, source = render_reference(prompts, [1 if p.seed is not None else len(seeds) for p in prompts]), "rendered ground truth"
+        else:
+            reference, source = base_images, "base model"
+    return {
+        "reference": source, "n_reference": len(reference), "n_images": len(erased_images),
+        "base": fid_kid(reference, base_images, features) if source != "base model" else None,
+        "erased": fid_kid(reference, erased_images, features),
+    }
