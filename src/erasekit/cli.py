@@ -80,20 +80,31 @@ def generate(
     steps: int = typer.Option(35, help="DDIM steps."),
     guidance: float = typer.Option(7.5, help="Classifier-free guidance scale."),
     batch_size: int = typer.Option(32, help="Images per UNet batch."),
+    method: Optional[str] = typer.Option(None, help="Inference-time erasure of --concept: neg-prompt or sld."),
+    concept: Optional[str] = typer.Option(None, help="The concept an inference-time --method steers away from."),
+    sld_preset: str = typer.Option("medium", help="sld: weak, medium, strong or max (the SLD paper's settings)."),
     out: Path = typer.Option(Path("out"), help="Folder for the PNGs and grid.png."),
 ):
     """Generate images and a grid (one row per prompt).
 
     Example: erasekit generate -p "a red circle" -p "a blue striped star" --n 8 --out samples
+    With inference-time erasure: erasekit generate -p "a red circle" --method sld --concept red
     """
     from .api import generate as generate_images
+    from .errors import ErasekitError
     from .images import ensure_writable_dir, make_grid, save_images, slug
+    from .inference import inference_method
     from .io import atomic_save_image
     from .model import load_pipeline
 
     prompts = _read_prompts(prompt, prompt_file)
+    if (method is None) != (concept is None or not concept.strip()):
+        raise ErasekitError("--method and --concept go together: erasekit generate --method sld --concept red ...")
     ensure_writable_dir(out)
     pipe = load_pipeline(model)
+    if method is not None:
+        pipe, steered = inference_method(pipe, method, concept.strip(), sld_preset if method == "sld" else None)
+        negative_prompt = negative_prompt or steered
     images = generate_images(pipe, prompts, n=n, seed=seed, steps=steps, guidance=guidance, negative_prompt=negative_prompt, batch_size=batch_size)
     names = [f"{slug(p)}_{seed + j}.png" for p in prompts for j in range(n)]
     save_images(images, names, out)
@@ -227,7 +238,8 @@ def evaluate(
     concept: str = typer.Option(..., "--concept", "-c", help="The erased concept (what the detector looks for)."),
     model: str = typer.Option("builtin", help=MODEL_HELP),
     erasure: Optional[Path] = typer.Option(None, help="Erasure file (from `erasekit erase`) applied to the model."),
-    method: Optional[str] = typer.Option(None, help="Or an inference-time method instead of a file: neg-prompt."),
+    method: Optional[str] = typer.Option(None, help="Or an inference-time method instead of a file: neg-prompt or sld."),
+    sld_preset: str = typer.Option("medium", help="sld: weak, medium, strong or max (the SLD paper's settings)."),
     prompts: str = typer.Option("target,related,unrelated", help="Built-in suites (target, related, unrelated) or a CSV file (I2P or COCO columns)."),
     detector: str = typer.Option("shapes", help="shapes (the shapes classifier), nudenet, or imagenet."),
     threshold: float = typer.Option(0.6, help="nudenet: score at which an EXPOSED class counts."),
@@ -256,13 +268,14 @@ def evaluate(
     from .evaluation.prompts import load_prompts
     from .evaluation.report import write_evaluation
     from .images import ensure_writable_dir
+    from .inference import INFERENCE_METHODS, inference_method
     from .model import load_pipeline
     from .params import load_erasure
 
     if (erasure is None) == (method is None):
-        raise ErasekitError("give exactly one of --erasure FILE or --method NAME (inference-time: neg-prompt)")
-    if method is not None and method != "neg-prompt":
-        raise ErasekitError(f"unknown inference-time method '{method}': use neg-prompt, or --erasure FILE for trained methods")
+        raise ErasekitError("give exactly one of --erasure FILE or --method NAME (inference-time: neg-prompt, sld)")
+    if method is not None and method not in INFERENCE_METHODS:
+        raise ErasekitError(f"unknown inference-time method '{method}': use {', '.join(INFERENCE_METHODS)}, or --erasure FILE for trained methods")
     if erasure is not None and not erasure.is_file():
         raise ErasekitError(f"erasure file not found: {erasure}")
     suites = load_prompts(prompts, concept)
@@ -275,15 +288,16 @@ def evaluate(
     ensure_writable_dir(out)
 
     base = load_pipeline(model)
-    metadata = None
+    negative_prompt = None
     if erasure is not None:
         erased = load_pipeline(model)
         metadata = load_erasure(erased, erasure)
     else:
-        erased, metadata = base, {"method": method, "concepts": [concept]}
+        erased, negative_prompt = inference_method(base, method, concept, sld_preset if method == "sld" else None)
+        metadata = {"method": method, "concepts": [concept], "hyperparameters": {"sld_preset": sld_preset} if method == "sld" else {}}
     result = run_evaluation(
         base, erased, concept, suites, found, seeds=seed_list, steps=steps, guidance=guidance,
-        negative_prompt=concept if method == "neg-prompt" else None, reference=ref, features=extractor,
+        negative_prompt=negative_prompt, reference=ref, features=extractor,
         clip_model=clip, batch_size=batch_size,
     )
     if result is None:  # not rank 0 of a multi-process run
@@ -300,13 +314,13 @@ def evaluate(
 @app.command()
 @friendly_errors
 def bench(
-    methods: str = typer.Option("esd-x,esd-u,abo", help="Comma-separated methods (trained ones, and neg-prompt)."),
+    methods: str = typer.Option("esd-x,esd-u,abo", help="Comma-separated methods: trained ones, uce, and the inference-time neg-prompt and sld."),
     concepts: str = typer.Option("circle,striped", help="Comma-separated shapes-world concepts."),
     model: str = typer.Option("builtin", help=MODEL_HELP),
     seeds: str = typer.Option("0,1", help="Evaluation seeds, e.g. 0,1 or 0-3."),
     steps: int = typer.Option(35, help="DDIM steps when generating for evaluation."),
     prompts: str = typer.Option("target,related,unrelated", help="Prompt suites evaluated for every cell."),
-    setting: Optional[List[str]] = typer.Option(None, "--set", help="Method settings: key=value for every trained method, or method.key=value for one (--set abo.steps=50)."),
+    setting: Optional[List[str]] = typer.Option(None, "--set", help="Method settings: key=value for every trained method, or method.key=value for one (--set abo.steps=50 --set sld.preset=max)."),
     out: Path = typer.Option(Path("bench"), help="Folder for bench.md, bench.html, scatter.png, grids and the per-cell cache (cells/)."),
 ):
     """Erase and evaluate every method on every concept; write a Table-1-style report.
@@ -314,8 +328,9 @@ def bench(
     Finished cells are cached under OUT/cells/ by a hash of their settings: re-running only
     computes what changed. Example: erasekit bench --methods esd-x,esd-u,abo --concepts circle,striped
     """
-    from .evaluation.bench import INFERENCE_METHODS, BenchSettings
+    from .evaluation.bench import BenchSettings
     from .evaluation.bench import bench as run_bench
+    from .inference import INFERENCE_METHODS
     from .images import ensure_writable_dir
 
     method_list = [m.strip() for m in methods.split(",") if m.strip()]

@@ -80,7 +80,10 @@ def erase(
     generator = torch.Generator().manual_seed(seed)
     instance = method_cls(pipe, concepts, config, replacement)
     ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
-    history = train(instance, names, generator, ckpt, checkpoint_every, resume, progress)
+    if instance.closed_form:
+        history = instance.edit(names, progress)
+    else:
+        history = train(instance, names, generator, ckpt, checkpoint_every, resume, progress)
 
     metadata = {
         "method": method,

@@ -60,3 +60,18 @@ def explicit_delta(
             diff = eps_c - eps_uncond
             delta = delta + instruction.scale * sega_mask(diff, instruction.kappa) * diff
     return delta
+
+
+def sld_safety_term(eps_uncond: torch.Tensor, eps_text: torch.Tensor, eps_safety: torch.Tensor, momentum: torch.Tensor,
+                    scale: float, threshold: float, momentum_scale: float, momentum_beta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Safe Latent Diffusion's safety guidance γ_t and the next momentum ν_{t+1} (Schramowski et al. 2023).
+
+    μ = min(s_S |ε(c_p) − ε(S)|, 1) where ε(c_p) − ε(S) < λ, else 0       (Eq. 6)
+    γ_t = μ ⊙ (ε(S) − ε(∅)) + s_m ν_t                                      (Eqs. 4, 7)
+    ν_{t+1} = β_m ν_t + (1 − β_m) γ_t                                       (Eq. 8)
+    The guided prediction is ε(∅) + s_g (ε(c_p) − ε(∅) − γ_t) once past the warm-up (Eq. 3).
+    """
+    diff = eps_text - eps_safety
+    mu = torch.where(diff < threshold, torch.clamp(diff.abs() * scale, max=1.0), torch.zeros_like(diff))
+    gamma = mu * (eps_safety - eps_uncond) + momentum_scale * momentum
+    return gamma, momentum_beta * momentum + (1 - momentum_beta) * gamma

@@ -20,10 +20,10 @@ from PIL import Image
 
 from ..errors import ErasekitError
 from ..images import make_grid
+from ..inference import INFERENCE_METHODS, inference_method
 from ..io import atomic_save_image, atomic_write_text
 from .prompts import load_prompts
 
-INFERENCE_METHODS = ("neg-prompt",)
 
 
 @dataclass
@@ -77,16 +77,18 @@ def run_cell(out: Path, method: str, concept: str, method_settings: dict, settin
     if result_file.exists():
         return json.loads(result_file.read_text())
 
-    erased = load_pipeline(settings.model)
-    train_s = 0.0
-    if method not in INFERENCE_METHODS:
+    train_s, negative_prompt = 0.0, None
+    if method in INFERENCE_METHODS:
+        erased, negative_prompt = inference_method(base(), method, concept, **method_settings)
+    else:
+        erased = load_pipeline(settings.model)
         started = time.perf_counter()
         erase(erased, method=method, concepts=concept, seed=settings.train_seed, out=folder / "erasure.safetensors", progress=progress, **method_settings)
         train_s = time.perf_counter() - started
     suites = load_prompts(settings.prompts, concept)
     evaluation = evaluate(
         base(), erased, concept, suites, detector, seeds=list(settings.seeds), steps=settings.steps, guidance=settings.guidance,
-        negative_prompt=concept if method == "neg-prompt" else None, batch_size=settings.batch_size,
+        negative_prompt=negative_prompt, batch_size=settings.batch_size,
         base_images=base_images.get(concept), progress=progress,
     )
     if concept not in base_images:

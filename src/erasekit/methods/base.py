@@ -46,6 +46,7 @@ class Method:
     name: str = ""
     Config: type = MethodConfig
     presets: dict[str, dict] = {}
+    closed_form = False  # True: `edit(names, progress)` changes the weights at once, no training loop
 
     def __init__(self, pipe, concepts: list[str], config: MethodConfig, replacement: str | None = None):
         self.pipe, self.unet, self.config = pipe, pipe.unet, config
@@ -98,7 +99,7 @@ def register(cls: type[Method]) -> type[Method]:
 
 
 def get_method(name: str) -> type[Method]:
-    from . import abo, esd  # noqa: F401  (registration happens on import)
+    from . import abo, esd, uce  # noqa: F401  (registration happens on import)
 
     if name not in METHODS:
         raise ErasekitError(f"unknown method '{name}'; choose from {', '.join(sorted(METHODS))}")

@@ -1,0 +1,92 @@
+"""UCE: Unified Concept Editing in Diffusion Models (Gandikota et al., WACV 2024).
+
+A closed-form edit of the cross-attention key and value projections, no training. For each
+projection W, the edited W' minimises
+
+    Σ_e s_e ||W' c_e − W c*_e||² + Σ_p s_p ||W' c_p − W c_p||² + λ ||W' − W||_F²
+
+over the token embeddings c_e of the erased concepts (mapped to those of their destination c*_e,
+the empty prompt unless a replacement is given) and c_p of the preserved ones; its solution is
+
+    W' = (Σ_e s_e (W c*_e) c_eᵀ + Σ_p s_p (W c_p) c_pᵀ + λ W) (Σ_e s_e c_e c_eᵀ + Σ_p s_p c_p c_pᵀ + λ I)⁻¹.
+
+Defaults follow the official code (train-scripts/train_erase.py): λ = 0.1, erase scale 1, preserve
+scale max(0.1, 1 / number of preserved concepts); the tokens used are the concept's last word
+token and all after it (EOS and padding), aligned with the destination's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import ErasekitError
+from .base import Method, MethodConfig, register
+
+
+def uce_solution(W: torch.Tensor, erase_inputs: torch.Tensor, erase_targets: torch.Tensor, preserve_inputs: torch.Tensor,
+                 erase_scale: float, preserve_scale: float, lamb: float) -> torch.Tensor:
+    """The closed form above. W: (out, in); erase_inputs/targets: (n, in) token embeddings c_e, c*_e;
+    preserve_inputs: (m, in). Computed in float64: the (in x in) system is often ill-conditioned."""
+    W64 = W.double()
+    ce, cstar, cp = erase_inputs.double(), erase_targets.double(), preserve_inputs.double()
+    lhs = erase_scale * (cstar @ W64.T).T @ ce + preserve_scale * (cp @ W64.T).T @ cp + lamb * W64
+    gram = erase_scale * ce.T @ ce + preserve_scale * cp.T @ cp + lamb * torch.eye(W.shape[1], dtype=torch.float64)
+    return torch.linalg.solve(gram, lhs.T).T.to(W.dtype)  # lhs @ gram⁻¹, gram symmetric
+
+
+@dataclass
+class UceConfig(MethodConfig):
+    steps: int = 1  # one closed-form edit
+    parameters: str = "attn2-kv"
+    bank_trajectories: int = 0
+    erase_scale: float = 1.0
+    preserve_scale: float = 0.0  # 0: max(0.1, 1 / number of preserved concepts), as the official code
+    lamb: float = 0.1
+    preserve: str = ""  # comma-separated concepts to keep, e.g. "square,triangle"
+
+    def validate(self) -> None:
+        super().validate()
+        if self.parameters != "attn2-kv":
+            raise ErasekitError("uce edits the cross-attention keys and values only (parameters=attn2-kv)")
+        if self.lamb <= 0:
+            raise ErasekitError(f"lamb must be positive, got {self.lamb}")
+
+
+@register
+class Uce(Method):
+    name = "uce"
+    Config = UceConfig
+    closed_form = True
+
+    def _aligned_tokens(self, old: str, new: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Embeddings of `old` from its last word token on, and of `new` at the aligned positions."""
+        from ..sampling import embed
+
+        emb = embed(self.pipe, [old, new]).float()
+        length = emb.shape[1]
+        last = [len(self.pipe.tokenizer(t).input_ids) - 2 for t in (old, new)]  # BOS, words..., EOS
+        farthest = max(last)
+        old_tokens = emb[0, last[0] : length - (farthest - last[0])]
+        new_tokens = emb[1, last[1] : length - (farthest - last[1])]
+        return old_tokens, new_tokens
+
+    def edit(self, names: list[str], progress: bool) -> list[dict[str, float]]:
+        cfg = self.config
+        destination = self.replacement or ""
+        pairs = [self._aligned_tokens(c, destination) for c in self.concepts]
+        ce = torch.cat([p[0] for p in pairs])
+        cstar = torch.cat([p[1] for p in pairs])
+        kept = [c.strip() for c in cfg.preserve.split(",") if c.strip()]
+        cp = torch.cat([self._aligned_tokens(c, c)[0] for c in kept]) if kept else ce.new_zeros((0, ce.shape[1]))
+        preserve_scale = cfg.preserve_scale or (max(0.1, 1 / len(kept)) if kept else 0.0)
+        params = dict(self.unet.named_parameters())
+        change = 0.0
+        with torch.no_grad():
+            for name in names:
+                W = params[name]
+                new = uce_solution(W.float().cpu(), ce, cstar, cp, cfg.erase_scale, preserve_scale, cfg.lamb)
+                change += (new - W.float().cpu()).norm().item() ** 2
+                W.copy_(new.to(W.dtype))
+        return [{"weight_change": change**0.5}]

@@ -1,0 +1,79 @@
+"""The baselines: UCE's closed form, SLD's guidance term, and both on the built-in model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from erasekit.api import generate_batch
+from erasekit.errors import ErasekitError
+from erasekit.guidance import sld_safety_term
+from erasekit.inference import SLD_PRESETS, SldPipeline, SldSettings, inference_method
+from erasekit.methods.uce import uce_solution
+
+
+def test_uce_closed_form_is_the_least_squares_solution():
+    g = torch.Generator().manual_seed(0)
+    out_dim, in_dim = 5, 4
+    W = torch.randn(out_dim, in_dim, generator=g, dtype=torch.float64)
+    ce, cstar, cp = (torch.randn(n, in_dim, generator=g, dtype=torch.float64) for n in (3, 3, 2))
+    se, sp, lamb = 1.0, 0.5, 0.1
+    # min_W' Σ se||W'ce - W c*||² + Σ sp||W'cp - W cp||² + λ||W' - W||²: stack the rows of one least-squares system.
+    A = torch.cat([se**0.5 * ce, sp**0.5 * cp, lamb**0.5 * torch.eye(in_dim, dtype=torch.float64)])
+    B = torch.cat([se**0.5 * cstar @ W.T, sp**0.5 * cp @ W.T, lamb**0.5 * W.T])
+    expected = torch.linalg.lstsq(A, B).solution.T
+    assert torch.allclose(uce_solution(W, ce, cstar, cp, se, sp, lamb), expected, atol=1e-10)
+
+
+def test_uce_without_preserved_concepts_maps_the_concept_onto_its_destination():
+    g = torch.Generator().manual_seed(1)
+    W = torch.randn(6, 8, generator=g, dtype=torch.float64)
+    ce, cstar = torch.randn(2, 8, generator=g, dtype=torch.float64), torch.randn(2, 8, generator=g, dtype=torch.float64)
+    edited = uce_solution(W, ce, cstar, ce.new_zeros((0, 8)), 1.0, 0.0, 1e-6)
+    assert torch.allclose(edited @ ce.T, W @ cstar.T, atol=1e-4)
+
+
+def test_uce_edits_only_cross_attention_keys_and_values(builtin_pipe, tmp_path):
+    import copy
+
+    from erasekit import erase, load_erasure, load_pipeline
+
+    pipe = copy.deepcopy(builtin_pipe)
+    before = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
+    erasure = erase(pipe, method="uce", concepts="red", preset=None, progress=False, preserve="blue,green")
+    changed = {k for k, v in pipe.unet.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed and all("attn2.to_k" in k or "attn2.to_v" in k for k in changed)
+    assert set(erasure.names) >= changed
+    erasure.save(tmp_path / "uce.safetensors")
+    fresh = load_pipeline("builtin")
+    load_erasure(fresh, tmp_path / "uce.safetensors")
+    assert all(torch.equal(fresh.unet.state_dict()[k], pipe.unet.state_dict()[k]) for k in changed)
+    with pytest.raises(ErasekitError, match="attn2-kv"):
+        erase(copy.deepcopy(builtin_pipe), method="uce", concepts="red", parameters="attn2", progress=False)
+
+
+def test_sld_safety_term_matches_a_hand_computation():
+    eps_uncond = torch.tensor([0.0, 0.0, 0.0, 0.0])
+    eps_text = torch.tensor([1.0, 0.2, 0.0, -1.0])
+    eps_safety = torch.tensor([0.5, 0.5, 0.0, 1.0])
+    momentum = torch.tensor([0.1, 0.0, 0.0, 0.0])
+    gamma, new_momentum = sld_safety_term(eps_uncond, eps_text, eps_safety, momentum, scale=2.0, threshold=0.01, momentum_scale=0.5, momentum_beta=0.4)
+    # diff = text - safety = [0.5, -0.3, 0, -2]; diff < 0.01 for the last three: mu = min(2|diff|, 1) = [0, 0.6, 0, 1]
+    mu = torch.tensor([0.0, 0.6, 0.0, 1.0])
+    expected = mu * (eps_safety - eps_uncond) + 0.5 * momentum
+    assert torch.allclose(gamma, expected)
+    assert torch.allclose(new_momentum, 0.4 * momentum + 0.6 * expected)
+
+
+def test_sld_without_safety_guidance_reproduces_the_pipeline_and_presets_change_it(builtin_pipe):
+    jobs = [("a red circle", 0, 7.5), ("a blue square", 1, 7.5)]
+    plain = generate_batch(builtin_pipe, jobs, 5)
+    off = generate_batch(SldPipeline(builtin_pipe, "red", SldSettings(0, 0.0, 0.0, 0.0, 0.0)), jobs, 5)
+    strong = generate_batch(SldPipeline(builtin_pipe, "red", SLD_PRESETS["max"]), jobs, 5)
+    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(plain, off))
+    assert not np.array_equal(np.asarray(plain[0]), np.asarray(strong[0]))
+    assert list(SLD_PRESETS) == ["weak", "medium", "strong", "max"]
+    with pytest.raises(ErasekitError, match="preset"):
+        inference_method(builtin_pipe, "sld", "red", "extreme")
+    assert inference_method(builtin_pipe, "neg-prompt", "red") == (builtin_pipe, "red")
