@@ -9,6 +9,7 @@ import torch
 from erasekit.api import generate_batch
 from erasekit.errors import ErasekitError
 from erasekit.guidance import sld_safety_term
+from erasekit.losses import ablating_loss, ema_update, fmn_loss, sdd_loss
 from erasekit.inference import SLD_PRESETS, SldPipeline, SldSettings, inference_method
 from erasekit.methods.uce import uce_solution
 
@@ -77,3 +78,45 @@ def test_sld_without_safety_guidance_reproduces_the_pipeline_and_presets_change_
     with pytest.raises(ErasekitError, match="preset"):
         inference_method(builtin_pipe, "sld", "red", "extreme")
     assert inference_method(builtin_pipe, "neg-prompt", "red") == (builtin_pipe, "red")
+
+
+def test_sdd_ema_update_by_hand():
+    ema, live = torch.tensor([1.0, 2.0]), torch.tensor([3.0, -2.0], requires_grad=True)
+    ema_update(ema, live, 0.9)
+    assert torch.allclose(ema, torch.tensor([0.9 * 1 + 0.1 * 3, 0.9 * 2 + 0.1 * -2]))
+    assert not ema.requires_grad
+
+
+def test_sdd_and_ablating_losses_by_hand_send_no_gradient_to_the_target():
+    student = torch.tensor([1.0, 2.0], requires_grad=True)
+    target = torch.tensor([0.0, 4.0], requires_grad=True)
+    for loss_fn in (sdd_loss, ablating_loss):
+        loss = loss_fn(student, target)
+        assert loss.item() == pytest.approx((1 + 4) / 2)
+        student.grad = target.grad = None
+        loss.backward()
+        assert torch.allclose(student.grad, torch.tensor([1.0, -2.0]))  # d/ds mean((s - t)^2) = (s - t)
+        assert target.grad is None
+
+
+def test_fmn_attention_loss_and_probe_on_a_hand_built_attention():
+    from diffusers.models.attention_processor import Attention
+
+    from erasekit.attention import AttentionProbe
+
+    # Two layers' maps (batch*heads=1, 2 queries, 3 tokens), concept on token 1 only (masked maps).
+    maps = [torch.tensor([[[0.0, 0.5, 0.0], [0.0, 0.1, 0.0]]]), torch.tensor([[[0.0, 1.0, 0.0], [0.0, 0.0, 0.0]]])]
+    assert fmn_loss(maps).item() == pytest.approx(((0.25 + 0.01) / 2 + (1.0 + 0.0) / 2) / 2)
+
+    torch.manual_seed(0)
+    attn = Attention(query_dim=8, cross_attention_dim=6, heads=2, dim_head=4)
+    hidden, context = torch.randn(1, 5, 8), torch.randn(1, 3, 6)
+    mask = torch.tensor([[0.0, 1.0, 0.0]])
+    probe = AttentionProbe(mask)
+    out = probe(attn, hidden, context)
+    q = attn.head_to_batch_dim(attn.to_q(hidden))
+    k = attn.head_to_batch_dim(attn.to_k(context))
+    probs = (q @ k.transpose(1, 2) * attn.scale).softmax(-1)
+    assert torch.allclose(probe.maps[0], probs * mask, atol=1e-6)
+    plain = attn(hidden, context)  # the probe leaves the layer's output unchanged
+    assert torch.allclose(out, plain, atol=1e-6)

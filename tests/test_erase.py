@@ -19,11 +19,17 @@ from .conftest import build_tiny_sd
 FAST = dict(steps=6, bank_trajectories=3, ddim_steps=6, progress=False)
 # A random tiny UNet under guidance 7.5 sends x_t off to huge values within a few DDIM steps (and
 # the CPU crawls through them): guide gently here, the paper's scales are tested on the real model.
-GENTLE = {"abo": dict(gamma1=1.0, gamma2=1.0, erase_scale=1.0, replace_scale=1.0), "esd": dict(start_guidance=1.0)}
+GENTLE = {
+    "abo": dict(gamma1=1.0, gamma2=1.0, erase_scale=1.0, replace_scale=1.0),
+    "esd": dict(start_guidance=1.0),
+    "sdd": dict(sample_guidance=1.0),
+    "ablating": dict(guidance=1.0, anchor_images=3),
+    "fmn": dict(guidance=1.0, concept_images=3),
+}
 
 
 def gentle(method: str) -> dict:
-    return {**FAST, **GENTLE["abo" if method == "abo" else "esd"]}
+    return {**FAST, **GENTLE["esd" if method.startswith("esd") else method]}
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +44,10 @@ def _trainable(unet, names):
     return {n: params[n].detach().clone() for n in names}
 
 
-@pytest.mark.parametrize("method,extra", [("abo", {"replacement": "square"}), ("esd-x", {"sample_from": "student"}), ("esd-u", {})])
+@pytest.mark.parametrize(
+    "method,extra",
+    [("abo", {"replacement": "square"}), ("esd-x", {"sample_from": "student"}), ("esd-u", {}), ("sdd", {}), ("ablating", {}), ("fmn", {})],
+)
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tiny_folder, tmp_path, monkeypatch, method, extra):
     full = erase(str(tiny_folder), method=method, concepts=["circle", "red"], seed=3, **gentle(method), **extra)
     expected = _trainable(full.unet, full.names)
@@ -133,9 +142,9 @@ def test_a_concept_that_tokenises_to_nothing_is_refused():
         check_concepts(silent, ["circle"])
 
 
-def test_registry_has_the_two_papers_methods():
+def test_registry_has_every_weight_editing_method():
     get_method("abo")
-    assert {"esd-x", "esd-u", "esd-all", "esd-x-strict", "abo"} <= set(METHODS)
+    assert {"esd-x", "esd-u", "esd-all", "esd-x-strict", "abo", "uce", "sdd", "ablating", "fmn"} <= set(METHODS)
 
 
 def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(tiny_folder, tmp_path, monkeypatch):

@@ -52,3 +52,13 @@ def test_all_and_unknown_presets(sd14_unet):
     assert len(select_parameters(sd14_unet, "all")) == len(list(sd14_unet.parameters()))
     with pytest.raises(ErasekitError, match="unknown parameter preset"):
         select_parameters(sd14_unet, "attn3")
+
+
+@pytest.mark.parametrize("method,kv_only", [("uce", True), ("ablating", True), ("sdd", False), ("fmn", False)])
+def test_baselines_train_the_cross_attention_of_their_papers(sd14_unet, method, kv_only):
+    from erasekit.methods.base import get_method
+
+    names = select_parameters(sd14_unet, get_method(method).Config().parameters)
+    assert all(".attn2." in n for n in names)
+    assert len(names) == (16 * 2 if kv_only else 16 * 5)
+    assert all(n.endswith(("to_k.weight", "to_v.weight")) for n in names) == kv_only

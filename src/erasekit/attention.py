@@ -1,4 +1,5 @@
-"""Cross-attention processors: Prompt-to-Prompt reweighting of chosen tokens (AbO's implicit δ)."""
+"""Cross-attention processors: Prompt-to-Prompt reweighting of chosen tokens (AbO's implicit δ), and a
+probe that records the attention on chosen tokens (Forget-Me-Not's loss)."""
 
 from __future__ import annotations
 
@@ -24,10 +25,26 @@ class TokenReweightProcessor(AttnProcessor):
         query = attn.head_to_batch_dim(attn.to_q(hidden_states))
         key = attn.head_to_batch_dim(attn.to_k(encoder_hidden_states))
         value = attn.head_to_batch_dim(attn.to_v(encoder_hidden_states))
-        probs = attn.get_attention_scores(query, key, None)
-        weights = self.weights.to(probs.dtype).repeat_interleave(attn.heads, dim=0)[:, None, :]
-        out = attn.batch_to_head_dim(torch.bmm(probs * weights, value))
+        probs = self.adjust(attn.get_attention_scores(query, key, None), attn.heads)
+        out = attn.batch_to_head_dim(torch.bmm(probs, value))
         return attn.to_out[1](attn.to_out[0](out)) / attn.rescale_output_factor
+
+    def adjust(self, probs: torch.Tensor, heads: int) -> torch.Tensor:
+        """probs: (B·heads, queries, tokens)."""
+        return probs * self.weights.to(probs.dtype).repeat_interleave(heads, dim=0)[:, None, :]
+
+
+class AttentionProbe(TokenReweightProcessor):
+    """Cross-attention as usual, keeping (with gradients) the probabilities on the tokens where
+    `mask` (B, n_tokens) is 1: Forget-Me-Not's loss reads them."""
+
+    def __init__(self, mask: torch.Tensor):
+        super().__init__(mask)
+        self.maps: list[torch.Tensor] = []
+
+    def adjust(self, probs, heads):
+        self.maps.append(super().adjust(probs, heads))
+        return probs
 
 
 def token_weights(tokenizer, prompts: list[str], words: list[str], weight: float) -> torch.Tensor:
@@ -44,12 +61,16 @@ def token_weights(tokenizer, prompts: list[str], words: list[str], weight: float
 
 
 @contextmanager
-def reweighted_cross_attention(unet, weights: torch.Tensor):
-    """Within the block, every cross-attention layer of `unet` reweights tokens by `weights`."""
+def cross_attention_processor(unet, processor: AttnProcessor):
+    """Within the block, every cross-attention layer of `unet` runs `processor`; yields it."""
     original = unet.attn_processors
-    processor = TokenReweightProcessor(weights)
     unet.set_attn_processor({name: processor if ".attn2." in name else p for name, p in original.items()})
     try:
-        yield
+        yield processor
     finally:
         unet.set_attn_processor(original)
+
+
+def reweighted_cross_attention(unet, weights: torch.Tensor):
+    """Within the block, every cross-attention layer of `unet` reweights tokens by `weights`."""
+    return cross_attention_processor(unet, TokenReweightProcessor(weights))

@@ -76,3 +76,32 @@ def build_bank(
 
             ddim_sample(scheduler, x_T, record)
     return Bank(torch.cat(xs), torch.cat(ts), torch.cat(concepts), {k: torch.cat(v) for k, v in targets.items()})
+
+
+@torch.no_grad()
+def sample_latents(scheduler, guided_for: Callable[[torch.Tensor], Callable], n: int, n_concepts: int, latent_shape: tuple[int, ...],
+                   generator: torch.Generator, device, batch_size: int = 64, progress: bool = True, label: str = "images") -> Bank:
+    """Generate `n` clean latents x_0 with DDIM (image k of concept k mod n_concepts), for methods that
+    train on noised images of a concept (Ablating Concepts' anchors, Forget-Me-Not's concept images).
+
+    guided_for(concept indices) returns the guidance hook for a batch. Returned as a Bank with t = 0.
+    """
+    xs, concepts = [], []
+    with progress_bar(disable=not progress) as bar:
+        task = bar.add_task(label, total=n, info=f"{n} latents")
+        for start in range(0, n, batch_size):
+            k = min(batch_size, n - start)
+            concept = torch.arange(start, start + k) % n_concepts
+            x_T = initial_noise(k, latent_shape, generator, scheduler).to(device)
+            xs.append(ddim_sample(scheduler, x_T, guided_for(concept)).cpu())
+            concepts.append(concept)
+            bar.update(task, advance=k)
+    x = torch.cat(xs)
+    return Bank(x, torch.zeros(len(x), dtype=torch.long), torch.cat(concepts), {})
+
+
+def noised(scheduler, x0: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """x_t ~ q(x_t | x_0) at uniformly drawn training timesteps."""
+    t = torch.randint(0, scheduler.config.num_train_timesteps, (x0.shape[0],), generator=generator)
+    noise = torch.randn(x0.shape, generator=generator)
+    return scheduler.add_noise(x0, noise, t), t

@@ -57,3 +57,25 @@ def abo_loss(
     concept = abo_concept_loss(eps_student_concept, eps_student_uncond, target, gamma2)
     penalty = abo_penalty(eps_student_uncond, eps_frozen_uncond)
     return concept + lam * penalty, {"concept": concept.item(), "penalty": penalty.item()}
+
+
+def ablating_loss(eps_student_concept: torch.Tensor, eps_student_anchor: torch.Tensor) -> torch.Tensor:
+    """Ablating Concepts, model-based (Kumari et al. 2023, Eq. 3): ‖ε_θ(x_t, c) − sg[ε_θ(x_t, c*)]‖²,
+    x_t a noised image of the anchor concept c*."""
+    return mse(eps_student_concept, eps_student_anchor.detach())
+
+
+def sdd_loss(eps_student_concept: torch.Tensor, eps_ema_uncond: torch.Tensor) -> torch.Tensor:
+    """Safe self-distillation (Kim et al. 2023, Eq. 4): ‖ε_θ(x_t, c) − sg[ε_θ⁻(x_t, ∅)]‖², θ⁻ the EMA teacher."""
+    return mse(eps_student_concept, eps_ema_uncond.detach())
+
+
+def fmn_loss(attention_maps: list[torch.Tensor]) -> torch.Tensor:
+    """Forget-Me-Not attention re-steering (Zhang et al. 2023): the squared norm of the cross-attention
+    probabilities on the concept's tokens, averaged over layers. Each map: (B·heads, queries, concept tokens)."""
+    return torch.stack([a.pow(2).sum(-1).mean() for a in attention_maps]).mean()
+
+
+def ema_update(ema: torch.Tensor, live: torch.Tensor, decay: float) -> None:
+    """θ⁻ ← decay θ⁻ + (1 − decay) θ, in place (SDD's teacher)."""
+    ema.mul_(decay).add_(live.detach(), alpha=1 - decay)

@@ -35,13 +35,14 @@ def _run_identity(method) -> str:
     return json.dumps({"method": method.name, "concepts": method.concepts, "replacement": method.replacement, "config": config}, sort_keys=True)
 
 
-def _save_checkpoint(directory: Path, step: int, params: dict[str, torch.nn.Parameter], opt, generator: torch.Generator, run: str) -> None:
+def _save_checkpoint(directory: Path, step: int, params: dict[str, torch.nn.Parameter], opt, generator: torch.Generator, run: str, method) -> None:
     state = {
         "run": run,
         "step": step,
         "params": {name: p.detach().cpu().clone() for name, p in params.items()},
         "optimizer": opt.state_dict(),
         "generator": generator.get_state(),
+        "method": {k: v.detach().cpu().clone() for k, v in method.extra_state().items()},
     }
     atomic_save_torch(state, directory / "state.pt")
 
@@ -58,6 +59,7 @@ def train(method, names: list[str], generator: torch.Generator, checkpoint_dir: 
     for p in params.values():
         p.requires_grad_(True)
     opt = make_optimizer(config, list(params.values()))
+    method.bind(params)
 
     state_file = checkpoint_dir / "state.pt" if checkpoint_dir else None
     bank_file = checkpoint_dir / "bank.safetensors" if checkpoint_dir else None
@@ -78,6 +80,7 @@ def train(method, names: list[str], generator: torch.Generator, checkpoint_dir: 
                 p.copy_(state["params"][name])
         opt.load_state_dict(state["optimizer"])
         generator.set_state(state["generator"])
+        method.load_extra_state(state["method"])
         start = state["step"]
     else:
         method.prepare(generator, progress)
@@ -85,7 +88,7 @@ def train(method, names: list[str], generator: torch.Generator, checkpoint_dir: 
             checkpoint_dir.mkdir(parents=True, exist_ok=True)
             if method.bank is not None:
                 method.bank.save(bank_file)
-            _save_checkpoint(checkpoint_dir, 0, params, opt, generator, run)
+            _save_checkpoint(checkpoint_dir, 0, params, opt, generator, run, method)
 
     history = []
     last_saved = start
@@ -100,11 +103,12 @@ def train(method, names: list[str], generator: torch.Generator, checkpoint_dir: 
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            method.after_step()
             history.append(terms)
             bar.update(task, advance=1, info="  ".join(f"{k} {v:.4g}" for k, v in terms.items()))
             done = step + 1
             if checkpoint_dir is not None and (done % checkpoint_every == 0 or done == config.steps):
-                _save_checkpoint(checkpoint_dir, done, params, opt, generator, run)
+                _save_checkpoint(checkpoint_dir, done, params, opt, generator, run, method)
                 last_saved = done
     unet.requires_grad_(False)
     return history

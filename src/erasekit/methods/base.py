@@ -86,6 +86,20 @@ class Method:
     # Methods with a teacher bank keep it here, so that a resumed run reuses it.
     bank = None
 
+    # Hooks of the training loop; most methods need none of them.
+    def bind(self, params: dict[str, torch.nn.Parameter]) -> None:
+        """Called once with the trainable parameters, before `prepare`."""
+
+    def after_step(self) -> None:
+        """Called after every optimiser step."""
+
+    def extra_state(self) -> dict[str, torch.Tensor]:
+        """State beyond the parameters that a checkpoint must keep for an exact resume."""
+        return {}
+
+    def load_extra_state(self, state: dict[str, torch.Tensor]) -> None:
+        pass
+
     def uncond_like(self, n: int) -> torch.Tensor:
         return self.uncond.expand(n, -1, -1)
 
@@ -99,7 +113,7 @@ def register(cls: type[Method]) -> type[Method]:
 
 
 def get_method(name: str) -> type[Method]:
-    from . import abo, esd, uce  # noqa: F401  (registration happens on import)
+    from . import ablating, abo, esd, fmn, sdd, uce  # noqa: F401  (registration happens on import)
 
     if name not in METHODS:
         raise ErasekitError(f"unknown method '{name}'; choose from {', '.join(sorted(METHODS))}")
