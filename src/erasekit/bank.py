@@ -16,9 +16,10 @@ from typing import Callable
 import torch
 from safetensors.torch import load_file, save_file
 
+from .guidance import cfg
 from .io import atomic_path
 from .progress import progress_bar
-from .sampling import ddim_sample, initial_noise
+from .sampling import ddim_sample, initial_noise, unet_out
 
 # teacher_step(x, t, step_index, concept_index) -> (guided output, {name: target tensor})
 TeacherStep = Callable[[torch.Tensor, torch.Tensor, int, torch.Tensor], tuple[torch.Tensor, dict[str, torch.Tensor]]]
@@ -37,6 +38,13 @@ class Bank:
     def draw(self, batch: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
         idx = torch.randint(0, len(self), (batch,), generator=generator)
         return {"x": self.x[idx], "t": self.t[idx], "concept": self.concept[idx], **{k: v[idx] for k, v in self.targets.items()}}
+
+    def draw_noised(self, batch: int, scheduler, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """Draw clean latents and noise them: x_t ~ q(x_t | x_0) at uniform training timesteps."""
+        drawn = self.draw(batch, generator)
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (batch,), generator=generator)
+        noise = torch.randn(drawn["x"].shape, generator=generator)
+        return {**drawn, "x": scheduler.add_noise(drawn["x"], noise, t), "t": t}
 
     def save(self, path: Path) -> None:
         tensors = {"x": self.x, "t": self.t, "concept": self.concept, **{f"target.{k}": v for k, v in self.targets.items()}}
@@ -79,12 +87,14 @@ def build_bank(
 
 
 @torch.no_grad()
-def sample_latents(scheduler, guided_for: Callable[[torch.Tensor], Callable], n: int, n_concepts: int, latent_shape: tuple[int, ...],
-                   generator: torch.Generator, device, batch_size: int = 64, progress: bool = True, label: str = "images") -> Bank:
-    """Generate `n` clean latents x_0 with DDIM (image k of concept k mod n_concepts), for methods that
-    train on noised images of a concept (Ablating Concepts' anchors, Forget-Me-Not's concept images).
+def sample_latents(scheduler, unet, uncond: torch.Tensor, cond_for: Callable[[torch.Tensor], torch.Tensor], guidance: float,
+                   n: int, n_concepts: int, latent_shape: tuple[int, ...], generator: torch.Generator, device,
+                   batch_size: int = 64, progress: bool = True, label: str = "images") -> Bank:
+    """Generate `n` clean latents x_0 by guided DDIM (image k of concept k mod n_concepts), for methods
+    that train on noised images of a concept (Ablating Concepts' anchors, Forget-Me-Not's concept images).
 
-    guided_for(concept indices) returns the guidance hook for a batch. Returned as a Bank with t = 0.
+    cond_for(concept indices) gives the prompt embeddings of a batch. Returned as a Bank with t = 0;
+    `draw_noised` then draws x_t from it.
     """
     xs, concepts = [], []
     with progress_bar(disable=not progress) as bar:
@@ -92,16 +102,14 @@ def sample_latents(scheduler, guided_for: Callable[[torch.Tensor], Callable], n:
         for start in range(0, n, batch_size):
             k = min(batch_size, n - start)
             concept = torch.arange(start, start + k) % n_concepts
-            x_T = initial_noise(k, latent_shape, generator, scheduler).to(device)
-            xs.append(ddim_sample(scheduler, x_T, guided_for(concept)).cpu())
+            embeddings = torch.cat([uncond.expand(k, -1, -1), cond_for(concept)])
+
+            def guided(x, t, i):
+                eps_uncond, eps_cond = unet_out(unet, x.repeat(2, 1, 1, 1), t, embeddings).chunk(2)
+                return cfg(eps_uncond, eps_cond, guidance)
+
+            xs.append(ddim_sample(scheduler, initial_noise(k, latent_shape, generator, scheduler).to(device), guided).cpu())
             concepts.append(concept)
             bar.update(task, advance=k)
     x = torch.cat(xs)
     return Bank(x, torch.zeros(len(x), dtype=torch.long), torch.cat(concepts), {})
-
-
-def noised(scheduler, x0: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """x_t ~ q(x_t | x_0) at uniformly drawn training timesteps."""
-    t = torch.randint(0, scheduler.config.num_train_timesteps, (x0.shape[0],), generator=generator)
-    noise = torch.randn(x0.shape, generator=generator)
-    return scheduler.add_noise(x0, noise, t), t

@@ -134,8 +134,8 @@ def _parse_settings(pairs: list[str] | None) -> dict:
 def erase(
     concept: List[str] = typer.Option(..., "--concept", "-c", help="Concept to erase; repeat to erase several (one is drawn per step)."),
     model: str = typer.Option("builtin", help=MODEL_HELP),
-    method: str = typer.Option("abo", help="esd-x, esd-u, esd-all, esd-x-strict, or abo (All but One)."),
-    replacement: Optional[str] = typer.Option(None, help="abo: what the concept becomes instead (e.g. --concept circle --replacement square)."),
+    method: str = typer.Option("abo", help="abo (All but One), esd-x, esd-u, esd-all, esd-x-strict, uce, sdd, ablating or fmn."),
+    replacement: Optional[str] = typer.Option(None, help="abo, uce, ablating: what the concept becomes instead (e.g. --concept circle --replacement square)."),
     preset: Optional[str] = typer.Option(None, help="Named settings, e.g. 'paper' (the paper's optimiser, lr and steps, meant for Stable Diffusion)."),
     steps: Optional[int] = typer.Option(None, help="Training steps (default: the method's)."),
     lr: Optional[float] = typer.Option(None, help="Learning rate (default: the method's)."),

@@ -16,8 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..bank import noised, sample_latents
-from ..guidance import cfg
+from ..bank import sample_latents
 from ..losses import ablating_loss
 from ..sampling import ddim_scheduler, embed, unet_out
 from .base import Method, MethodConfig, register
@@ -51,23 +50,12 @@ class Ablating(Method):
         self.scheduler = ddim_scheduler(pipe, config.ddim_steps)
 
     def prepare(self, generator, progress):
-        def guided_for(concept):
-            n = len(concept)
-            embs = torch.cat([self.uncond_like(n), self.anchor_emb.expand(n, -1, -1)])
-
-            def guided(x, t, i):
-                eps_uncond, eps_anchor = unet_out(self.unet, x.repeat(2, 1, 1, 1), t, embs).chunk(2)
-                return cfg(eps_uncond, eps_anchor, self.config.guidance)
-
-            return guided
-
-        self.bank = sample_latents(self.scheduler, guided_for, self.config.anchor_images, len(self.concepts),
-                                   self.latent_shape, generator, self.device, progress=progress, label="anchor images")
+        self.bank = sample_latents(self.scheduler, self.unet, self.uncond, lambda concept: self.anchor_emb.expand(len(concept), -1, -1), self.config.guidance,
+                                   self.config.anchor_images, len(self.concepts), self.latent_shape, generator, self.device,
+                                   progress=progress, label="anchor images")
 
     def draw(self, generator):
-        batch = self.bank.draw(self.config.batch_size, generator)
-        batch["x"], batch["t"] = noised(self.scheduler, batch["x"], generator)
-        return batch
+        return self.bank.draw_noised(self.config.batch_size, self.scheduler, generator)
 
     def loss(self, batch):
         x = batch["x"].to(self.device)

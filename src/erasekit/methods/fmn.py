@@ -14,8 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from ..attention import AttentionProbe, cross_attention_processor, token_weights
-from ..bank import noised, sample_latents
-from ..guidance import cfg
+from ..bank import sample_latents
 from ..losses import fmn_loss
 from ..sampling import ddim_scheduler, unet_out
 from .base import Method, MethodConfig, register
@@ -46,22 +45,12 @@ class Fmn(Method):
         self.token_mask = 1 - token_weights(pipe.tokenizer, concepts, concepts, 0.0)  # 1 on each concept's tokens
 
     def prepare(self, generator, progress):
-        def guided_for(concept):
-            embs = torch.cat([self.uncond_like(len(concept)), self.concept_emb[concept]])
-
-            def guided(x, t, i):
-                eps_uncond, eps_concept = unet_out(self.unet, x.repeat(2, 1, 1, 1), t, embs).chunk(2)
-                return cfg(eps_uncond, eps_concept, self.config.guidance)
-
-            return guided
-
-        self.bank = sample_latents(self.scheduler, guided_for, self.config.concept_images, len(self.concepts),
-                                   self.latent_shape, generator, self.device, progress=progress, label="concept images")
+        self.bank = sample_latents(self.scheduler, self.unet, self.uncond, lambda concept: self.concept_emb[concept], self.config.guidance,
+                                   self.config.concept_images, len(self.concepts), self.latent_shape, generator, self.device,
+                                   progress=progress, label="concept images")
 
     def draw(self, generator):
-        batch = self.bank.draw(self.config.batch_size, generator)
-        batch["x"], batch["t"] = noised(self.scheduler, batch["x"], generator)
-        return batch
+        return self.bank.draw_noised(self.config.batch_size, self.scheduler, generator)
 
     def loss(self, batch):
         concept = batch["concept"]
