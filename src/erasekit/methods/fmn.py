@@ -11,8 +11,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
 from ..attention import AttentionProbe, cross_attention_processor, token_weights
 from ..bank import sample_latents
 from ..losses import fmn_loss
