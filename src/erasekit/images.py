@@ -14,21 +14,25 @@ from .errors import ErasekitError
 from .io import atomic_save_image
 
 
-def make_grid(images: list[Image.Image], columns: int | None = None, row_labels: list[str] | None = None, scale: int = 1) -> Image.Image:
-    """Tile images in rows of `columns`, optionally upscaled and with a text label left of each row."""
+def make_grid(images: list[Image.Image], columns: int | None = None, row_labels: list[str] | None = None, scale: int = 1,
+              column_labels: list[str] | None = None) -> Image.Image:
+    """Tile images in rows of `columns`, optionally upscaled, with a text label left of each row and above each column."""
     if not images:
         raise ValueError("no images to tile")
     columns = columns or math.ceil(math.sqrt(len(images)))
     rows = math.ceil(len(images) / columns)
     w, h = images[0].size[0] * scale, images[0].size[1] * scale
     label_w = 8 + 6 * max((len(s) for s in row_labels), default=0) if row_labels else 0
-    grid = Image.new("RGB", (label_w + columns * w, rows * h), "white")
+    top = 16 if column_labels else 0
+    grid = Image.new("RGB", (label_w + columns * w, top + rows * h), "white")
     draw = ImageDraw.Draw(grid)
     for i, im in enumerate(images):
         r, c = divmod(i, columns)
-        grid.paste(im.resize((w, h), Image.Resampling.NEAREST), (label_w + c * w, r * h))
+        grid.paste(im.resize((w, h), Image.Resampling.NEAREST), (label_w + c * w, top + r * h))
     for r, text in enumerate(row_labels or []):
-        draw.text((4, r * h + h // 2 - 5), text, fill="black")
+        draw.text((4, top + r * h + h // 2 - 5), text, fill="black")
+    for c, text in enumerate(column_labels or []):
+        draw.text((label_w + c * w + 4, 3), text, fill="black")
     return grid
 
 

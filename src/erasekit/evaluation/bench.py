@@ -58,8 +58,12 @@ def _save_samples(folder: Path, evaluation, which: str) -> None:
             atomic_save_image(evaluation.images[name][which][i], folder / "samples" / f"{name}-{k}.png")
 
 
+def _sample_paths(folder: Path) -> list[Path]:
+    return sorted((folder / "samples").glob("*.png"))
+
+
 def _load_samples(folder: Path) -> list[Image.Image]:
-    return [Image.open(p).convert("RGB") for p in sorted((folder / "samples").glob("*.png"))]
+    return [Image.open(p).convert("RGB") for p in _sample_paths(folder)]
 
 
 def run_cell(out: Path, method: str, concept: str, method_settings: dict, settings: BenchSettings, detector, base, base_images: dict, progress: bool) -> dict:
@@ -198,13 +202,15 @@ def scatter_plot(rows: list[dict], path: Path) -> None:
 
 def concept_grid(out: Path, concept: str, rows: list[dict], settings: BenchSettings) -> Image.Image:
     """Rows: the base model, then each method; columns: the same prompts and seeds."""
-    base = _load_samples(out / "cells" / f"base-{concept}-{cell_key('base', concept, {}, settings)}")
+    base_folder = out / "cells" / f"base-{concept}-{cell_key('base', concept, {}, settings)}"
+    base = _load_samples(base_folder)
+    suites = [p.stem.rsplit("-", 1)[0] for p in _sample_paths(base_folder)]  # "related-0" -> "related"
     images, labels = list(base), ["base model"]
     for r in rows:
         folder = out / "cells" / f"{r['method']}-{concept}-{cell_key(r['method'], concept, r['method_settings'], settings)}"
         images += _load_samples(folder)
         labels.append(r["method"])
-    return make_grid(images, columns=len(base), row_labels=labels, scale=2)
+    return make_grid(images, columns=len(base), row_labels=labels, scale=2, column_labels=suites)
 
 
 def write_bench_report(out: Path, rows: list[dict], settings: BenchSettings) -> None:
