@@ -103,7 +103,7 @@ def generate(
     ensure_writable_dir(out)
     pipe = load_pipeline(model)
     if method is not None:
-        pipe, steered = inference_method(pipe, method, concept.strip(), sld_preset if method == "sld" else None)
+        pipe, steered = inference_method(pipe, method, concept.strip(), sld_preset)
         negative_prompt = negative_prompt or steered
     images = generate_images(pipe, prompts, n=n, seed=seed, steps=steps, guidance=guidance, negative_prompt=negative_prompt, batch_size=batch_size)
     names = [f"{slug(p)}_{seed + j}.png" for p in prompts for j in range(n)]
@@ -293,7 +293,7 @@ def evaluate(
         erased = load_pipeline(model)
         metadata = load_erasure(erased, erasure)
     else:
-        erased, negative_prompt = inference_method(base, method, concept, sld_preset if method == "sld" else None)
+        erased, negative_prompt = inference_method(base, method, concept, sld_preset)
         metadata = {"method": method, "concepts": [concept], "hyperparameters": {"sld_preset": sld_preset} if method == "sld" else {}}
     result = run_evaluation(
         base, erased, concept, suites, found, seeds=seed_list, steps=steps, guidance=guidance,

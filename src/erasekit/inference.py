@@ -74,7 +74,7 @@ class SldPipeline:
 
 
 def inference_method(pipe, method: str, concept: str, preset: str | None = None):
-    """(pipeline to sample with, negative prompt) for an inference-time method."""
+    """(pipeline to sample with, negative prompt) for an inference-time method; `preset` is SLD's."""
     if method == "neg-prompt":
         return pipe, concept
     if method == "sld":

@@ -56,13 +56,14 @@ class Evaluation:
         }
 
 
+def seeds_of(prompt: Prompt, seeds: list[int]) -> list[int]:
+    """The seeds a prompt is generated with: its own (a CSV row) or every seed of the run."""
+    return [prompt.seed] if prompt.seed is not None else list(seeds)
+
+
 def expand(prompts: list[Prompt], seeds: list[int], guidance: float) -> list[Job]:
-    """One job per prompt and seed; a prompt with its own seed (a CSV row) gives one job."""
-    jobs = []
-    for p in prompts:
-        g = p.guidance if p.guidance is not None else guidance
-        jobs += [(p.text, p.seed, g)] if p.seed is not None else [(p.text, s, g) for s in seeds]
-    return jobs
+    """One job per prompt and seed, prompt by prompt."""
+    return [(p.text, s, p.guidance if p.guidance is not None else guidance) for p in prompts for s in seeds_of(p, seeds)]
 
 
 def _state():
@@ -152,7 +153,7 @@ def evaluate(
             n_images=len(before), detected_base=found_base.rate, detected=found.rate,
             counts_base=found_base.counts, counts=found.counts, ssim=ssim(before, after).mean().item(),
         )
-        wanted = [p.wanted for p in prompts for _ in range(1 if p.seed is not None else len(seeds))]
+        wanted = [p.wanted for p in prompts for _ in seeds_of(p, seeds)]
         if hasattr(detector, "predict") and all(wanted):
             result.alignment_base = agreement(detector.predict(before), wanted)
             result.alignment = agreement(detector.predict(after), wanted)
@@ -195,7 +196,7 @@ def _distribution(suites, images, seeds, reference, features) -> dict | None:
     if reference == "auto":
         prompts = [p for name in kept for p in suites[name]]
         if all(p.wanted for p in prompts):
-            reference, source = render_reference(prompts, [1 if p.seed is not None else len(seeds) for p in prompts]), "rendered ground truth"
+            reference, source = render_reference(prompts, [len(seeds_of(p, seeds)) for p in prompts]), "rendered ground truth"
         else:
             reference, source = base_images, "base model"
     return {
