@@ -350,12 +350,12 @@ def bench(
 def shapes_train(
     out: Path = typer.Option(..., help="Folder for the run: pipeline/, classifier/, train_config.json, train_log.csv. Re-run to resume."),
     seed: int = typer.Option(0, help="Seed for data, initialisation and sampling."),
-    unet_steps: int = typer.Option(4800, help="UNet + text-encoder training steps (batch 64; ~1.2 s each on 2 CPU cores)."),
+    unet_steps: int = typer.Option(7200, help="UNet + text-encoder training steps (batch 64; ~1.1 s each on 2 CPU cores)."),
     unet_cycle: int = typer.Option(2400, help="The cosine learning rate restarts every this many steps."),
     n_images: int = typer.Option(40_000, help="Rendered training images."),
     quick: bool = typer.Option(False, help="A tiny schedule for smoke tests (a minute; the result draws blobs)."),
 ):
-    """Train the shapes-world pipeline and classifier from nothing (about two hours on 2 CPU cores)."""
+    """Train the shapes-world pipeline and classifier from nothing (about two and a half hours on 2 CPU cores)."""
     from .shapes.train import TrainConfig, train_all
 
     cfg = TrainConfig(seed=seed, unet_steps=unet_steps, unet_cycle=unet_cycle, n_images=n_images)

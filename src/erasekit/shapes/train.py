@@ -42,7 +42,7 @@ class TrainConfig:
     vae_steps: int = 2500
     vae_batch: int = 32
     vae_crop: int = 32
-    unet_steps: int = 4800
+    unet_steps: int = 7200
     unet_cycle: int = 2400
     unet_batch: int = 64
     unet_lr: float = 6e-4
