@@ -33,31 +33,13 @@ def peak_rss_mb() -> float:
 
 def sd14_pipeline():
     """A StableDiffusionPipeline whose UNet has the SD 1.4 config (random weights, 8x8 latents)."""
-    import tempfile
+    from erasekit.testing import random_pipeline
 
-    import torch
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    from erasekit.shapes.tokenizer import save_tokenizer
-
-    torch.manual_seed(0)
     config = json.loads((ROOT / "tests" / "data" / "sd14_unet_config.json").read_text())
-    config = {k: v for k, v in config.items() if not k.startswith("_")} | {"sample_size": 8}
-    tokenizer = save_tokenizer(Path(tempfile.mkdtemp()) / "tokenizer")
-    text_encoder = CLIPTextModel(CLIPTextConfig(
-        vocab_size=len(tokenizer), hidden_size=768, intermediate_size=1024, num_hidden_layers=1, num_attention_heads=12,
-        max_position_embeddings=77, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-    ))
-    vae = AutoencoderKL(block_out_channels=(8,), norm_num_groups=8, latent_channels=4)
-    scheduler = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False, set_alpha_to_one=False, steps_offset=1)
-    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=UNet2DConditionModel(**config),
-                                   scheduler=scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return random_pipeline(config | {"sample_size": 8})
 
 
-def run_one(variant: str, steps: int, bank: int, seeds: int, concept: str) -> dict:
+def run_one(variant: str, steps: int, bank: int, seeds: int, concept: str, extra: dict) -> dict:
     """Run one variant in this process; returns its measurements."""
     import torch
 
@@ -71,7 +53,8 @@ def run_one(variant: str, steps: int, bank: int, seeds: int, concept: str) -> di
 
     sd14 = variant.startswith("sd14")
     pipe = sd14_pipeline() if sd14 else load_pipeline("builtin")
-    settings = dict(steps=steps, ddim_steps=4, bank_trajectories=bank) if sd14 else dict(steps=steps, bank_trajectories=bank)
+    # Batch 1 for both: Algorithm 1 as written draws one x_t per step.
+    settings = extra | dict(steps=steps, batch_size=1, bank_trajectories=bank) | (dict(ddim_steps=4) if sd14 else {})
     config = Abo.make_config(**settings)
     rss_loaded = peak_rss_mb()
     start = time.perf_counter()
@@ -98,13 +81,18 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=2, help="seeds per prompt in the erasure evaluation")
     parser.add_argument("--concept", default="circle")
     parser.add_argument("--sd14-steps", type=int, default=3)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="an AbO setting for every variant, e.g. --set warmup=0 (numbers are parsed as JSON)")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     parser.add_argument("--bank", type=int, default=32, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
+    from erasekit.cli import _parse_settings  # the CLI's own --set reading
+
+    extra = _parse_settings(args.set)
     if args.one:
         steps = args.sd14_steps if args.one.startswith("sd14") else args.steps
-        print(json.dumps(run_one(args.one, steps, args.bank, args.seeds, args.concept)))
+        print(json.dumps(run_one(args.one, steps, args.bank, args.seeds, args.concept, extra)))
         return
 
     variants = [("reference", 0)] + [("fast", int(k)) for k in args.banks.split(",")] + [("sd14-reference", 0), ("sd14-fast", 2)]
@@ -112,6 +100,7 @@ def main() -> None:
     for variant, bank in variants:
         cmd = [sys.executable, __file__, "--one", variant, "--bank", str(bank), "--steps", str(args.steps),
                "--seeds", str(args.seeds), "--concept", args.concept, "--sd14-steps", str(args.sd14_steps)]
+        cmd += [f"--set={pair}" for pair in args.set]
         print("running", variant, bank or "", flush=True)
         done = subprocess.run(cmd, capture_output=True, text=True, check=True)
         rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
@@ -129,7 +118,7 @@ def main() -> None:
     lines = [
         "# AbO: fast path vs Algorithm 1 as written (built-in model)", "",
         f"Command: `{meta['command']}`  ", f"Date: {meta['date']}; {meta['machine']}", "",
-        f"Erasing '{args.concept}', {args.steps} steps, same seed. Speed-up and memory are ratios against the reference, in this one run.", "",
+        f"Erasing '{args.concept}', {args.steps} steps, settings {extra or 'defaults'}, same seed. Speed-up and memory are ratios against the reference, in this one run.", "",
         "| variant | bank trajectories | train time (s) | speed-up | peak RSS (MB) | target detected (base → erased) | shape / colour agreement, other prompts (base → erased) | SSIM to base, other prompts |",
         "|---|---:|---:|---:|---:|---|---|---:|",
     ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from html.parser import HTMLParser
 
@@ -9,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from erasekit import load_pipeline
 from erasekit.api import make_batches
 from erasekit.errors import ErasekitError
 from erasekit.evaluation.metrics import ClassifierFeatures, clip_score, fid_kid, ssim
@@ -198,6 +200,13 @@ def test_bench_writes_valid_html_with_its_images_and_reuses_cells(tmp_path):
     stamp = cell.stat().st_mtime_ns
     bench(tmp_path, ["neg-prompt"], ["red"], settings, progress=False)
     assert cell.stat().st_mtime_ns == stamp  # reused, not recomputed
+
+    retrained = load_pipeline("builtin")
+    with torch.no_grad():
+        retrained.unet.conv_out.bias.add_(0.1)
+    retrained.save_pretrained(tmp_path / "retrained")
+    bench(tmp_path, ["neg-prompt"], ["red"], dataclasses.replace(settings, model=str(tmp_path / "retrained")), progress=False)
+    assert len(list((tmp_path / "cells").glob("neg-prompt-red-*"))) == 2  # another base model: its own cell
 
 
 @pytest.mark.slow

@@ -8,12 +8,11 @@ generated once per concept and shared by all its cells.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import html
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from PIL import Image
@@ -37,11 +36,24 @@ class BenchSettings:
     batch_size: int = 32
 
 
-def cell_key(method: str, concept: str, method_settings: dict, settings: BenchSettings) -> str:
-    """A short hash of everything that determines a cell's numbers."""
+def _resolved(method: str, method_settings: dict) -> dict:
+    """A trained method's whole config (defaults filled in), so that changed defaults change the key."""
+    from ..methods.base import get_method
+
+    if method == "base" or method in INFERENCE_METHODS:
+        return method_settings
+    config = get_method(method).make_config(**{k: v for k, v in method_settings.items() if k != "replacement"})
+    return asdict(config) | {"replacement": method_settings.get("replacement")}
+
+
+def cell_key(method: str, concept: str, method_settings: dict, settings: BenchSettings, base_unet: str) -> str:
+    """A short hash of everything that determines a cell's numbers: the method's whole config and the
+    base model's weights (`base_unet`, its fingerprint) included, so neither new defaults nor a
+    retrained model ever reuse another's cells."""
     from .. import __version__
 
-    blob = json.dumps([method, concept, method_settings, settings.__dict__, __version__], sort_keys=True, default=list)
+    blob = json.dumps([method, concept, _resolved(method, method_settings), settings.__dict__, base_unet, __version__],
+                      sort_keys=True, default=list)
     return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
 
@@ -69,21 +81,23 @@ def _load_samples(folder: Path) -> list[Image.Image]:
 def run_cell(out: Path, method: str, concept: str, method_settings: dict, settings: BenchSettings, detector, base, base_images: dict, progress: bool) -> dict:
     """Train (unless inference-time), evaluate and store one cell; reuse it if it is already there.
 
-    base: a loader of the base pipeline (called only if the cell must be computed); base_images:
-    the base model's images per concept, filled by the first computed cell of each concept.
+    base: the base pipeline; base_images: the base model's images per concept, filled by the first
+    computed cell of each concept.
     """
     from ..erase import erase
-    from ..model import load_pipeline
+    from ..model import load_pipeline, unet_fingerprint
     from .evaluate import evaluate
 
-    folder = out / "cells" / f"{method}-{concept}-{cell_key(method, concept, method_settings, settings)}"
+    base_unet = unet_fingerprint(base.unet)
+    folder = out / "cells" / f"{method}-{concept}-{cell_key(method, concept, method_settings, settings, base_unet)}"
+    base_folder = out / "cells" / f"base-{concept}-{cell_key('base', concept, {}, settings, base_unet)}"
     result_file = folder / "result.json"
     if result_file.exists():
         return json.loads(result_file.read_text())
 
     train_s, negative_prompt = 0.0, None
     if method in INFERENCE_METHODS:
-        erased, negative_prompt = inference_method(base(), method, concept, **method_settings)
+        erased, negative_prompt = inference_method(base, method, concept, **method_settings)
     else:
         erased = load_pipeline(settings.model)
         started = time.perf_counter()
@@ -91,16 +105,16 @@ def run_cell(out: Path, method: str, concept: str, method_settings: dict, settin
         train_s = time.perf_counter() - started
     suites = load_prompts(settings.prompts, concept)
     evaluation = evaluate(
-        base(), erased, concept, suites, detector, seeds=list(settings.seeds), steps=settings.steps, guidance=settings.guidance,
-        negative_prompt=negative_prompt, batch_size=settings.batch_size,
+        base, erased, concept, suites, detector, seeds=list(settings.seeds), steps=settings.steps, guidance=settings.guidance,
+        negative_prompt=negative_prompt, batch_size=settings.batch_size, replacement=method_settings.get("replacement"),
         base_images=base_images.get(concept), progress=progress,
     )
     if concept not in base_images:
         base_images[concept] = {name: evaluation.images[name]["base"] for name in suites}
-        _save_samples(out / "cells" / f"base-{concept}-{cell_key('base', concept, {}, settings)}", evaluation, "base")
+        _save_samples(base_folder, evaluation, "base")
     _save_samples(folder, evaluation, "erased")
     result = {"method": method, "concept": concept, "method_settings": method_settings, "train_s": round(train_s, 1),
-              "evaluation": evaluation.as_dict()}
+              "cell": folder.name, "base_cell": base_folder.name, "evaluation": evaluation.as_dict()}
     atomic_write_text(result_file, json.dumps(result, indent=2))
     return result
 
@@ -124,7 +138,7 @@ def bench(out: Path | str, methods: list[str], concepts: list[str], settings: Be
         raise ErasekitError("bench needs at least one method and one concept")
     out = Path(out)
     detector = ShapesDetector()
-    base = functools.cache(lambda: load_pipeline(settings.model))
+    base = load_pipeline(settings.model)
 
     base_images: dict = {}
     rows = [
@@ -140,6 +154,21 @@ def _pct(v: float | None) -> str:
     return "—" if v is None else f"{100 * v:.0f}%"
 
 
+def _target_cell(target: dict | None, replacement: str | None) -> str:
+    if not target:
+        return "—"
+    text = f"{_pct(target['detected_base'])} → {_pct(target['detected'])}"
+    return text + (f" ({replacement}: {_pct(target['replacement'])})" if replacement else "")
+
+
+def _fid_kid(base: dict, erased: dict) -> str:
+    if not erased:
+        return "—"
+    if not base:  # the base model itself was the reference
+        return f"{erased['fid']:.1f} / {erased['kid']:.3f}"
+    return f"{base['fid']:.1f} → {erased['fid']:.1f} / {base['kid']:.3f} → {erased['kid']:.3f}"
+
+
 def table_rows(rows: list[dict]) -> list[list[str]]:
     """The report's table, one list of cells per (method, concept)."""
     from .shapes import attribute_of
@@ -150,16 +179,16 @@ def table_rows(rows: list[dict]) -> list[list[str]]:
         target, related, unrelated = suites.get("target"), suites.get("related"), suites.get("unrelated")
         attribute = attribute_of(r["concept"])[0]
         dist = r["evaluation"].get("distribution") or {}
-        erased = dist.get("erased") or {}
+        base, erased = dist.get("base") or {}, dist.get("erased") or {}
         timing = r["evaluation"]["timing"]
         table.append([
             r["method"], r["concept"],
-            f"{_pct(target['detected_base'])} → {_pct(target['detected'])}" if target else "—",
+            _target_cell(target, r["method_settings"].get("replacement")),
             f"{_pct(related['alignment_base'][attribute])} → {_pct(related['alignment'][attribute])}" if related and related["alignment"] else "—",
             " / ".join(f"{a} {_pct(unrelated['alignment'][a])}" for a in unrelated["alignment"]) if unrelated and unrelated["alignment"] else "—",
             f"{related['ssim']:.3f}" if related else "—",
             f"{unrelated['ssim']:.3f}" if unrelated else "—",
-            f"{erased['fid']:.1f} / {erased['kid']:.3f}" if erased else "—",
+            _fid_kid(base, erased),
             f"{r['train_s']:.0f} s" if r["train_s"] else "none",
             f"{timing['images_per_s']:.2f}",
         ])
@@ -167,7 +196,7 @@ def table_rows(rows: list[dict]) -> list[list[str]]:
 
 
 HEADER = ["method", "concept", "target detected, base → erased", "same-attribute prompts: alignment, base → erased",
-          "unrelated prompts: alignment (erased)", "SSIM to base, related", "SSIM to base, unrelated", "FID / KID (erased)",
+          "unrelated prompts: alignment (erased)", "SSIM to base, related", "SSIM to base, unrelated", "FID / KID, base → erased (non-target prompts)",
           "train time", "eval images/s"]
 
 
@@ -200,15 +229,14 @@ def scatter_plot(rows: list[dict], path: Path) -> None:
     tmp.replace(path)
 
 
-def concept_grid(out: Path, concept: str, rows: list[dict], settings: BenchSettings) -> Image.Image:
+def concept_grid(out: Path, concept: str, rows: list[dict]) -> Image.Image:
     """Rows: the base model, then each method; columns: the same prompts and seeds."""
-    base_folder = out / "cells" / f"base-{concept}-{cell_key('base', concept, {}, settings)}"
+    base_folder = out / "cells" / rows[0]["base_cell"]
     base = _load_samples(base_folder)
     suites = [p.stem.rsplit("-", 1)[0] for p in _sample_paths(base_folder)]  # "related-0" -> "related"
     images, labels = list(base), ["base model"]
     for r in rows:
-        folder = out / "cells" / f"{r['method']}-{concept}-{cell_key(r['method'], concept, r['method_settings'], settings)}"
-        images += _load_samples(folder)
+        images += _load_samples(out / "cells" / r["cell"])
         labels.append(r["method"])
     return make_grid(images, columns=len(base), row_labels=labels, scale=2, column_labels=suites)
 
@@ -219,7 +247,7 @@ def write_bench_report(out: Path, rows: list[dict], settings: BenchSettings) -> 
     grids = []
     for concept in dict.fromkeys(r["concept"] for r in rows):
         name = f"grid-{concept}.png"
-        atomic_save_image(concept_grid(out, concept, [r for r in rows if r["concept"] == concept], settings), out / name)
+        atomic_save_image(concept_grid(out, concept, [r for r in rows if r["concept"] == concept]), out / name)
         grids.append((concept, name))
 
     intro = (f"Model `{settings.model}`; evaluation: prompts {settings.prompts}, seeds {list(settings.seeds)}, "
