@@ -61,19 +61,18 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(2)
-    from erasekit import load_pipeline
-    from erasekit.evaluation.bench import BenchSettings, run_cell
+    from erasekit.evaluation.bench import Base, BenchSettings, run_cell
     from erasekit.evaluation.detectors import ShapesDetector
 
     settings = BenchSettings(seeds=tuple(int(s) for s in args.seeds.split(",")))
     configs = list(CONFIGS)
     last_abo = [s for m, s in CONFIGS if m == "abo"][-1]
     configs += [("abo", last_abo | {"replacement": r}) for r in args.replacements.split(",") if r]
-    base, detector, base_images = load_pipeline("builtin"), ShapesDetector(), {}
+    base, detector = Base.load("builtin"), ShapesDetector()
     rows = []
     for method, method_settings in configs:
         print("running", method, method_settings, flush=True)
-        rows.append(run_cell(Path(args.out), method, args.concept, method_settings, settings, detector, base, base_images, progress=True))
+        rows.append(run_cell(Path(args.out), method, args.concept, method_settings, settings, detector, base, progress=True))
 
     command = "python benchmarks/shape_erasure.py " + " ".join(sys.argv[1:])
     meta = {"command": command.strip(), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),

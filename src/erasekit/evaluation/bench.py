@@ -12,7 +12,7 @@ import hashlib
 import html
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from PIL import Image
@@ -78,26 +78,38 @@ def _load_samples(folder: Path) -> list[Image.Image]:
     return [Image.open(p).convert("RGB") for p in _sample_paths(folder)]
 
 
-def run_cell(out: Path, method: str, concept: str, method_settings: dict, settings: BenchSettings, detector, base, base_images: dict, progress: bool) -> dict:
-    """Train (unless inference-time), evaluate and store one cell; reuse it if it is already there.
+@dataclass
+class Base:
+    """The model every cell is compared with: its pipeline, its UNet's fingerprint (hashed once, not
+    per cell) and its images per concept, filled by the first computed cell of each concept."""
 
-    base: the base pipeline; base_images: the base model's images per concept, filled by the first
-    computed cell of each concept.
-    """
+    pipe: object
+    fingerprint: str
+    images: dict = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, source: str) -> "Base":
+        from ..model import load_pipeline, unet_fingerprint
+
+        pipe = load_pipeline(source)
+        return cls(pipe, unet_fingerprint(pipe.unet))
+
+
+def run_cell(out: Path, method: str, concept: str, method_settings: dict, settings: BenchSettings, detector, base: Base, progress: bool) -> dict:
+    """Train (unless inference-time), evaluate and store one cell; reuse it if it is already there."""
     from ..erase import erase
-    from ..model import load_pipeline, unet_fingerprint
+    from ..model import load_pipeline
     from .evaluate import evaluate
 
-    base_unet = unet_fingerprint(base.unet)
-    folder = out / "cells" / f"{method}-{concept}-{cell_key(method, concept, method_settings, settings, base_unet)}"
-    base_folder = out / "cells" / f"base-{concept}-{cell_key('base', concept, {}, settings, base_unet)}"
+    folder = out / "cells" / f"{method}-{concept}-{cell_key(method, concept, method_settings, settings, base.fingerprint)}"
+    base_folder = out / "cells" / f"base-{concept}-{cell_key('base', concept, {}, settings, base.fingerprint)}"
     result_file = folder / "result.json"
     if result_file.exists():
         return json.loads(result_file.read_text())
 
     train_s, negative_prompt = 0.0, None
     if method in INFERENCE_METHODS:
-        erased, negative_prompt = inference_method(base, method, concept, **method_settings)
+        erased, negative_prompt = inference_method(base.pipe, method, concept, **method_settings)
     else:
         erased = load_pipeline(settings.model)
         started = time.perf_counter()
@@ -105,12 +117,12 @@ def run_cell(out: Path, method: str, concept: str, method_settings: dict, settin
         train_s = time.perf_counter() - started
     suites = load_prompts(settings.prompts, concept)
     evaluation = evaluate(
-        base, erased, concept, suites, detector, seeds=list(settings.seeds), steps=settings.steps, guidance=settings.guidance,
+        base.pipe, erased, concept, suites, detector, seeds=list(settings.seeds), steps=settings.steps, guidance=settings.guidance,
         negative_prompt=negative_prompt, batch_size=settings.batch_size, replacement=method_settings.get("replacement"),
-        base_images=base_images.get(concept), progress=progress,
+        base_images=base.images.get(concept), progress=progress,
     )
-    if concept not in base_images:
-        base_images[concept] = {name: evaluation.images[name]["base"] for name in suites}
+    if concept not in base.images:
+        base.images[concept] = {name: evaluation.images[name]["base"] for name in suites}
         _save_samples(base_folder, evaluation, "base")
     _save_samples(folder, evaluation, "erased")
     result = {"method": method, "concept": concept, "method_settings": method_settings, "train_s": round(train_s, 1),
@@ -123,7 +135,6 @@ def bench(out: Path | str, methods: list[str], concepts: list[str], settings: Be
           method_settings: dict[str, dict] | None = None, progress: bool = True) -> list[dict]:
     """Run every method on every concept (cached per cell) and write bench.md, bench.html, plots and grids."""
     from ..methods.base import get_method
-    from ..model import load_pipeline
     from .detectors import ShapesDetector
     from .shapes import attribute_of
 
@@ -138,11 +149,9 @@ def bench(out: Path | str, methods: list[str], concepts: list[str], settings: Be
         raise ErasekitError("bench needs at least one method and one concept")
     out = Path(out)
     detector = ShapesDetector()
-    base = load_pipeline(settings.model)
-
-    base_images: dict = {}
+    base = Base.load(settings.model)
     rows = [
-        run_cell(out, method, concept, method_settings.get(method, {}), settings, detector, base, base_images, progress)
+        run_cell(out, method, concept, method_settings.get(method, {}), settings, detector, base, progress)
         for concept in concepts
         for method in methods
     ]
