@@ -14,7 +14,7 @@ import torch
 
 from erasekit.guidance import Instruction, explicit_delta
 from erasekit.losses import abo_guidance_target, abo_loss
-from erasekit.methods.abo import AboConfig
+from erasekit.methods.abo import AboConfig, trajectory_for
 from erasekit.params import select_parameters
 from erasekit.progress import progress_bar
 from erasekit.sampling import ddim_scheduler, embed, initial_noise, latent_shape, unet_out
@@ -57,7 +57,9 @@ def reference_abo(pipe, concept: str, config: AboConfig, replacement: str | None
                 with torch.no_grad():
                     eps_u = unet_out(frozen, x, tau, uncond)
                     eps_c = unet_out(frozen, x, tau, c)
-                    guided = eps_u + config.gamma1 * (eps_c - eps_u) + delta(x, tau, i, eps_u)
+                    guided = eps_u + config.gamma1 * (eps_c - eps_u)
+                    if trajectory_for(config, replacement) == "erased":  # line 7; "concept" steps without δ
+                        guided = guided + delta(x, tau, i, eps_u)
                 x = scheduler.step(guided, tau, x, eta=0.0).prev_sample
             tau = scheduler.timesteps[stop]
             with torch.no_grad():

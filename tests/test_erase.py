@@ -174,3 +174,35 @@ def test_resume_refuses_a_checkpoint_of_another_run(tiny_folder, tmp_path):
         erase(str(tiny_folder), method="abo", concepts="circle", checkpoint_dir=ckpt, resume=True, **{**gentle("abo"), "lr": 5e-4})
     with pytest.raises(ErasekitError, match="nothing to resume"):
         erase(str(tiny_folder), method="abo", concepts="circle", checkpoint_dir=tmp_path / "none", resume=True, **gentle("abo"))
+
+
+@pytest.mark.parametrize("trajectory", ["erased", "concept"])
+def test_abo_steps_x_t_along_the_chosen_trajectory_with_the_same_targets(tiny_folder, trajectory):
+    pipe = load_pipeline(str(tiny_folder))
+    abo = get_method("abo")
+    method = abo(pipe, ["circle"], abo.make_config(trajectory=trajectory, warmup=0, **GENTLE["abo"]))
+    x, t, concept = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0)), method.scheduler.timesteps[1], torch.tensor([0, 0])
+    with torch.no_grad():
+        guided, targets = method.teacher_step(x, t, 1, concept)
+        eps_uncond, eps_concept = (method.unet(x, t, encoder_hidden_states=e.expand(2, -1, -1)).sample for e in (method.uncond, method.concept_emb[0]))
+    gamma1 = method.config.gamma1
+    # Line 11 of Algorithm 1: the target is γ1 guidance plus δ whichever way x_t was reached.
+    assert not torch.allclose(targets["target"], gamma1 * (eps_concept - eps_uncond), atol=1e-4)
+    # Lines 6-7: Algorithm 1 steps with the target itself; "concept" steps with γ1 guidance alone.
+    step_with = targets["target"] if trajectory == "erased" else gamma1 * (eps_concept - eps_uncond)
+    torch.testing.assert_close(guided, eps_uncond + step_with, atol=1e-5, rtol=1e-4)
+
+
+def test_abo_auto_trajectory_is_the_erased_one_only_with_a_replacement():
+    from erasekit.methods.abo import trajectory_for
+
+    abo = get_method("abo")
+    assert trajectory_for(abo.make_config(), None) == "concept"
+    assert trajectory_for(abo.make_config(), "circle") == "erased"
+    assert trajectory_for(abo.make_config(trajectory="concept"), "circle") == "concept"
+    assert trajectory_for(abo.make_config(preset="paper"), None) == "erased"  # Algorithm 1 as written
+
+
+def test_abo_refuses_an_unknown_trajectory():
+    with pytest.raises(ErasekitError, match="trajectory must be"):
+        get_method("abo").make_config(trajectory="student")
