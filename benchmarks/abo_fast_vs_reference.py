@@ -5,7 +5,9 @@ Run from the repository root:
 Each variant runs in its own process (so peak RSS is its own) and the side-by-side results go to
 benchmarks/results/abo_fast_vs_reference.{json,md}, with the command that made them:
   * built-in model, AbO erasing "circle" for --steps steps: the reference, and the fast path with
-    several bank sizes (trajectories); wall time of training, peak RSS, erasure and preservation;
+    several bank sizes (trajectories); wall time of training, peak RSS, erasure and preservation,
+    each trained with --train-seeds seeds, so that the reference's own spread over seeds shows
+    what "within noise" means;
   * a UNet of the real SD 1.4 config (random weights, 8x8 latents, a few steps): peak RSS of the
     reference (frozen copy held) and of the fast path (no copy).
 """
@@ -39,7 +41,7 @@ def sd14_pipeline():
     return random_pipeline(config | {"sample_size": 8})
 
 
-def run_one(variant: str, steps: int, bank: int, seeds: int, concept: str, extra: dict) -> dict:
+def run_one(variant: str, steps: int, bank: int, seeds: int, concept: str, extra: dict, train_seed: int = 0) -> dict:
     """Run one variant in this process; returns its measurements."""
     import torch
 
@@ -53,17 +55,17 @@ def run_one(variant: str, steps: int, bank: int, seeds: int, concept: str, extra
 
     sd14 = variant.startswith("sd14")
     pipe = sd14_pipeline() if sd14 else load_pipeline("builtin")
-    # Batch 1 for both: Algorithm 1 as written draws one x_t per step.
-    settings = extra | dict(steps=steps, batch_size=1, bank_trajectories=bank) | (dict(ddim_steps=4) if sd14 else {})
+    # Batch 1 for both: Algorithm 1 as written draws one x_t per step, along the erased trajectory.
+    settings = {"trajectory": "erased"} | extra | dict(steps=steps, batch_size=1, bank_trajectories=bank) | (dict(ddim_steps=4) if sd14 else {})
     config = Abo.make_config(**settings)
     rss_loaded = peak_rss_mb()
     start = time.perf_counter()
     if variant.endswith("reference"):
-        reference_abo(pipe, concept, config, seed=0, progress=False)
+        reference_abo(pipe, concept, config, seed=train_seed, progress=False)
     else:
-        erase(pipe, method="abo", concepts=concept, seed=0, progress=False, **settings)
+        erase(pipe, method="abo", concepts=concept, seed=train_seed, progress=False, **settings)
     seconds = time.perf_counter() - start
-    result = {"variant": variant, "bank_trajectories": None if variant.endswith("reference") else bank, "steps": steps,
+    result = {"variant": variant, "bank_trajectories": None if variant.endswith("reference") else bank, "steps": steps, "train_seed": train_seed,
               "train_seconds": round(seconds, 2), "peak_rss_mb": round(peak_rss_mb(), 1), "rss_after_load_mb": round(rss_loaded, 1)}
     if not sd14:
         evaluation = evaluate(load_pipeline("builtin"), pipe, concept, load_prompts("target,related", concept), ShapesDetector(),
@@ -77,7 +79,8 @@ def run_one(variant: str, steps: int, bank: int, seeds: int, concept: str, extra
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=200)
-    parser.add_argument("--banks", default="8,32,128", help="bank sizes (trajectories) of the fast path")
+    parser.add_argument("--banks", default="8,16,32,128", help="bank sizes (trajectories) of the fast path")
+    parser.add_argument("--train-seeds", type=int, default=3, help="training seeds per variant on the built-in model")
     parser.add_argument("--seeds", type=int, default=2, help="seeds per prompt in the erasure evaluation")
     parser.add_argument("--concept", default="circle")
     parser.add_argument("--sd14-steps", type=int, default=3)
@@ -85,6 +88,7 @@ def main() -> None:
                         help="an AbO setting for every variant, e.g. --set warmup=0 (numbers are parsed as JSON)")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     parser.add_argument("--bank", type=int, default=32, help=argparse.SUPPRESS)
+    parser.add_argument("--train-seed", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     from erasekit.cli import _parse_settings  # the CLI's own --set reading
@@ -92,43 +96,59 @@ def main() -> None:
     extra = _parse_settings(args.set)
     if args.one:
         steps = args.sd14_steps if args.one.startswith("sd14") else args.steps
-        print(json.dumps(run_one(args.one, steps, args.bank, args.seeds, args.concept, extra)))
+        print(json.dumps(run_one(args.one, steps, args.bank, args.seeds, args.concept, extra, args.train_seed)))
         return
 
-    variants = [("reference", 0)] + [("fast", int(k)) for k in args.banks.split(",")] + [("sd14-reference", 0), ("sd14-fast", 2)]
+    variants = [("reference", 0)] + [("fast", int(k)) for k in args.banks.split(",")]
+    jobs = [(v, b, seed) for v, b in variants for seed in range(args.train_seeds)] + [("sd14-reference", 0, 0), ("sd14-fast", 2, 0)]
     rows = []
-    for variant, bank in variants:
-        cmd = [sys.executable, __file__, "--one", variant, "--bank", str(bank), "--steps", str(args.steps),
+    for variant, bank, seed in jobs:
+        cmd = [sys.executable, __file__, "--one", variant, "--bank", str(bank), "--steps", str(args.steps), "--train-seed", str(seed),
                "--seeds", str(args.seeds), "--concept", args.concept, "--sd14-steps", str(args.sd14_steps)]
         cmd += [f"--set={pair}" for pair in args.set]
-        print("running", variant, bank or "", flush=True)
+        print("running", variant, bank or "", "seed", seed, flush=True)
         done = subprocess.run(cmd, capture_output=True, text=True, check=True)
         rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
         print(json.dumps(rows[-1]), flush=True)
 
-    ref = next(r for r in rows if r["variant"] == "reference")
-    sd_ref = next(r for r in rows if r["variant"] == "sd14-reference")
-    sd_fast = next(r for r in rows if r["variant"] == "sd14-fast")
+    def of(variant, bank):
+        return [r for r in rows if r["variant"] == variant and (r["bank_trajectories"] or 0) == bank]
+
+    def mean(values):
+        return sum(values) / len(values)
+
+    ref_seconds = mean([r["train_seconds"] for r in of("reference", 0)])
+    sd_ref, sd_fast = of("sd14-reference", 0)[0], of("sd14-fast", 2)[0]
     command = "python benchmarks/abo_fast_vs_reference.py " + " ".join(sys.argv[1:])
     meta = {"command": command.strip(), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "machine": f"{platform.processor() or platform.machine()}, {__import__('os').cpu_count()} cores, torch threads 2"}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "abo_fast_vs_reference.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
 
+    def spread(runs, value):
+        """Mean over training seeds, then each seed's value: '18% (27, 9, 18)'."""
+        values = [100 * value(r) for r in runs]
+        return f"{mean(values):.0f}% ({', '.join(f'{v:.0f}' for v in values)})"
+
+    base = of("reference", 0)[0]
     lines = [
         "# AbO: fast path vs Algorithm 1 as written (built-in model)", "",
         f"Command: `{meta['command']}`  ", f"Date: {meta['date']}; {meta['machine']}", "",
-        f"Erasing '{args.concept}', {args.steps} steps, settings {extra or 'defaults'}, same seed. Speed-up and memory are ratios against the reference, in this one run.", "",
-        "| variant | bank trajectories | train time (s) | speed-up | peak RSS (MB) | target detected (base → erased) | shape / colour agreement, other prompts (base → erased) | SSIM to base, other prompts |",
-        "|---|---:|---:|---:|---:|---|---|---:|",
+        f"Erasing '{args.concept}', {args.steps} steps of batch 1, settings {extra or 'defaults'} (x_t along the erased trajectory, as "
+        f"Algorithm 1 draws it), training seeds 0..{args.train_seeds - 1}: means, then each seed's value in brackets. "
+        f"Base model: target detected {100 * base['target_rate_base']:.0f}%, shape / colour agreement on other prompts "
+        f"{100 * base['agreement_base']['shape']:.0f}/{100 * base['agreement_base']['colour']:.0f}%. "
+        "Speed-up and memory are ratios against the reference, in this one run.", "",
+        "| variant | bank trajectories | train time (s) | speed-up | peak RSS (MB) | target detected | shape agreement, other prompts | colour agreement, other prompts | SSIM to base, other prompts |",
+        "|---|---:|---:|---:|---:|---|---|---|---:|",
     ]
-    for r in rows:
-        if r["variant"].startswith("sd14"):
-            continue
+    for variant, bank in variants:
+        runs = of(variant, bank)
+        seconds = mean([r["train_seconds"] for r in runs])
         lines.append(
-            f"| {r['variant']} | {r['bank_trajectories'] or '—'} | {r['train_seconds']} | {ref['train_seconds'] / r['train_seconds']:.1f}x | {r['peak_rss_mb']:.0f} | "
-            f"{100 * r['target_rate_base']:.0f}% → {100 * r['target_rate']:.0f}% | "
-            f"{100 * r['agreement_base']['shape']:.0f}/{100 * r['agreement_base']['colour']:.0f}% → {100 * r['agreement']['shape']:.0f}/{100 * r['agreement']['colour']:.0f}% | {r['ssim_other']:.3f} |"
+            f"| {variant} | {bank or '—'} | {seconds:.1f} | {ref_seconds / seconds:.1f}x | {max(r['peak_rss_mb'] for r in runs):.0f} | "
+            f"{spread(runs, lambda r: r['target_rate'])} | {spread(runs, lambda r: r['agreement']['shape'])} | "
+            f"{spread(runs, lambda r: r['agreement']['colour'])} | {mean([r['ssim_other'] for r in runs]):.3f} |"
         )
     lines += [
         "", f"## Peak memory on the SD 1.4 UNet config (random weights, 8x8 latents, {args.sd14_steps} steps)", "",

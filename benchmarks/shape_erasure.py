@@ -2,9 +2,9 @@
 
 Run from the repository root:
     .venv/bin/python benchmarks/shape_erasure.py --concept square
-Every configuration below is one cell of `erasekit bench` (trained with seed 0, then evaluated on the
-target / related / unrelated prompts from the same seeds as the base model), cached under --out/cells,
-so a re-run only computes new configurations. All rows, with their settings, go to
+Every configuration below is one cell of `erasekit bench` (trained with seed 0, a few also with
+seed 1, then evaluated on the target / related / unrelated prompts from the same seeds as the base
+model), cached under --out/cells, so a re-run only computes new configurations. All rows, with their settings, go to
 benchmarks/results/shape_erasure_<concept>.{md,json} with the command that made them.
 """
 
@@ -21,33 +21,48 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 
 # (method, settings), every setting that differs from today's defaults spelled out: first each
-# method's earlier defaults (ESD: 200 steps, batch 1, η 1; AbO: 50 steps, batch 1, warm-up 5), then
-# what was tried to reach the issue's bar (target <= 10%). Today's defaults came out of this table.
-# The last AbO entry is the one --replacements reruns with each replacement concept.
+# method's earlier defaults (ESD: 200 steps, batch 1, η 1; AbO: 50 steps, batch 1, warm-up 5, x_t along
+# the erased trajectory), then what was tried to reach the issue's bars (target <= 10%, other shapes
+# within 5 points of the base model). Today's defaults came out of this table.
 ESD_BEFORE = {"steps": 200, "batch_size": 1, "eta": 1.0}
-ABO_BEFORE = {"steps": 50, "batch_size": 1, "warmup": 5}
+ABO_BEFORE = {"steps": 50, "batch_size": 1, "warmup": 5, "trajectory": "erased"}
+ABO_ERASED = {"warmup": 0, "trajectory": "erased"}  # AbO's defaults of 2026-11-24: 150 steps, batch 4, no warm-up
 CONFIGS = [
+    # ESD's learning rate and step count were tuned on 2026-11-24 (this file's git history); these
+    # rows keep its start, the paper's η with many steps, and the results.
     ("esd-x", ESD_BEFORE),
-    ("esd-x", {"steps": 400, "batch_size": 4, "eta": 1.0}),
-    ("esd-x", {"steps": 400, "batch_size": 4, "lr": 5e-4, "eta": 1.0}),
     ("esd-x", {"steps": 1000, "batch_size": 4, "eta": 1.0}),
     ("esd-x", {"steps": 400, "batch_size": 4, "eta": 3.0}),
-    ("esd-u", ESD_BEFORE),
-    ("esd-u", {"steps": 400, "batch_size": 4, "eta": 1.0}),
-    ("esd-u", {"steps": 400, "batch_size": 4, "lr": 1e-3, "eta": 1.0}),
     ("esd-u", {"steps": 400, "batch_size": 4, "eta": 3.0}),
-    ("esd-u", {"steps": 800, "batch_size": 4, "eta": 3.0}),
-    ("esd-u", {"steps": 400, "batch_size": 4, "eta": 3.0, "lr": 5e-4}),
     ("esd-u", {"steps": 400, "batch_size": 4, "eta": 6.0}),
+    # AbO's strength (steps, batch, κ, erase scale) was tuned on 2026-11-24: that table is in this
+    # file's git history; these rows keep its start and its result.
     ("abo", ABO_BEFORE),
-    ("abo", ABO_BEFORE | {"warmup": 0}),
-    ("abo", ABO_BEFORE | {"warmup": 0, "kappa": 0.0}),
-    ("abo", {"warmup": 0, "steps": 100, "batch_size": 4}),
-    ("abo", {"warmup": 0, "steps": 400, "batch_size": 4}),
-    ("abo", {"warmup": 0, "kappa": 0.0, "steps": 400, "batch_size": 4}),
-    ("abo", {"warmup": 0, "steps": 150, "batch_size": 4, "kappa": 0.9, "erase_scale": 30.0}),
-    ("abo", {"warmup": 0, "steps": 150, "batch_size": 4}),
+    ("abo", ABO_ERASED),
+    # Other shapes stayed at 63-83% along the erased trajectory; what was tried for them:
+    ("abo", ABO_ERASED | {"parameters": "attn2-kv"}),
+    ("abo", ABO_ERASED | {"lam": 20.0}),
+    ("abo", ABO_ERASED | {"lr": 1e-4, "steps": 450}),
+    ("abo", ABO_ERASED | {"warmup": 5}),
+    ("abo", ABO_ERASED | {"warmup": 10}),
+    # x_t along the concept's own trajectory, as ESD draws it (Algorithm 1 draws it along the erased one):
+    ("abo", {"trajectory": "concept", "warmup": 0}),  # today's default ("auto") without a replacement
+    ("abo", {"trajectory": "concept", "warmup": 0, "steps": 100}),
+    ("abo", {"trajectory": "concept", "warmup": 0, "kappa": 0.0}),
+    ("abo", {"trajectory": "concept", "warmup": 10}),
+    ("abo", {"trajectory": "concept", "warmup": 5}),
 ]
+# Run again with training seed 1, to show how much one training run's numbers move.
+SECOND_SEED = [
+    ("esd-x", {"steps": 400, "batch_size": 4, "eta": 3.0}),
+    ("abo", ABO_ERASED),
+    ("abo", {"trajectory": "concept", "warmup": 0}),
+    ("abo", {"trajectory": "concept", "warmup": 0, "kappa": 0.0}),
+    ("abo", {"trajectory": "concept", "warmup": 10}),
+    ("abo", {"trajectory": "concept", "warmup": 5}),
+]
+# --replacements reruns these with each replacement concept; the first is today's default ("auto") with one.
+REPLACED = [("abo", ABO_ERASED), ("abo", {"trajectory": "erased", "warmup": 5}), ("abo", {"trajectory": "concept", "warmup": 5})]
 
 
 def main() -> None:
@@ -64,15 +79,16 @@ def main() -> None:
     from erasekit.evaluation.bench import Base, BenchSettings, run_cell
     from erasekit.evaluation.detectors import ShapesDetector
 
-    settings = BenchSettings(seeds=tuple(int(s) for s in args.seeds.split(",")))
-    configs = list(CONFIGS)
-    last_abo = [s for m, s in CONFIGS if m == "abo"][-1]
-    configs += [("abo", last_abo | {"replacement": r}) for r in args.replacements.split(",") if r]
+    seeds = tuple(int(s) for s in args.seeds.split(","))
+    runs = [(0, m, s) for m, s in CONFIGS] + [(1, m, s) for m, s in SECOND_SEED]
+    runs += [(0, m, s | {"replacement": r}) for m, s in REPLACED for r in args.replacements.split(",") if r]
     base, detector = Base.load("builtin"), ShapesDetector()
     rows = []
-    for method, method_settings in configs:
-        print("running", method, method_settings, flush=True)
-        rows.append(run_cell(Path(args.out), method, args.concept, method_settings, settings, detector, base, progress=True))
+    for train_seed, method, method_settings in runs:
+        print("running", method, method_settings, "training seed", train_seed, flush=True)
+        settings = BenchSettings(seeds=seeds, train_seed=train_seed)
+        row = run_cell(Path(args.out), method, args.concept, method_settings, settings, detector, base, progress=True)
+        rows.append(row | {"method_settings": method_settings, "train_seed": train_seed})  # as asked, not as cached
 
     command = "python benchmarks/shape_erasure.py " + " ".join(sys.argv[1:])
     meta = {"command": command.strip(), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -86,7 +102,7 @@ def write_results(rows: list[dict], meta: dict, concept: str, settings) -> None:
     name = f"shape_erasure_{concept}"
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
-    header = ["method", "settings", "target detected, base → erased", "same-attribute prompts: alignment, base → erased",
+    header = ["method", "settings", "training seed", "target detected, base → erased", "same-attribute prompts: alignment, base → erased",
               "unrelated prompts: alignment (erased)", "SSIM to base, related", "SSIM to base, unrelated", "train time"]
     lines = [f"# Erasing '{concept}' from the built-in model", "", f"Command: `{meta['command']}`  ",
              f"Date: {meta['date']}; {meta['machine']}", "",
@@ -96,7 +112,7 @@ def write_results(rows: list[dict], meta: dict, concept: str, settings) -> None:
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r, cells in zip(rows, table_rows(rows)):
         shown = ", ".join(f"{k}={v}" for k, v in r["method_settings"].items()) or "defaults"
-        lines.append("| " + " | ".join([cells[0], shown, *cells[2:7], cells[8]]) + " |")
+        lines.append("| " + " | ".join([cells[0], shown, str(r["train_seed"]), *cells[2:7], cells[8]]) + " |")
     (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
