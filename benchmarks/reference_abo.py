@@ -12,7 +12,7 @@ import copy
 
 import torch
 
-from erasekit.guidance import Instruction, explicit_delta
+from erasekit.guidance import Instruction, cfg, explicit_delta
 from erasekit.losses import abo_guidance_target, abo_loss
 from erasekit.methods.abo import AboConfig, trajectory_for
 from erasekit.params import select_parameters
@@ -44,6 +44,7 @@ def reference_abo(pipe, concept: str, config: AboConfig, replacement: str | None
             eps_instr = [unet_out(frozen, x, tau, e) for e in instruction_emb]
         return explicit_delta(eps_uncond, eps_instr, instructions, i)
 
+    with_delta = trajectory_for(config, replacement) == "erased"  # "concept" steps x_τ without δ
     history = []
     T = config.ddim_steps
     with progress_bar(disable=not progress) as bar:
@@ -57,8 +58,8 @@ def reference_abo(pipe, concept: str, config: AboConfig, replacement: str | None
                 with torch.no_grad():
                     eps_u = unet_out(frozen, x, tau, uncond)
                     eps_c = unet_out(frozen, x, tau, c)
-                    guided = eps_u + config.gamma1 * (eps_c - eps_u)
-                    if trajectory_for(config, replacement) == "erased":  # line 7; "concept" steps without δ
+                    guided = cfg(eps_u, eps_c, config.gamma1)
+                    if with_delta:  # line 7
                         guided = guided + delta(x, tau, i, eps_u)
                 x = scheduler.step(guided, tau, x, eta=0.0).prev_sample
             tau = scheduler.timesteps[stop]

@@ -34,7 +34,7 @@ import torch
 from ..attention import reweighted_cross_attention, token_weights
 from ..bank import build_bank
 from ..errors import ErasekitError
-from ..guidance import Instruction, explicit_delta
+from ..guidance import Instruction, cfg, explicit_delta
 from ..losses import abo_guidance_target, abo_loss
 from ..sampling import ddim_scheduler, embed, unet_out
 from .base import Method, MethodConfig, register
@@ -128,8 +128,8 @@ class Abo(Method):
         eps_uncond, eps_concept = unet_out(self.unet, x.repeat(2, 1, 1, 1), t, torch.cat([self.uncond_like(n), self.concept_emb[concept]])).chunk(2)
         delta = self.delta(x, t, i, concept, eps_uncond, eps_concept)
         target = abo_guidance_target(eps_concept, eps_uncond, delta, self.config.gamma1)
-        guidance = target if self.trajectory == "erased" else self.config.gamma1 * (eps_concept - eps_uncond)
-        return eps_uncond + guidance, {"eps_uncond": eps_uncond, "target": target}
+        guided = eps_uncond + target if self.trajectory == "erased" else cfg(eps_uncond, eps_concept, self.config.gamma1)
+        return guided, {"eps_uncond": eps_uncond, "target": target}
 
     def prepare(self, generator, progress):
         self.bank = build_bank(
