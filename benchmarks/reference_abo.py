@@ -4,6 +4,10 @@ Per step: draw t ~ U{1..T}, sample x_T ~ N(0, I), run DDIM from T down to t with
 model's guided output (one UNet call per condition, batch 1), then one update of the student from
 the loss at x_t. A separate frozen copy of the UNet is held throughout, as in the paper.
 The math (guidance, δ, losses) is erasekit's own pure functions, so only the schedule differs.
+
+δ's first instruction, "−c", is the step's own concept: its frozen output is the ε*(x_τ, c) of
+line 6, computed once and used in both places (as the fast path does), so that the speed-up is not
+inflated by a call a careful implementation would not make. Only a replacement's output is extra.
 """
 
 from __future__ import annotations
@@ -34,14 +38,16 @@ def reference_abo(pipe, concept: str, config: AboConfig, replacement: str | None
     uncond, c = embed(pipe, [""]), embed(pipe, [concept])
     window = dict(kappa=config.kappa, warmup=config.warmup, start=config.window_start, end=config.window_end)
     instructions = [Instruction(concept, -config.erase_scale, **window)]
-    instruction_emb = [c]
+    replacement_emb = None
     if replacement:
         instructions.append(Instruction(replacement, config.replace_scale, **window))
-        instruction_emb.append(embed(pipe, [replacement]))
+        replacement_emb = embed(pipe, [replacement])
 
-    def delta(x, tau, i, eps_uncond):
-        with torch.no_grad():
-            eps_instr = [unet_out(frozen, x, tau, e) for e in instruction_emb]
+    def delta(x, tau, i, eps_uncond, eps_concept):
+        eps_instr = [eps_concept]  # "−c": line 6's output at this x_τ
+        if replacement_emb is not None:
+            with torch.no_grad():
+                eps_instr.append(unet_out(frozen, x, tau, replacement_emb))
         return explicit_delta(eps_uncond, eps_instr, instructions, i)
 
     with_delta = trajectory_for(config, replacement) == "erased"  # "concept" steps x_τ without δ
@@ -60,13 +66,13 @@ def reference_abo(pipe, concept: str, config: AboConfig, replacement: str | None
                     eps_c = unet_out(frozen, x, tau, c)
                     guided = cfg(eps_u, eps_c, config.gamma1)
                     if with_delta:  # line 7
-                        guided = guided + delta(x, tau, i, eps_u)
+                        guided = guided + delta(x, tau, i, eps_u, eps_c)
                 x = scheduler.step(guided, tau, x, eta=0.0).prev_sample
             tau = scheduler.timesteps[stop]
             with torch.no_grad():
                 eps_u = unet_out(frozen, x, tau, uncond)
                 eps_c = unet_out(frozen, x, tau, c)
-                target = abo_guidance_target(eps_c, eps_u, delta(x, tau, stop, eps_u), config.gamma1)
+                target = abo_guidance_target(eps_c, eps_u, delta(x, tau, stop, eps_u, eps_c), config.gamma1)
             s_c = unet_out(student, x, tau, c)  # lines 11-13
             s_u = unet_out(student, x, tau, uncond)
             loss, terms = abo_loss(s_c, s_u, target, eps_u, config.gamma2, config.lam)
