@@ -16,17 +16,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import resource
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
+from common import heading, run_meta, write_results
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "benchmarks"))
-RESULTS = ROOT / "benchmarks" / "results"
 
 
 def peak_rss_mb() -> float:
@@ -91,9 +89,9 @@ def main() -> None:
     parser.add_argument("--train-seed", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
-    from erasekit.cli import _parse_settings  # the CLI's own --set reading
+    from erasekit.methods.base import parse_settings  # the CLI's own --set reading
 
-    extra = _parse_settings(args.set)
+    extra = parse_settings(args.set)
     if args.one:
         steps = args.sd14_steps if args.one.startswith("sd14") else args.steps
         print(json.dumps(run_one(args.one, steps, args.bank, args.seeds, args.concept, extra, args.train_seed)))
@@ -119,11 +117,7 @@ def main() -> None:
 
     ref_seconds = mean([r["train_seconds"] for r in of("reference", 0)])
     sd_ref, sd_fast = of("sd14-reference", 0)[0], of("sd14-fast", 2)[0]
-    command = "python benchmarks/abo_fast_vs_reference.py " + " ".join(sys.argv[1:])
-    meta = {"command": command.strip(), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "machine": f"{platform.processor() or platform.machine()}, {__import__('os').cpu_count()} cores, torch threads 2"}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "abo_fast_vs_reference.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    meta = run_meta()
 
     def spread(runs, value):
         """Mean over training seeds, then each seed's value: '18% (27, 9, 18)'."""
@@ -131,9 +125,7 @@ def main() -> None:
         return f"{mean(values):.0f}% ({', '.join(f'{v:.0f}' for v in values)})"
 
     base = of("reference", 0)[0]
-    lines = [
-        "# AbO: fast path vs Algorithm 1 as written (built-in model)", "",
-        f"Command: `{meta['command']}`  ", f"Date: {meta['date']}; {meta['machine']}", "",
+    lines = heading("AbO: fast path vs Algorithm 1 as written (built-in model)", meta) + [
         f"Erasing '{args.concept}', {args.steps} steps of batch 1, settings {extra or 'defaults'} (x_t along the erased trajectory, as "
         f"Algorithm 1 draws it), training seeds 0..{args.train_seeds - 1}: means, then each seed's value in brackets. "
         f"Base model: target detected {100 * base['target_rate_base']:.0f}%, shape / colour agreement on other prompts "
@@ -157,7 +149,7 @@ def main() -> None:
         f"| fast path (no copy) | {sd_fast['peak_rss_mb']:.0f} | {sd_fast['rss_after_load_mb']:.0f} |",
         "", f"Fast / reference peak RSS: **{sd_fast['peak_rss_mb'] / sd_ref['peak_rss_mb']:.2f}x**", "",
     ]
-    (RESULTS / "abo_fast_vs_reference.md").write_text("\n".join(lines))
+    write_results("abo_fast_vs_reference", meta, rows, lines)
     print("\n".join(lines))
 
 

@@ -11,14 +11,9 @@ benchmarks/results/shape_erasure_<concept>.{md,json} with the command that made 
 from __future__ import annotations
 
 import argparse
-import json
-import platform
-import sys
-from datetime import datetime, timezone
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "benchmarks" / "results"
+from common import heading, run_meta, write_results
 
 # (method, settings), every setting that differs from today's defaults spelled out: first each
 # method's earlier defaults (ESD: 200 steps, batch 1, η 1; AbO: 50 steps, batch 1, warm-up 5, x_t along
@@ -90,30 +85,24 @@ def main() -> None:
         row = run_cell(Path(args.out), method, args.concept, method_settings, settings, detector, base, progress=True)
         rows.append(row | {"method_settings": method_settings, "train_seed": train_seed})  # as asked, not as cached
 
-    command = "python benchmarks/shape_erasure.py " + " ".join(sys.argv[1:])
-    meta = {"command": command.strip(), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "machine": f"{platform.machine()}, {__import__('os').cpu_count()} cores, torch threads 2"}
-    write_results(rows, meta, args.concept, settings)
+    write_table(rows, run_meta(), args.concept, settings)
 
 
-def write_results(rows: list[dict], meta: dict, concept: str, settings) -> None:
+def write_table(rows: list[dict], meta: dict, concept: str, settings) -> None:
     from erasekit.evaluation.bench import table_rows
 
-    name = f"shape_erasure_{concept}"
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{name}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     header = ["method", "settings", "training seed", "target detected, base → erased", "same-attribute prompts: alignment, base → erased",
               "unrelated prompts: alignment (erased)", "SSIM to base, related", "SSIM to base, unrelated", "train time"]
-    lines = [f"# Erasing '{concept}' from the built-in model", "", f"Command: `{meta['command']}`  ",
-             f"Date: {meta['date']}; {meta['machine']}", "",
-             f"Evaluation: seeds {list(settings.seeds)}, {settings.steps} DDIM steps, guidance {settings.guidance}; "
-             "target = prompts naming the concept, related = other values of its attribute, unrelated = other attributes. "
-             "Settings not shown are the method's defaults.", "",
-             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines = heading(f"Erasing '{concept}' from the built-in model", meta) + [
+        f"Evaluation: seeds {list(settings.seeds)}, {settings.steps} DDIM steps, guidance {settings.guidance}; "
+        "target = prompts naming the concept, related = other values of its attribute, unrelated = other attributes. "
+        "Settings not shown are the method's defaults.", "",
+        "| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+    ]
     for r, cells in zip(rows, table_rows(rows)):
         shown = ", ".join(f"{k}={v}" for k, v in r["method_settings"].items()) or "defaults"
         lines.append("| " + " | ".join([cells[0], shown, str(r["train_seed"]), *cells[2:7], cells[8]]) + " |")
-    (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
+    write_results(f"shape_erasure_{concept}", meta, rows, lines)
     print("\n".join(lines))
 
 

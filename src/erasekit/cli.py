@@ -113,22 +113,6 @@ def generate(
     typer.echo(f"wrote {len(images)} images and grid.png to {out}")
 
 
-def _parse_settings(pairs: list[str] | None) -> dict:
-    """--set key=value pairs -> {key: value}, values read as JSON where they parse (numbers, null, true)."""
-    from .errors import ErasekitError
-
-    settings = {}
-    for pair in pairs or []:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise ErasekitError(f"--set takes key=value, got '{pair}'")
-        try:
-            settings[key.strip().replace("-", "_")] = json.loads(value)
-        except json.JSONDecodeError:
-            settings[key.strip().replace("-", "_")] = value
-    return settings
-
-
 @app.command()
 @friendly_errors
 def erase(
@@ -157,8 +141,9 @@ def erase(
 
     from .erase import erase as erase_concepts
     from .images import ensure_writable_dir
+    from .methods.base import parse_settings
 
-    settings = _parse_settings(setting)
+    settings = parse_settings(setting)
     settings.update({k: v for k, v in {"steps": steps, "lr": lr, "sample_from": sample_from}.items() if v is not None})
     if report is not None:
         from .evaluation.shapes import attribute_of
@@ -332,10 +317,11 @@ def bench(
     from .evaluation.bench import bench as run_bench
     from .inference import INFERENCE_METHODS
     from .images import ensure_writable_dir
+    from .methods.base import parse_settings
 
     method_list = [m.strip() for m in methods.split(",") if m.strip()]
     per_method: dict[str, dict] = {m: {} for m in method_list if m not in INFERENCE_METHODS}
-    for key, value in _parse_settings(setting).items():
+    for key, value in parse_settings(setting).items():
         name, _, field_name = key.rpartition(".")
         for m in per_method if not name else [name]:
             per_method.setdefault(m, {})[field_name] = value

@@ -8,6 +8,7 @@ loop in train.py does the rest.
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass
 
 import torch
@@ -102,6 +103,20 @@ class Method:
 
     def uncond_like(self, n: int) -> torch.Tensor:
         return self.uncond.expand(n, -1, -1)
+
+
+def parse_settings(pairs: list[str] | None) -> dict:
+    """"key=value" strings (the CLI's --set) -> {key: value}, values read as JSON where they parse (numbers, null, true)."""
+    settings = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ErasekitError(f"--set takes key=value, got '{pair}'")
+        try:
+            settings[key.strip().replace("-", "_")] = json.loads(value)
+        except json.JSONDecodeError:
+            settings[key.strip().replace("-", "_")] = value
+    return settings
 
 
 METHODS: dict[str, type[Method]] = {}

@@ -1,0 +1,34 @@
+"""What every benchmark script writes beside its numbers: where results go and how they were made."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def run_meta() -> dict:
+    """The command that produced a result (as typed from the repository root), when, and on what."""
+    script = Path(sys.argv[0]).name
+    return {
+        "command": " ".join(["python", f"benchmarks/{script}", *sys.argv[1:]]),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch threads 2",
+    }
+
+
+def heading(title: str, meta: dict) -> list[str]:
+    """A results file's first lines: its title, then the command and the run."""
+    return [f"# {title}", "", f"Command: `{meta['command']}`  ", f"Date: {meta['date']}; {meta['machine']}", ""]
+
+
+def write_results(name: str, meta: dict, rows: list[dict], markdown: list[str]) -> None:
+    """benchmarks/results/<name>.json (meta and rows) and <name>.md (the table a reader opens)."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    (RESULTS / f"{name}.md").write_text("\n".join(markdown) + "\n")
