@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from erasekit import ErasekitError, erase, load_erasure, load_pipeline
 from erasekit.erase import check_concepts
-from erasekit.methods.base import METHODS, get_method
+from erasekit.methods.base import METHODS, get_method, parse_settings
 
 from .conftest import build_tiny_sd
 
@@ -140,6 +140,13 @@ def test_a_concept_that_tokenises_to_nothing_is_refused():
     silent = lambda text, add_special_tokens=False: SimpleNamespace(input_ids=[])  # noqa: E731
     with pytest.raises(ErasekitError, match="tokenises to nothing"):
         check_concepts(silent, ["circle"])
+
+
+def test_settings_from_the_command_line_are_read_as_json_where_they_parse():
+    assert parse_settings(["lam=20", "ptp-weight=0.5", "window_end=null", "trajectory=concept"]) == {
+        "lam": 20, "ptp_weight": 0.5, "window_end": None, "trajectory": "concept"}
+    with pytest.raises(ErasekitError, match="key=value"):
+        parse_settings(["lam"])
 
 
 def test_registry_has_every_weight_editing_method():
