@@ -4,6 +4,8 @@ These run on a tiny random SD-1.x-shaped pipeline, so they take seconds; the era
 tests on the built-in model are in test_erasure_quality.py.
 """
 
+import dataclasses
+import json
 from types import SimpleNamespace
 
 import pytest
@@ -147,6 +149,11 @@ def test_settings_from_the_command_line_are_read_as_json_where_they_parse():
         "lam": 20, "ptp_weight": 0.5, "window_end": None, "trajectory": "concept"}
     with pytest.raises(ErasekitError, match="key=value"):
         parse_settings(["lam"])
+    # an int typed for a float setting gives the same config as the float, down to its JSON (a bench cell's key)
+    abo = get_method("abo")
+    typed_int, typed_float = abo.make_config(**parse_settings(["lam=100"])), abo.make_config(lam=100.0)
+    assert json.dumps(dataclasses.asdict(typed_int)) == json.dumps(dataclasses.asdict(typed_float))
+    assert type(abo.make_config(steps=7).steps) is int
 
 
 def test_registry_has_every_weight_editing_method():

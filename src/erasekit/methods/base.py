@@ -70,6 +70,9 @@ class Method:
         if unknown:
             raise ErasekitError(f"method '{cls.name}' has no setting {', '.join(unknown)}")
         values.update({k: v for k, v in overrides.items() if v is not None})
+        # "--set lam=100" reads an int: a config (and a bench cell's key) must not depend on how a number was typed.
+        floats = {f.name for f in dataclasses.fields(cls.Config) if f.type == "float"}
+        values = {k: float(v) if k in floats and type(v) is int else v for k, v in values.items()}
         config = cls.Config(**values)
         config.validate()
         return config
