@@ -89,7 +89,8 @@ def test_erasure_file_round_trip_and_plain_diffusers_loading(tiny_folder, tmp_pa
     pipe = load_pipeline(str(tiny_folder))
     metadata = load_erasure(pipe, out)
     assert metadata["method"] == "abo" and metadata["concepts"] == ["circle"]
-    assert metadata["hyperparameters"]["lam"] == 5.0 and len(metadata["base_unet_sha256"]) == 16
+    assert metadata["hyperparameters"] == erasure.metadata["hyperparameters"] and "lam" in metadata["hyperparameters"]
+    assert len(metadata["base_unet_sha256"]) == 16
     params = dict(pipe.unet.named_parameters())
     assert all(torch.equal(params[n], stored[n]) for n in stored)
 
