@@ -20,6 +20,7 @@ import resource
 import subprocess
 import sys
 import time
+from statistics import mean
 from pathlib import Path
 
 from common import heading, run_meta, write_results
@@ -113,9 +114,6 @@ def main() -> None:
 
     def of(variant, bank):
         return [r for r in rows if r["variant"] == variant and (r["bank_trajectories"] or 0) == bank]
-
-    def mean(values):
-        return sum(values) / len(values)
 
     ref_seconds = mean([r["train_seconds"] for r in of("reference", 0)])
     sd_ref, sd_fast = of("sd14-reference", 0)[0], of("sd14-fast", 2)[0]

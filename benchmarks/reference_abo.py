@@ -43,11 +43,10 @@ def reference_abo(pipe, concept: str, config: AboConfig, replacement: str | None
         instructions.append(Instruction(replacement, config.replace_scale, **window))
         replacement_emb = embed(pipe, [replacement])
 
-    def delta(x, tau, i, eps_uncond, eps_concept):
+    def delta(x, tau, i, eps_uncond, eps_concept):  # called under no_grad: the frozen model's side
         eps_instr = [eps_concept]  # "−c": line 6's output at this x_τ
         if replacement_emb is not None:
-            with torch.no_grad():
-                eps_instr.append(unet_out(frozen, x, tau, replacement_emb))
+            eps_instr.append(unet_out(frozen, x, tau, replacement_emb))
         return explicit_delta(eps_uncond, eps_instr, instructions, i)
 
     with_delta = trajectory_for(config, replacement) == "erased"  # "concept" steps x_τ without δ

@@ -58,25 +58,19 @@ CONFIGS = [
 ]
 # Run again with other training seeds, to show how much one training run's numbers move.
 MORE_SEEDS = [
-    (1, "esd-x", {"steps": 400, "batch_size": 4, "eta": 3.0}),
-    (1, "abo", ABO_ERASED),
-    (1, "abo", ABO_CONCEPT),
-    (2, "abo", ABO_CONCEPT),
-    (1, "abo", ABO_CONCEPT | {"kappa": 0.0}),
-    (1, "abo", ABO_CONCEPT | {"warmup": 10}),
-    (1, "abo", ABO_CONCEPT | {"warmup": 5}),
-    (1, "abo", {"lam": 5.0, "parameters": "attn2-kv"}),
-    (1, "abo", {"lam": 5.0, "erase_scale": 7.5}),
-    (1, "abo", {"lam": 5.0, "bank_trajectories": 128}),
-    (2, "abo", {"lam": 5.0, "bank_trajectories": 128}),
-    (1, "abo", {"lam": 20.0}),
-    (2, "abo", {"lam": 20.0}),
-    (1, "abo", {"lam": 50.0}),
-    (2, "abo", {"lam": 50.0}),
-    (1, "abo", {}),
-    (2, "abo", {}),
-    (1, "abo", {"lam": 200.0}),
-    (2, "abo", {"lam": 200.0}),
+    ((1,), "esd-x", {"steps": 400, "batch_size": 4, "eta": 3.0}),
+    ((1,), "abo", ABO_ERASED),
+    ((1, 2), "abo", ABO_CONCEPT),
+    ((1,), "abo", ABO_CONCEPT | {"kappa": 0.0}),
+    ((1,), "abo", ABO_CONCEPT | {"warmup": 10}),
+    ((1,), "abo", ABO_CONCEPT | {"warmup": 5}),
+    ((1,), "abo", {"lam": 5.0, "parameters": "attn2-kv"}),
+    ((1,), "abo", {"lam": 5.0, "erase_scale": 7.5}),
+    ((1, 2), "abo", {"lam": 5.0, "bank_trajectories": 128}),
+    ((1, 2), "abo", {"lam": 20.0}),
+    ((1, 2), "abo", {"lam": 50.0}),
+    ((1, 2), "abo", {}),
+    ((1, 2), "abo", {"lam": 200.0}),
 ]
 # --replacements reruns these with each replacement concept; the last is today's default ("auto": the
 # erased trajectory with a replacement).
@@ -98,7 +92,7 @@ def main() -> None:
     from erasekit.evaluation.detectors import ShapesDetector
 
     seeds = tuple(int(s) for s in args.seeds.split(","))
-    runs = [(0, m, s) for m, s in CONFIGS] + MORE_SEEDS
+    runs = [(0, m, s) for m, s in CONFIGS] + [(seed, m, s) for train_seeds, m, s in MORE_SEEDS for seed in train_seeds]
     runs += [(0, m, s | {"replacement": r}) for m, s in REPLACED for r in args.replacements.split(",") if r]
     base, detector = Base.load("builtin"), ShapesDetector()
     rows = []

@@ -71,7 +71,7 @@ class Method:
             raise ErasekitError(f"method '{cls.name}' has no setting {', '.join(unknown)}")
         values.update({k: v for k, v in overrides.items() if v is not None})
         # "--set lam=100" reads an int: a config (and a bench cell's key) must not depend on how a number was typed.
-        floats = {f.name for f in dataclasses.fields(cls.Config) if f.type == "float"}
+        floats = {f.name for f in dataclasses.fields(cls.Config) if f.type in ("float", float)}  # string under postponed annotations
         values = {k: float(v) if k in floats and type(v) is int else v for k, v in values.items()}
         config = cls.Config(**values)
         config.validate()
@@ -115,10 +115,11 @@ def parse_settings(pairs: list[str] | None) -> dict:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise ErasekitError(f"--set takes key=value, got '{pair}'")
+        name = key.strip().replace("-", "_")
         try:
-            settings[key.strip().replace("-", "_")] = json.loads(value)
+            settings[name] = json.loads(value)
         except json.JSONDecodeError:
-            settings[key.strip().replace("-", "_")] = value
+            settings[name] = value
     return settings
 
 
