@@ -40,7 +40,7 @@ def sd14_pipeline():
     return random_pipeline(config | {"sample_size": 8})
 
 
-def run_one(variant: str, steps: int, bank: int, seeds: int, concept: str, extra: dict, train_seed: int = 0) -> dict:
+def run_one(variant: str, steps: int, bank: str, seeds: int, concept: str, extra: dict, train_seed: int = 0) -> dict:
     """Run one variant in this process; returns its measurements."""
     import torch
 
@@ -55,7 +55,9 @@ def run_one(variant: str, steps: int, bank: int, seeds: int, concept: str, extra
     sd14 = variant.startswith("sd14")
     pipe = sd14_pipeline() if sd14 else load_pipeline("builtin")
     # Batch 1 for both: Algorithm 1 as written draws one x_t per step, along the erased trajectory.
-    settings = {"trajectory": "erased"} | extra | dict(steps=steps, batch_size=1, bank_trajectories=bank) | (dict(ddim_steps=4) if sd14 else {})
+    settings = {"trajectory": "erased"} | extra | dict(steps=steps, batch_size=1) | (dict(ddim_steps=4) if sd14 else {})
+    if bank.isdigit():  # "auto": AbO's default size; "-": the reference, which has no bank
+        settings["bank_trajectories"] = int(bank)
     config = Abo.make_config(**settings)
     rss_loaded = peak_rss_mb()
     start = time.perf_counter()
@@ -64,7 +66,7 @@ def run_one(variant: str, steps: int, bank: int, seeds: int, concept: str, extra
     else:
         erase(pipe, method="abo", concepts=concept, seed=train_seed, progress=False, **settings)
     seconds = time.perf_counter() - start
-    result = {"variant": variant, "bank_trajectories": None if variant.endswith("reference") else bank, "steps": steps, "train_seed": train_seed,
+    result = {"variant": variant, "bank": bank, "bank_trajectories": None if variant.endswith("reference") else config.bank_size(), "steps": steps, "train_seed": train_seed,
               "train_seconds": round(seconds, 2), "peak_rss_mb": round(peak_rss_mb(), 1), "rss_after_load_mb": round(rss_loaded, 1)}
     if not sd14:
         evaluation = evaluate(load_pipeline("builtin"), pipe, concept, load_prompts("target,related", concept), ShapesDetector(),
@@ -78,7 +80,7 @@ def run_one(variant: str, steps: int, bank: int, seeds: int, concept: str, extra
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=200)
-    parser.add_argument("--banks", default="8,16,32,128", help="bank sizes (trajectories) of the fast path")
+    parser.add_argument("--banks", default="auto,4,16,32", help="bank sizes (trajectories) of the fast path; auto: AbO's default, one per 25 draws")
     parser.add_argument("--train-seeds", type=int, default=3, help="training seeds per variant on the built-in model")
     parser.add_argument("--seeds", type=int, default=2, help="seeds per prompt in the erasure evaluation")
     parser.add_argument("--concept", default="circle")
@@ -86,7 +88,7 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="an AbO setting for every variant, e.g. --set warmup=0 (numbers are parsed as JSON)")
     parser.add_argument("--one", help=argparse.SUPPRESS)
-    parser.add_argument("--bank", type=int, default=32, help=argparse.SUPPRESS)
+    parser.add_argument("--bank", default="auto", help=argparse.SUPPRESS)
     parser.add_argument("--train-seed", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
@@ -98,25 +100,25 @@ def main() -> None:
         print(json.dumps(run_one(args.one, steps, args.bank, args.seeds, args.concept, extra, args.train_seed)))
         return
 
-    variants = [("reference", 0)] + [("fast", int(k)) for k in args.banks.split(",")]
+    variants = [("reference", "-")] + [("fast", k.strip()) for k in args.banks.split(",")]
     # Seed by seed, every variant in turn: the machine's speed drifts over a run, and interleaving
     # spreads the drift over all variants instead of biasing the ratio between them.
-    jobs = [(v, b, seed) for seed in range(args.train_seeds) for v, b in variants] + [("sd14-reference", 0, 0), ("sd14-fast", 2, 0)]
+    jobs = [(v, b, seed) for seed in range(args.train_seeds) for v, b in variants] + [("sd14-reference", "-", 0), ("sd14-fast", "2", 0)]
     rows = []
     for variant, bank, seed in jobs:
-        cmd = [sys.executable, __file__, "--one", variant, "--bank", str(bank), "--steps", str(args.steps), "--train-seed", str(seed),
+        cmd = [sys.executable, __file__, "--one", variant, "--bank", bank, "--steps", str(args.steps), "--train-seed", str(seed),
                "--seeds", str(args.seeds), "--concept", args.concept, "--sd14-steps", str(args.sd14_steps)]
         cmd += [f"--set={pair}" for pair in args.set]
-        print("running", variant, bank or "", "seed", seed, flush=True)
+        print("running", variant, bank, "seed", seed, flush=True)
         done = subprocess.run(cmd, capture_output=True, text=True, check=True)
         rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
         print(json.dumps(rows[-1]), flush=True)
 
     def of(variant, bank):
-        return [r for r in rows if r["variant"] == variant and (r["bank_trajectories"] or 0) == bank]
+        return [r for r in rows if r["variant"] == variant and r["bank"] == bank]
 
-    ref_seconds = mean([r["train_seconds"] for r in of("reference", 0)])
-    sd_ref, sd_fast = of("sd14-reference", 0)[0], of("sd14-fast", 2)[0]
+    ref_seconds = mean([r["train_seconds"] for r in of("reference", "-")])
+    sd_ref, sd_fast = of("sd14-reference", "-")[0], of("sd14-fast", "2")[0]
     meta = run_meta()
 
     def spread(runs, value):
@@ -124,7 +126,7 @@ def main() -> None:
         values = [100 * value(r) for r in runs]
         return f"{mean(values):.0f}% ({', '.join(f'{v:.0f}' for v in values)})"
 
-    base = of("reference", 0)[0]
+    base = of("reference", "-")[0]
     lines = heading("AbO: fast path vs Algorithm 1 as written (built-in model)", meta) + [
         f"Erasing '{args.concept}', {args.steps} steps of batch 1, settings {extra or 'defaults'} (x_t along the erased trajectory, as "
         f"Algorithm 1 draws it), training seeds 0..{args.train_seeds - 1}: means, then each seed's value in brackets. "
@@ -136,10 +138,11 @@ def main() -> None:
     ]
     for variant, bank in variants:
         runs = of(variant, bank)
+        trajectories = {"-": "—", "auto": f"{runs[0]['bank_trajectories']} (default: one per 25 draws)"}.get(bank, bank)
         seconds = mean([r["train_seconds"] for r in runs])
         each = ", ".join(f"{r['train_seconds']:.0f}" for r in runs)
         lines.append(
-            f"| {variant} | {bank or '—'} | {seconds:.1f} ({each}) | {ref_seconds / seconds:.1f}x | {max(r['peak_rss_mb'] for r in runs):.0f} | "
+            f"| {variant} | {trajectories} | {seconds:.1f} ({each}) | {ref_seconds / seconds:.1f}x | {max(r['peak_rss_mb'] for r in runs):.0f} | "
             f"{spread(runs, lambda r: r['target_rate'])} | {spread(runs, lambda r: r['agreement']['shape'])} | "
             f"{spread(runs, lambda r: r['agreement']['colour'])} | {mean([r['ssim_other'] for r in runs]):.3f} |"
         )

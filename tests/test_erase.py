@@ -122,6 +122,8 @@ def test_erasure_for_another_base_model_is_refused(tiny_folder, tmp_path):
         (dict(gamma9=1.0), "has no setting gamma9"),
         (dict(preset="fastest"), "has no preset"),
         (dict(method="esd-x", replacement="square"), "ESD takes no replacement"),
+        (dict(bank_trajectories=0), "bank_trajectories must be >= 1"),
+        (dict(bank_trajectories=-2), "bank_trajectories must be >= 0"),
     ],
 )
 def test_bad_input_fails_clearly(tiny_folder, kwargs, message):
@@ -216,6 +218,15 @@ def test_abo_auto_trajectory_is_the_erased_one_only_with_a_replacement():
     assert trajectory_for(abo.make_config(), "circle") == "erased"
     assert trajectory_for(abo.make_config(trajectory="concept"), "circle") == "concept"
     assert trajectory_for(abo.make_config(preset="paper"), None) == "erased"  # Algorithm 1 as written
+
+
+def test_abo_bank_has_one_trajectory_per_25_draws_unless_set():
+    abo = get_method("abo")
+    assert abo.make_config(preset="paper").bank_size() == 8  # 200 steps x batch 1
+    assert abo.make_config().bank_size() == 24  # 150 x 4
+    assert abo.make_config(steps=10).bank_size() == 2  # 40 draws: a part-filled trajectory counts
+    assert abo.make_config(bank_trajectories=5).bank_size() == 5
+    assert get_method("esd-x").make_config().bank_size() == 32  # other methods keep their fixed bank
 
 
 def test_abo_refuses_an_unknown_trajectory():

@@ -23,7 +23,10 @@ Algorithm 1's with one; the `paper` preset and `trajectory="erased"` always foll
 
 Fast path: every x_τ of a trajectory and both targets at it are computed once, in batches, into the
 teacher bank (the frozen outputs at x_t are the very ones that drew it); each step then runs only
-the student, [c, ∅] stacked in one forward.
+the student, [c, ∅] stacked in one forward. The bank holds one trajectory per 25 draws
+(`MethodConfig.bank_size`): for the paper's 200 draws, 8 trajectories were 11-12x faster than
+Algorithm 1 as written with erasure and preservation inside its seed spread, and 4 were not
+(benchmarks/results/abo_fast_vs_reference.md).
 """
 
 from __future__ import annotations
@@ -71,6 +74,7 @@ class AboConfig(MethodConfig):
     # "concept" (γ1 guidance alone, line 6: x_t shows the concept, as ESD draws its x_t), or "auto":
     # "erased" with a replacement, "concept" without (why: the module docstring).
     trajectory: str = "auto"
+    bank_trajectories: int | None = None  # one per 25 draws: 24 for the defaults, 8 for the paper's 200 x 1
 
     def validate(self) -> None:
         super().validate()
@@ -82,6 +86,8 @@ class AboConfig(MethodConfig):
             raise ErasekitError(f"kappa must be in [0, 1), got {self.kappa}")
         if self.lam < 0:
             raise ErasekitError(f"lambda must be >= 0, got {self.lam}")
+        if self.bank_trajectories == 0:
+            raise ErasekitError("AbO draws x_t from the teacher bank: bank_trajectories must be >= 1 (or unset for one per 25 draws)")
 
 
 def trajectory_for(config: AboConfig, replacement: str | None) -> str:
@@ -137,7 +143,7 @@ class Abo(Method):
 
     def prepare(self, generator, progress):
         self.bank = build_bank(
-            self.scheduler, self.teacher_step, self.config.bank_trajectories, len(self.concepts),
+            self.scheduler, self.teacher_step, self.config.bank_size(), len(self.concepts),
             self.latent_shape, generator, self.device, progress=progress,
         )
 

@@ -9,12 +9,19 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 
 import torch
 
 from ..errors import ErasekitError
 from ..sampling import embed, latent_shape
+
+
+# AbO on the built-in model, 200 draws (benchmarks/results/abo_fast_vs_reference.md): banks of 8, 16
+# and 32 trajectories all erased and preserved within the seed spread of Algorithm 1's one fresh
+# trajectory per draw; 8 (25 draws each) was the fewest that did (with 4, one seed left 32% of squares).
+DRAWS_PER_TRAJECTORY = 25
 
 
 @dataclass
@@ -28,7 +35,7 @@ class MethodConfig:
     weight_decay: float = 0.0
     batch_size: int = 1
     parameters: str = "attn2"  # a preset of erasekit.params.PRESETS
-    bank_trajectories: int = 32  # fast path: trajectories in the teacher bank (0 = not used)
+    bank_trajectories: int | None = 32  # fast path: trajectories in the teacher bank (0 = not used, None = bank_size's rule)
 
     def validate(self) -> None:
         if self.steps <= 0:
@@ -39,6 +46,18 @@ class MethodConfig:
             raise ErasekitError(f"batch size must be positive, got {self.batch_size}")
         if self.optimizer not in ("adam", "adamw"):
             raise ErasekitError(f"optimizer must be 'adam' or 'adamw', got '{self.optimizer}'")
+        if self.bank_trajectories is not None and self.bank_trajectories < 0:
+            raise ErasekitError(f"bank_trajectories must be >= 0, got {self.bank_trajectories}")
+
+    def bank_size(self) -> int:
+        """Trajectories in the teacher bank: as set, or (None) one per DRAWS_PER_TRAJECTORY draws of training.
+
+        Resolved when the bank is built, not stored: a run resumed with more steps keeps its identity
+        (and its bank, which the checkpoint holds).
+        """
+        if self.bank_trajectories is not None:
+            return self.bank_trajectories
+        return math.ceil(self.steps * self.batch_size / DRAWS_PER_TRAJECTORY)
 
 
 class Method:

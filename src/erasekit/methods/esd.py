@@ -78,7 +78,7 @@ class Esd(Method):
     def prepare(self, generator, progress):
         if self.config.sample_from == "frozen":
             self.bank = build_bank(
-                self.scheduler, self.teacher_step, self.config.bank_trajectories, len(self.concepts),
+                self.scheduler, self.teacher_step, self.config.bank_size(), len(self.concepts),
                 self.latent_shape, generator, self.device, progress=progress,
             )
         else:

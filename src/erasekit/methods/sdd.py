@@ -79,7 +79,7 @@ class Sdd(Method):
         return cfg(eps_uncond, eps_concept, self.config.sample_guidance), {}
 
     def prepare(self, generator, progress):
-        self.bank = build_bank(self.scheduler, self.teacher_step, self.config.bank_trajectories, len(self.concepts),
+        self.bank = build_bank(self.scheduler, self.teacher_step, self.config.bank_size(), len(self.concepts),
                                self.latent_shape, generator, self.device, progress=progress)
 
     def draw(self, generator):
