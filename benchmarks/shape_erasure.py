@@ -20,9 +20,11 @@ from common import heading, run_meta, write_results
 # the erased trajectory, λ 5), then what was tried to reach the bars (target <= 10%, other
 # shapes within 5 points of the base model). Today's defaults came out of this table.
 ESD_BEFORE = {"steps": 200, "batch_size": 1, "eta": 1.0}
-ABO_BEFORE = {"steps": 50, "batch_size": 1, "warmup": 5, "trajectory": "erased", "lam": 5.0}
-ABO_ERASED = {"warmup": 0, "trajectory": "erased", "lam": 5.0}  # AbO's defaults of 2026-11-24: 150 steps, batch 4, no warm-up
-ABO_CONCEPT = {"trajectory": "concept", "warmup": 0, "lam": 5.0}  # AbO's defaults of the morning of 2026-11-25
+# AbO's bank had 32 trajectories until 2026-11-25 (since then one per 25 draws: 24 for 150 steps of batch 4).
+BANK32 = {"bank_trajectories": 32}
+ABO_BEFORE = {"steps": 50, "batch_size": 1, "warmup": 5, "trajectory": "erased", "lam": 5.0} | BANK32
+ABO_ERASED = {"warmup": 0, "trajectory": "erased", "lam": 5.0} | BANK32  # AbO's defaults of 2026-11-24: 150 steps, batch 4, no warm-up
+ABO_CONCEPT = {"trajectory": "concept", "warmup": 0, "lam": 5.0} | BANK32  # AbO's defaults of the morning of 2026-11-25
 CONFIGS = [
     # ESD's learning rate and step count were tuned on 2026-11-24 (this file's git history); these
     # rows keep its start, the paper's η with many steps, and the results.
@@ -48,13 +50,14 @@ CONFIGS = [
     ("abo", ABO_CONCEPT | {"warmup": 10}),
     ("abo", ABO_CONCEPT | {"warmup": 5}),
     # Other shapes still at 85-95% along it; what was tried for them (trajectory "auto" is "concept" here):
-    ("abo", {"lam": 5.0, "parameters": "attn2-kv"}),
-    ("abo", {"lam": 5.0, "erase_scale": 7.5}),
+    ("abo", {"lam": 5.0, "parameters": "attn2-kv"} | BANK32),
+    ("abo", {"lam": 5.0, "erase_scale": 7.5} | BANK32),
     ("abo", {"lam": 5.0, "bank_trajectories": 128}),
-    ("abo", {"lam": 20.0}),
-    ("abo", {"lam": 50.0}),
-    ("abo", {}),  # today's default: λ 100
-    ("abo", {"lam": 200.0}),
+    ("abo", {"lam": 20.0} | BANK32),
+    ("abo", {"lam": 50.0} | BANK32),
+    ("abo", BANK32),  # λ 100 with the earlier bank of 32
+    ("abo", {"lam": 200.0} | BANK32),
+    ("abo", {}),  # today's default: a bank of one trajectory per 25 draws (24 here)
 ]
 # Run again with other training seeds, to show how much one training run's numbers move.
 MORE_SEEDS = [
@@ -64,17 +67,18 @@ MORE_SEEDS = [
     ((1,), "abo", ABO_CONCEPT | {"kappa": 0.0}),
     ((1,), "abo", ABO_CONCEPT | {"warmup": 10}),
     ((1,), "abo", ABO_CONCEPT | {"warmup": 5}),
-    ((1,), "abo", {"lam": 5.0, "parameters": "attn2-kv"}),
-    ((1,), "abo", {"lam": 5.0, "erase_scale": 7.5}),
+    ((1,), "abo", {"lam": 5.0, "parameters": "attn2-kv"} | BANK32),
+    ((1,), "abo", {"lam": 5.0, "erase_scale": 7.5} | BANK32),
     ((1, 2), "abo", {"lam": 5.0, "bank_trajectories": 128}),
-    ((1, 2), "abo", {"lam": 20.0}),
-    ((1, 2), "abo", {"lam": 50.0}),
+    ((1, 2), "abo", {"lam": 20.0} | BANK32),
+    ((1, 2), "abo", {"lam": 50.0} | BANK32),
+    ((1, 2), "abo", BANK32),
+    ((1, 2), "abo", {"lam": 200.0} | BANK32),
     ((1, 2), "abo", {}),
-    ((1, 2), "abo", {"lam": 200.0}),
 ]
 # --replacements reruns these with each replacement concept; the last is today's default ("auto": the
 # erased trajectory with a replacement).
-REPLACED = [("abo", ABO_ERASED), ("abo", ABO_ERASED | {"warmup": 5}), ("abo", ABO_CONCEPT | {"warmup": 5}), ("abo", {})]
+REPLACED = [("abo", ABO_ERASED), ("abo", ABO_ERASED | {"warmup": 5}), ("abo", ABO_CONCEPT | {"warmup": 5}), ("abo", BANK32), ("abo", {})]
 
 
 def main() -> None:
