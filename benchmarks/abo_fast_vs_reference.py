@@ -80,7 +80,7 @@ def run_one(variant: str, steps: int, bank: str, seeds: int, concept: str, extra
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=200)
-    parser.add_argument("--banks", default="auto,4,16,32", help="bank sizes (trajectories) of the fast path; auto: AbO's default, one per 25 draws")
+    parser.add_argument("--banks", default="auto,4,16,32", help="bank sizes (trajectories) of the fast path; auto: AbO's default size")
     parser.add_argument("--train-seeds", type=int, default=3, help="training seeds per variant on the built-in model")
     parser.add_argument("--seeds", type=int, default=2, help="seeds per prompt in the erasure evaluation")
     parser.add_argument("--concept", default="circle")
@@ -92,7 +92,7 @@ def main() -> None:
     parser.add_argument("--train-seed", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
-    from erasekit.methods.base import parse_settings  # the CLI's own --set reading
+    from erasekit.methods.base import DRAWS_PER_TRAJECTORY, parse_settings  # parse_settings: the CLI's own --set reading
 
     extra = parse_settings(args.set)
     if args.one:
@@ -138,7 +138,7 @@ def main() -> None:
     ]
     for variant, bank in variants:
         runs = of(variant, bank)
-        trajectories = {"-": "—", "auto": f"{runs[0]['bank_trajectories']} (default: one per 25 draws)"}.get(bank, bank)
+        trajectories = {"-": "—", "auto": f"{runs[0]['bank_trajectories']} (default: one per {DRAWS_PER_TRAJECTORY} draws)"}.get(bank, bank)
         seconds = mean([r["train_seconds"] for r in runs])
         each = ", ".join(f"{r['train_seconds']:.0f}" for r in runs)
         lines.append(

@@ -32,7 +32,7 @@ def main() -> None:
     torch.set_num_threads(2)
     from erasekit import erase, load_pipeline
     from erasekit.evaluation.detectors import ShapesDetector
-    from erasekit.evaluation.evaluate import evaluate
+    from erasekit.evaluation.evaluate import evaluate, seeds_of
     from erasekit.evaluation.prompts import load_prompts
     from erasekit.evaluation.shapes import attribute_of
     from erasekit.shapes.world import ATTRIBUTES
@@ -40,7 +40,7 @@ def main() -> None:
     attribute, _ = attribute_of(args.concept)
     seeds = list(range(args.eval_seeds))
     suites = load_prompts("target,related", args.concept)
-    wanted = [p.wanted[attribute] for p in suites["related"] for _ in seeds]  # evaluate's job order: prompt by prompt
+    wanted = [p.wanted[attribute] for p in suites["related"] for _ in seeds_of(p, seeds)]  # evaluate's job order
     base, detector = load_pipeline("builtin"), ShapesDetector()
     base_images, base_confidence, base_labels = None, None, None
     rows = []

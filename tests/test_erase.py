@@ -123,6 +123,7 @@ def test_erasure_for_another_base_model_is_refused(tiny_folder, tmp_path):
         (dict(preset="fastest"), "has no preset"),
         (dict(method="esd-x", replacement="square"), "ESD takes no replacement"),
         (dict(bank_trajectories=0), "bank_trajectories must be >= 1"),
+        (dict(method="esd-x", bank_trajectories=0), "bank_trajectories must be >= 1"),
         (dict(bank_trajectories=-2), "bank_trajectories must be >= 0"),
     ],
 )

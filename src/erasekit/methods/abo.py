@@ -86,8 +86,6 @@ class AboConfig(MethodConfig):
             raise ErasekitError(f"kappa must be in [0, 1), got {self.kappa}")
         if self.lam < 0:
             raise ErasekitError(f"lambda must be >= 0, got {self.lam}")
-        if self.bank_trajectories == 0:
-            raise ErasekitError("AbO draws x_t from the teacher bank: bank_trajectories must be >= 1 (or unset for one per 25 draws)")
 
 
 def trajectory_for(config: AboConfig, replacement: str | None) -> str:

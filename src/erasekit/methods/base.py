@@ -53,8 +53,11 @@ class MethodConfig:
         """Trajectories in the teacher bank: as set, or (None) one per DRAWS_PER_TRAJECTORY draws of training.
 
         Resolved when the bank is built, not stored: a run resumed with more steps keeps its identity
-        (and its bank, which the checkpoint holds).
+        (and its bank, which the checkpoint holds). Every method that builds a bank asks here, so an
+        empty one is refused here for all of them.
         """
+        if self.bank_trajectories == 0:
+            raise ErasekitError(f"a teacher bank needs trajectories: bank_trajectories must be >= 1 (or null: one per {DRAWS_PER_TRAJECTORY} draws)")
         if self.bank_trajectories is not None:
             return self.bank_trajectories
         return math.ceil(self.steps * self.batch_size / DRAWS_PER_TRAJECTORY)
