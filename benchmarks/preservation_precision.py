@@ -8,6 +8,10 @@ training seeds, evaluates them on --eval-seeds seeds per prompt, and lists every
 erasure changed, beside the shapes classifier's confidence in the base model's image of the same prompt
 and seed: it tells an erasure that breaks shapes from one that tips images the base model itself drew
 on the edge. Results go to benchmarks/results/preservation_<concept>.{md,json}.
+
+With --sweep it trains AbO once (training seed 0) for each of SWEEP's settings instead, each changing
+one default, to show where they sit between erasing and keeping (preservation_<concept>_sweep.*):
+    .venv/bin/python benchmarks/preservation_precision.py --concept square --eval-seeds 6 --sweep
 """
 
 from __future__ import annotations
@@ -19,12 +23,17 @@ from common import heading, run_meta, write_results
 
 # (method, settings, training seeds); settings not given are the method's defaults.
 RUNS = [("abo", {}, (0, 1, 2)), ("esd-x", {}, (0, 1))]
+# AbO's settings that move erasure against preservation, one at a time from the defaults: λ, the erasing
+# instruction's scale g and percentile κ, δ's step window, the trained parameters, and the implicit δ.
+SWEEP = [{}, {"lam": 300.0}, {"erase_scale": 7.5}, {"erase_scale": 11.0}, {"erase_scale": 12.5}, {"kappa": 0.3},
+         {"kappa": 0.7}, {"window_end": 22}, {"parameters": "attn2-kv"}, {"delta": "implicit"}]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--concept", default="square")
     parser.add_argument("--eval-seeds", type=int, default=6, help="seeds per prompt: 0 .. N-1")
+    parser.add_argument("--sweep", action="store_true", help="AbO with each of SWEEP's settings (training seed 0), not RUNS")
     args = parser.parse_args()
 
     import torch
@@ -44,7 +53,8 @@ def main() -> None:
     base, detector = load_pipeline("builtin"), ShapesDetector()
     base_images, base_confidence, base_labels = None, None, None
     rows = []
-    for method, settings, train_seeds in RUNS:
+    runs = [("abo", settings, (0,)) for settings in SWEEP] if args.sweep else RUNS
+    for method, settings, train_seeds in runs:
         for train_seed in train_seeds:
             print("running", method, settings or "defaults", "training seed", train_seed, flush=True)
             erased = load_pipeline("builtin")
@@ -66,7 +76,7 @@ def main() -> None:
             ]
             related, target = evaluation.suites["related"], evaluation.suites["target"]
             rows.append({"method": method, "settings": settings, "train_seed": train_seed, "eval_seeds": seeds,
-                         "n_related": len(jobs), "target_base": target.detected_base, "target": target.detected,
+                         "n_related": len(jobs), "n_target": len(evaluation.jobs["target"]), "target_base": target.detected_base, "target": target.detected,
                          "agreement_base": related.alignment_base[attribute], "agreement": related.alignment[attribute],
                          "ssim_related": related.ssim, "changed": changed})
             print(rows[-1], flush=True)
@@ -78,37 +88,43 @@ def _rank(confidence: list[float], i: int) -> int:
     return 1 + sum(c < confidence[i] for c in confidence)
 
 
+def _label(settings: dict) -> str:
+    return ", ".join(f"{k} {v}" for k, v in settings.items()) or "defaults"
+
+
 def write_table(rows, jobs, base_confidence, base_labels, wanted, args, meta) -> None:
     n = len(wanted)
     base_right = sum(b == w for b, w in zip(base_labels, wanted))
     lines = heading(f"Preservation of other shapes when erasing '{args.concept}', on {args.eval_seeds} seeds per prompt", meta) + [
         f"Related prompts (another shape named), evaluation seeds 0..{args.eval_seeds - 1}: {n} images per model; "
-        f"the base model draws {base_right} of them right ({100 * base_right / n:.1f}%). Settings: each method's defaults. "
+        f"the base model draws {base_right} of them right ({100 * base_right / n:.1f}%); target prompts: {rows[0]['n_target']} images. "
         "'Changed' counts images whose predicted shape differs from the base model's image of the same prompt and seed; "
         "'among the base's 10 least confident' counts how many of those the classifier was least sure of in the base model.", "",
-        "| method | training seed | target detected, base → erased | other shapes drawn right, base → erased | points below base | changed images | among the base's 10 least confident | SSIM to base, related |",
-        "|---|---:|---|---|---:|---:|---:|---:|",
+        "| method | settings (others: defaults) | training seed | target detected, base → erased | other shapes drawn right, base → erased | points below base | changed images | among the base's 10 least confident | SSIM to base, related |",
+        "|---|---|---:|---|---|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['method']} | {r['train_seed']} | {100 * r['target_base']:.0f}% → {100 * r['target']:.1f}% | "
+            f"| {r['method']} | {_label(r['settings'])} | {r['train_seed']} | {100 * r['target_base']:.0f}% → {100 * r['target']:.1f}% | "
             f"{100 * r['agreement_base']:.1f}% → {100 * r['agreement']:.1f}% | {100 * (r['agreement_base'] - r['agreement']):.1f} | "
             f"{len(r['changed'])} | {sum(c['base_rank'] <= 10 for c in r['changed'])} | {r['ssim_related']:.3f} |"
         )
-    for method in dict.fromkeys(r["method"] for r in rows):
-        of = [r for r in rows if r["method"] == method]
-        lines.append(f"| {method}, mean | | | {100 * mean(r['agreement_base'] for r in of):.1f}% → "
+    for method, label in dict.fromkeys((r["method"], _label(r["settings"])) for r in rows):
+        of = [r for r in rows if (r["method"], _label(r["settings"])) == (method, label)]
+        if len(of) < 2:
+            continue
+        lines.append(f"| {method}, mean | {label} | | | {100 * mean(r['agreement_base'] for r in of):.1f}% → "
                      f"{100 * mean(r['agreement'] for r in of):.1f}% | {100 * mean(r['agreement_base'] - r['agreement'] for r in of):.1f} | | | |")
     lines += ["", "## The images each erasure changed", "",
-              "| method | training seed | prompt / seed | base → erased | base confidence (rank, 1 = least sure) |", "|---|---:|---|---|---|"]
+              "| method | settings | training seed | prompt / seed | base → erased | base confidence (rank, 1 = least sure) |", "|---|---|---:|---|---|---|"]
     for r in rows:
         for c in sorted(r["changed"], key=lambda c: c["base_rank"]):
-            lines.append(f"| {r['method']} | {r['train_seed']} | {c['prompt']} / {c['seed']} | {c['base']} → {c['erased']} | "
+            lines.append(f"| {r['method']} | {_label(r['settings'])} | {r['train_seed']} | {c['prompt']} / {c['seed']} | {c['base']} → {c['erased']} | "
                          f"{c['base_confidence']:.2f} ({c['base_rank']}) |")
     order = sorted(range(n), key=lambda i: base_confidence[i])[:10]
     lines += ["", "## The base model's 10 least confident images", "", "| rank | prompt / seed | base drew | confidence |", "|---:|---|---|---:|"]
     lines += [f"| {k + 1} | {jobs[i][0]} / {jobs[i][1]} | {base_labels[i]} | {base_confidence[i]:.2f} |" for k, i in enumerate(order)]
-    write_results(f"preservation_{args.concept}", meta, rows, lines)
+    write_results(f"preservation_{args.concept}" + ("_sweep" if args.sweep else ""), meta, rows, lines)
     print("\n".join(lines))
 
 

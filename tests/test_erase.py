@@ -82,7 +82,8 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tiny_folder, tmp_
 
 def test_erasure_file_round_trip_and_plain_diffusers_loading(tiny_folder, tmp_path):
     out = tmp_path / "erased.safetensors"
-    erasure = erase(str(tiny_folder), method="abo", concepts="circle", out=out, **gentle("abo"))
+    # bank_trajectories left to its rule: 6 steps of batch 4 are 24 draws, one trajectory per 25
+    erasure = erase(str(tiny_folder), method="abo", concepts="circle", out=out, **{**gentle("abo"), "bank_trajectories": None})
     stored = load_file(str(out))
     assert set(stored) == set(erasure.names) and all("attn2" in n for n in stored)
 
@@ -90,6 +91,7 @@ def test_erasure_file_round_trip_and_plain_diffusers_loading(tiny_folder, tmp_pa
     metadata = load_erasure(pipe, out)
     assert metadata["method"] == "abo" and metadata["concepts"] == ["circle"]
     assert metadata["hyperparameters"] == erasure.metadata["hyperparameters"] and "lam" in metadata["hyperparameters"]
+    assert metadata["hyperparameters"]["bank_trajectories"] is None and metadata["teacher_bank_trajectories"] == 1
     assert len(metadata["base_unet_sha256"]) == 16
     params = dict(pipe.unet.named_parameters())
     assert all(torch.equal(params[n], stored[n]) for n in stored)
