@@ -31,6 +31,7 @@ def main() -> None:
     from erasekit.evaluation.detectors import ShapesDetector
     from erasekit.evaluation.prompts import load_prompts
     from erasekit.evaluation.shapes import attribute_of
+    from erasekit.guidance import cfg
     from erasekit.sampling import ddim_sample, ddim_scheduler, embed, initial_noise, latent_shape, unet_out
 
     pipe, detector = load_pipeline("builtin"), ShapesDetector()
@@ -39,6 +40,7 @@ def main() -> None:
     prompts = load_prompts("target", args.concept)["target"]
     n = args.seeds
     uncond = embed(pipe, [""]).expand(n, -1, -1)
+    noise = torch.cat([initial_noise(1, latent_shape(pipe), torch.Generator().manual_seed(s), scheduler) for s in range(n)])
 
     def scopes(text: str) -> dict[str, torch.Tensor | None]:
         word = token_weights(pipe.tokenizer, [text] * n, [args.concept], 0.0)
@@ -51,8 +53,6 @@ def main() -> None:
     for prompt in prompts:
         cond = embed(pipe, [prompt.text]).expand(n, -1, -1)
         for scope, weights in scopes(prompt.text).items():
-            noise = torch.cat([initial_noise(1, latent_shape(pipe), torch.Generator().manual_seed(s), scheduler) for s in range(n)])
-
             def guided(x, t, i):
                 eps_uncond = unet_out(pipe.unet, x, t, uncond)
                 if weights is None:
@@ -60,7 +60,7 @@ def main() -> None:
                 else:
                     with reweighted_cross_attention(pipe.unet, weights):
                         eps_cond = unet_out(pipe.unet, x, t, cond)
-                return eps_uncond + 7.5 * (eps_cond - eps_uncond)
+                return cfg(eps_uncond, eps_cond, 7.5)
 
             with torch.no_grad():
                 latents = ddim_sample(scheduler, noise, guided)

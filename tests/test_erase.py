@@ -78,6 +78,13 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tiny_folder, tmp_
         assert torch.equal(expected[name], got[name]), name
     base = _trainable(load_pipeline(str(tiny_folder)).unet, full.names)
     assert any(not torch.equal(expected[n], base[n]) for n in expected)  # training did move the weights
+    assert full.metadata["teacher_bank_trajectories"] == resumed.metadata["teacher_bank_trajectories"]
+
+
+def test_erasure_records_the_frozen_runs_its_bank_holds(tiny_folder):
+    # Ablating's bank holds anchor images, one frozen DDIM run each, not bank_trajectories of them
+    erasure = erase(str(tiny_folder), method="ablating", concepts="circle", **{**gentle("ablating"), "anchor_images": 2, "steps": 1})
+    assert erasure.metadata["teacher_bank_trajectories"] == 2
 
 
 def test_erasure_file_round_trip_and_plain_diffusers_loading(tiny_folder, tmp_path):

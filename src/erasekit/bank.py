@@ -35,6 +35,11 @@ class Bank:
     def __len__(self) -> int:
         return self.x.shape[0]
 
+    @property
+    def trajectories(self) -> int:
+        """Frozen-model DDIM runs it holds: each left one entry at the noisiest timestep kept (t = 0 for image banks)."""
+        return int((self.t == self.t.max()).sum())
+
     def draw(self, batch: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
         idx = torch.randint(0, len(self), (batch,), generator=generator)
         return {"x": self.x[idx], "t": self.t[idx], "concept": self.concept[idx], **{k: v[idx] for k, v in self.targets.items()}}

@@ -92,8 +92,8 @@ def erase(
         "preset": preset,
         "seed": seed,
         "hyperparameters": dataclasses.asdict(config),
-        # bank_trajectories may be null (a rule of steps x batch): the number the bank was built with
-        "teacher_bank_trajectories": config.bank_size() if instance.bank is not None else None,
+        # bank_trajectories may be null (a rule of steps x batch), and image banks have their own count
+        "teacher_bank_trajectories": instance.bank.trajectories if instance.bank is not None else None,
         "base_model": str(model if isinstance(model, (str, Path)) else getattr(pipe, "name_or_path", "pipeline")),
         "base_unet_sha256": base_hash,
         "erasekit_version": __version__,
