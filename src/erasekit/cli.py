@@ -248,6 +248,7 @@ def evaluate(
     """
     from .errors import ErasekitError
     from .evaluation.detectors import make_detector
+    from .evaluation.evaluate import end_processes
     from .evaluation.evaluate import evaluate as run_evaluation
     from .evaluation.metrics import feature_extractor
     from .evaluation.prompts import load_prompts
@@ -280,11 +281,14 @@ def evaluate(
     else:
         erased, negative_prompt = inference_method(base, method, concept, sld_preset)
         metadata = {"method": method, "concepts": [concept], "hyperparameters": {"sld_preset": sld_preset} if method == "sld" else {}}
-    result = run_evaluation(
-        base, erased, concept, suites, found, seeds=seed_list, steps=steps, guidance=guidance,
-        negative_prompt=negative_prompt, reference=ref, features=extractor,
-        clip_model=clip, batch_size=batch_size,
-    )
+    try:
+        result = run_evaluation(
+            base, erased, concept, suites, found, seeds=seed_list, steps=steps, guidance=guidance,
+            negative_prompt=negative_prompt, reference=ref, features=extractor,
+            clip_model=clip, batch_size=batch_size,
+        )
+    finally:
+        end_processes()
     if result is None:  # not rank 0 of a multi-process run
         return
     result.settings["model"] = model

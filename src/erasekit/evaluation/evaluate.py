@@ -73,6 +73,15 @@ def _state():
     return PartialState(cpu=not torch.cuda.is_available())
 
 
+def end_processes() -> None:
+    """Take down the process group of a multi-process run once this process is done with it: left to
+    interpreter exit, a rank that had finished its work aborted once ("terminate called without an
+    active exception")."""
+    state = _state()
+    if state.num_processes > 1:
+        state.destroy_process_group()
+
+
 def generate_sharded(pipe, jobs: list[Job], steps: int, negative_prompt: str | None, batch_size: int, label: str, progress: bool) -> list[Image.Image]:
     """Generate `jobs` split by whole batches across the processes of an accelerate launch."""
     from accelerate.utils import gather_object
