@@ -3,15 +3,19 @@
 Run from the repository root:
     .venv/bin/python benchmarks/preservation_precision.py --concept square --eval-seeds 6
 The shape-erasure table judges "other shapes kept" on 60 images (30 related prompts x 2 seeds), where
-one image is 1.7 points. This script trains AbO's defaults (and ESD-x's, for comparison) with several
+one image is 1.7 points. This script trains AbO's, ESD-x's and ESD-u's defaults with several
 training seeds, evaluates them on --eval-seeds seeds per prompt, and lists every image whose shape the
 erasure changed, beside the shapes classifier's confidence in the base model's image of the same prompt
 and seed: it tells an erasure that breaks shapes from one that tips images the base model itself drew
 on the edge. Results go to benchmarks/results/preservation_<concept>.{md,json}.
 
-With --sweep it trains AbO once (training seed 0) for each of SWEEP's settings instead, each changing
-one default, to show where they sit between erasing and keeping (preservation_<concept>_sweep.*):
-    .venv/bin/python benchmarks/preservation_precision.py --concept square --eval-seeds 6 --sweep
+With --sweep NAME it trains each of SWEEPS[NAME]'s settings instead (training seeds --train-seeds), to show
+where they sit between erasing and keeping (preservation_<concept>_sweep_<name>.*): `abo` changes AbO's
+defaults one at a time, `esd` tries the negative guidance η and the steps of ESD-x and ESD-u, `esd-u` goes
+on with ESD-u:
+    .venv/bin/python benchmarks/preservation_precision.py --concept square --eval-seeds 6 --sweep abo
+    .venv/bin/python benchmarks/preservation_precision.py --concept square --eval-seeds 12 --sweep esd --train-seeds 0,1
+    .venv/bin/python benchmarks/preservation_precision.py --concept square --eval-seeds 12 --sweep esd-u --train-seeds 0,1
 """
 
 from __future__ import annotations
@@ -22,18 +26,26 @@ from statistics import mean
 from common import heading, run_meta, write_results
 
 # (method, settings, training seeds); settings not given are the method's defaults.
-RUNS = [("abo", {}, (0, 1, 2)), ("esd-x", {}, (0, 1))]
-# AbO's settings that move erasure against preservation, one at a time from the defaults: λ, the erasing
-# instruction's scale g and percentile κ, δ's step window, the trained parameters, and the implicit δ.
-SWEEP = [{}, {"lam": 300.0}, {"erase_scale": 7.5}, {"erase_scale": 11.0}, {"erase_scale": 12.5}, {"kappa": 0.3},
-         {"kappa": 0.7}, {"window_end": 22}, {"parameters": "attn2-kv"}, {"delta": "implicit"}]
+RUNS = [("abo", {}, (0, 1, 2)), ("esd-x", {}, (0, 1)), ("esd-u", {}, (0, 1))]
+SWEEPS = {
+    # AbO's settings that move erasure against preservation, one at a time from the defaults: λ, the erasing
+    # instruction's scale g and percentile κ, δ's step window, the trained parameters, and the implicit δ.
+    "abo": [("abo", s) for s in ({}, {"lam": 300.0}, {"erase_scale": 7.5}, {"erase_scale": 11.0}, {"erase_scale": 12.5},
+                                 {"kappa": 0.3}, {"kappa": 0.7}, {"window_end": 22}, {"parameters": "attn2-kv"}, {"delta": "implicit"})],
+    # ESD's strength: η and steps, written out in full because they are what sets its defaults.
+    "esd": [("esd-x", {"eta": 4.0, "steps": 400}), ("esd-x", {"eta": 5.0, "steps": 400}), ("esd-x", {"eta": 3.0, "steps": 800}),
+            ("esd-u", {"eta": 6.0, "steps": 400})],
+    # ESD-u left 14 / 32% of squares with η 6 in that sweep: stronger η, or more steps.
+    "esd-u": [("esd-u", {"eta": 10.0, "steps": 400}), ("esd-u", {"eta": 6.0, "steps": 800})],
+}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--concept", default="square")
     parser.add_argument("--eval-seeds", type=int, default=6, help="seeds per prompt: 0 .. N-1")
-    parser.add_argument("--sweep", action="store_true", help="AbO with each of SWEEP's settings (training seed 0), not RUNS")
+    parser.add_argument("--sweep", nargs="?", const="abo", choices=sorted(SWEEPS), help="train SWEEPS[NAME]'s settings, not RUNS")
+    parser.add_argument("--train-seeds", default="0", help="training seeds of a sweep, e.g. 0,1")
     args = parser.parse_args()
 
     import torch
@@ -53,7 +65,8 @@ def main() -> None:
     base, detector = load_pipeline("builtin"), ShapesDetector()
     base_images, base_confidence, base_labels = None, None, None
     rows = []
-    runs = [("abo", settings, (0,)) for settings in SWEEP] if args.sweep else RUNS
+    sweep_seeds = tuple(int(s) for s in args.train_seeds.split(","))
+    runs = [(method, settings, sweep_seeds) for method, settings in SWEEPS[args.sweep]] if args.sweep else RUNS
     for method, settings, train_seeds in runs:
         for train_seed in train_seeds:
             print("running", method, settings or "defaults", "training seed", train_seed, flush=True)
@@ -124,7 +137,7 @@ def write_table(rows, jobs, base_confidence, base_labels, wanted, args, meta) ->
     order = sorted(range(n), key=lambda i: base_confidence[i])[:10]
     lines += ["", "## The base model's 10 least confident images", "", "| rank | prompt / seed | base drew | confidence |", "|---:|---|---|---:|"]
     lines += [f"| {k + 1} | {jobs[i][0]} / {jobs[i][1]} | {base_labels[i]} | {base_confidence[i]:.2f} |" for k, i in enumerate(order)]
-    write_results(f"preservation_{args.concept}" + ("_sweep" if args.sweep else ""), meta, rows, lines)
+    write_results(f"preservation_{args.concept}" + (f"_sweep_{args.sweep}" if args.sweep else ""), meta, rows, lines)
     print("\n".join(lines))
 
 
