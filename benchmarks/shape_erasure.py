@@ -32,7 +32,8 @@ CONFIGS = [
     ("esd-x", {"steps": 1000, "batch_size": 4, "eta": 1.0}),
     ("esd-x", {"steps": 400, "batch_size": 4, "eta": 3.0}),
     ("esd-u", {"steps": 400, "batch_size": 4, "eta": 3.0}),
-    ("esd-u", {"steps": 400, "batch_size": 4, "eta": 6.0}),
+    ("esd-u", {"steps": 400, "batch_size": 4, "eta": 6.0}),  # esd-u's default since 2026-11-25
+    ("esd-x", {"steps": 400, "batch_size": 4, "eta": 5.0}),  # esd-x's default since 2026-11-25 (η 3 left 12-18% on 132 images)
     # AbO's strength (steps, batch, κ, erase scale) was tuned on 2026-11-24: that table is in this
     # file's git history; these rows keep its start and its result.
     ("abo", ABO_BEFORE),
@@ -62,6 +63,8 @@ CONFIGS = [
 # Run again with other training seeds, to show how much one training run's numbers move.
 MORE_SEEDS = [
     ((1,), "esd-x", {"steps": 400, "batch_size": 4, "eta": 3.0}),
+    ((1,), "esd-x", {"steps": 400, "batch_size": 4, "eta": 5.0}),
+    ((1,), "esd-u", {"steps": 400, "batch_size": 4, "eta": 6.0}),
     ((1,), "abo", ABO_ERASED),
     ((1, 2), "abo", ABO_CONCEPT),
     ((1,), "abo", ABO_CONCEPT | {"kappa": 0.0}),

@@ -239,6 +239,13 @@ def test_abo_bank_has_one_trajectory_per_25_draws_unless_set():
     assert get_method("esd-x").make_config().bank_size() == 32  # other methods keep their fixed bank
 
 
+def test_an_esd_variant_default_gives_way_to_a_preset_and_to_a_setting():
+    esd_u, esd_x = get_method("esd-u"), get_method("esd-x")
+    assert esd_u.make_config().eta != esd_x.make_config().eta  # esd-u has its own η
+    assert esd_u.make_config(preset="paper").eta == 1.0
+    assert esd_u.make_config(eta=2).eta == 2.0 and esd_u.make_config().parameters == "non-attn2"
+
+
 def test_abo_refuses_an_unknown_trajectory():
     with pytest.raises(ErasekitError, match="trajectory must be"):
         get_method("abo").make_config(trajectory="student")
