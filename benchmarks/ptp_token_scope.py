@@ -32,7 +32,7 @@ def main() -> None:
     from erasekit.evaluation.prompts import load_prompts
     from erasekit.evaluation.shapes import attribute_of
     from erasekit.guidance import cfg
-    from erasekit.sampling import ddim_sample, ddim_scheduler, embed, initial_noise, latent_shape, unet_out
+    from erasekit.sampling import ddim_sample, ddim_scheduler, decode, embed, initial_noise, latent_shape, unet_out
 
     pipe, detector = load_pipeline("builtin"), ShapesDetector()
     attribute, value = attribute_of(args.concept)
@@ -62,10 +62,7 @@ def main() -> None:
                         eps_cond = unet_out(pipe.unet, x, t, cond)
                 return cfg(eps_uncond, eps_cond, 7.5)
 
-            with torch.no_grad():
-                latents = ddim_sample(scheduler, noise, guided)
-                images = pipe.image_processor.postprocess(pipe.vae.decode(latents / pipe.vae.config.scaling_factor).sample, output_type="pil")
-            labels = detector.predict(images)
+            labels = detector.predict(decode(pipe, ddim_sample(scheduler, noise, guided)))
             c = counts.setdefault(scope, {"images": 0, "detected": 0})
             c["images"] += n
             c["detected"] += sum(label == value for label in labels[attribute])

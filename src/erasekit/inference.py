@@ -16,7 +16,7 @@ import torch
 
 from .errors import ErasekitError
 from .guidance import sld_safety_term
-from .sampling import ddim_sample, ddim_scheduler, embed, unet_out
+from .sampling import ddim_sample, ddim_scheduler, decode, embed, latent_shape, unet_out
 
 INFERENCE_METHODS = ("neg-prompt", "sld")
 
@@ -57,8 +57,7 @@ class SldPipeline:
         cond, uncond = pipe.encode_prompt(prompt, pipe.device, 1, True, negative_prompt)
         embeddings = torch.cat([uncond, cond, self.safety.expand(n, -1, -1)])
         scheduler = ddim_scheduler(pipe, num_inference_steps)
-        shape = (1, pipe.unet.config.in_channels, pipe.unet.config.sample_size, pipe.unet.config.sample_size)
-        x = torch.cat([torch.randn(shape, generator=g, dtype=cond.dtype) for g in generator]).to(pipe.device) * scheduler.init_noise_sigma
+        x = torch.cat([torch.randn((1, *latent_shape(pipe)), generator=g, dtype=cond.dtype) for g in generator]).to(pipe.device) * scheduler.init_noise_sigma
         momentum = torch.zeros_like(x)
 
         def guided(x, t, i):
@@ -68,9 +67,7 @@ class SldPipeline:
             guidance = eps_text - eps_uncond - (gamma if i >= s.warmup_steps else 0)
             return eps_uncond + guidance_scale * guidance
 
-        x = ddim_sample(scheduler, x, guided)
-        image = pipe.vae.decode(x / pipe.vae.config.scaling_factor).sample
-        return SimpleNamespace(images=pipe.image_processor.postprocess(image, output_type=output_type, do_denormalize=[True] * n))
+        return SimpleNamespace(images=decode(pipe, ddim_sample(scheduler, x, guided), output_type))
 
 
 def inference_method(pipe, method: str, concept: str, preset: str | None = None):

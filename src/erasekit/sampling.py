@@ -1,4 +1,4 @@
-"""DDIM sampling with a guidance hook, and text embedding; shared by the bank, the methods and the reference.
+"""DDIM sampling with a guidance hook, text embedding and decoding; shared by the bank, the methods and the reference.
 
 The hook `guided(x, t, i)` returns the model output to step with at timestep t (sampling-step
 index i, 0 = noisiest); callers record in it whatever they need along the trajectory. Stepping is
@@ -53,3 +53,10 @@ def initial_noise(n: int, shape: tuple[int, ...], generator: torch.Generator, sc
 def latent_shape(pipe) -> tuple[int, int, int]:
     size = pipe.unet.config.sample_size
     return (pipe.unet.config.in_channels, size, size)
+
+
+@torch.no_grad()
+def decode(pipe, latents: torch.Tensor, output_type: str = "pil"):
+    """Latents to images, as the pipeline's own call ends."""
+    images = pipe.vae.decode(latents / pipe.vae.config.scaling_factor).sample
+    return pipe.image_processor.postprocess(images, output_type=output_type, do_denormalize=[True] * latents.shape[0])
