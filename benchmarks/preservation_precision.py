@@ -12,10 +12,11 @@ on the edge. Results go to benchmarks/results/preservation_<concept>.{md,json}.
 With --sweep NAME it trains each of SWEEPS[NAME]'s settings instead (training seeds --train-seeds), to show
 where they sit between erasing and keeping (preservation_<concept>_sweep_<name>.*): `abo` changes AbO's
 defaults one at a time, `esd` tries the negative guidance η and the steps of ESD-x and ESD-u, `esd-u` goes
-on with ESD-u:
+on with ESD-u, `esd-u-bank` tries its teacher bank and learning rate:
     .venv/bin/python benchmarks/preservation_precision.py --concept square --eval-seeds 6 --sweep abo
     .venv/bin/python benchmarks/preservation_precision.py --concept square --eval-seeds 12 --sweep esd --train-seeds 0,1
     .venv/bin/python benchmarks/preservation_precision.py --concept square --eval-seeds 12 --sweep esd-u --train-seeds 0,1
+    .venv/bin/python benchmarks/preservation_precision.py --concept square --eval-seeds 12 --sweep esd-u-bank --train-seeds 0,1
 """
 
 from __future__ import annotations
@@ -32,11 +33,17 @@ SWEEPS = {
     # instruction's scale g and percentile κ, δ's step window, the trained parameters, and the implicit δ.
     "abo": [("abo", s) for s in ({}, {"lam": 300.0}, {"erase_scale": 7.5}, {"erase_scale": 11.0}, {"erase_scale": 12.5},
                                  {"kappa": 0.3}, {"kappa": 0.7}, {"window_end": 22}, {"parameters": "attn2-kv"}, {"delta": "implicit"})],
-    # ESD's strength: η and steps, written out in full because they are what sets its defaults.
+    # ESD's strength: η and steps, written out in full because they are what sets its defaults (and ESD-u's
+    # lr and bank, which changed after these sweeps).
     "esd": [("esd-x", {"eta": 4.0, "steps": 400}), ("esd-x", {"eta": 5.0, "steps": 400}), ("esd-x", {"eta": 3.0, "steps": 800}),
-            ("esd-u", {"eta": 6.0, "steps": 400})],
+            ("esd-u", {"eta": 6.0, "steps": 400, "lr": 2e-4, "bank_trajectories": 32})],
     # ESD-u left 14 / 32% of squares with η 6 in that sweep: stronger η, or more steps.
-    "esd-u": [("esd-u", {"eta": 10.0, "steps": 400}), ("esd-u", {"eta": 6.0, "steps": 800})],
+    "esd-u": [("esd-u", {"eta": 10.0, "steps": 400, "lr": 2e-4, "bank_trajectories": 32}),
+              ("esd-u", {"eta": 6.0, "steps": 800, "lr": 2e-4, "bank_trajectories": 32})],
+    # Neither did; the training seeds' spread came from the bank. Its default since: lr 5e-5, 800 steps, 64
+    # trajectories, η 6. Beside it, a larger bank alone, and the slower schedule over the old bank:
+    "esd-u-bank": [("esd-u", {"eta": 6.0, "steps": 400, "lr": 2e-4, "bank_trajectories": 128}),
+                   ("esd-u", {"eta": 6.0, "steps": 800, "lr": 5e-5, "bank_trajectories": 32})],
 }
 
 
@@ -71,7 +78,7 @@ def main() -> None:
         for train_seed in train_seeds:
             print("running", method, settings or "defaults", "training seed", train_seed, flush=True)
             erased = load_pipeline("builtin")
-            erase(erased, method=method, concepts=args.concept, seed=train_seed, progress=False, **settings)
+            erasure = erase(erased, method=method, concepts=args.concept, seed=train_seed, progress=False, **settings)
             evaluation = evaluate(base, erased, args.concept, suites, detector, seeds=seeds, reference=None,
                                   base_images=base_images, progress=True)
             jobs = evaluation.jobs["related"]
@@ -88,7 +95,7 @@ def main() -> None:
                 for i in range(len(jobs)) if labels[i] != base_labels[i]
             ]
             related, target = evaluation.suites["related"], evaluation.suites["target"]
-            rows.append({"method": method, "settings": settings, "train_seed": train_seed, "eval_seeds": seeds,
+            rows.append({"method": method, "settings": settings, "resolved": erasure.metadata["hyperparameters"], "train_seed": train_seed, "eval_seeds": seeds,
                          "n_related": len(jobs), "n_target": len(evaluation.jobs["target"]), "target_base": target.detected_base, "target": target.detected,
                          "agreement_base": related.alignment_base[attribute], "agreement": related.alignment[attribute],
                          "ssim_related": related.ssim, "changed": changed})
@@ -134,6 +141,10 @@ def write_table(rows, jobs, base_confidence, base_labels, wanted, args, meta) ->
         for c in sorted(r["changed"], key=lambda c: c["base_rank"]):
             lines.append(f"| {r['method']} | {_label(r['settings'])} | {r['train_seed']} | {c['prompt']} / {c['seed']} | {c['base']} → {c['erased']} | "
                          f"{c['base_confidence']:.2f} ({c['base_rank']}) |")
+    # "defaults" changes meaning when a default does: the settings each row actually trained with
+    lines += ["", "## Settings each row trained with", "", "| method | settings | resolved |", "|---|---|---|"]
+    for (method, label), r in {(r["method"], _label(r["settings"])): r for r in rows}.items():
+        lines.append(f"| {method} | {label} | {', '.join(f'{k} {v}' for k, v in r['resolved'].items())} |")
     order = sorted(range(n), key=lambda i: base_confidence[i])[:10]
     lines += ["", "## The base model's 10 least confident images", "", "| rank | prompt / seed | base drew | confidence |", "|---:|---|---|---:|"]
     lines += [f"| {k + 1} | {jobs[i][0]} / {jobs[i][1]} | {base_labels[i]} | {base_confidence[i]:.2f} |" for k, i in enumerate(order)]

@@ -20,6 +20,8 @@ from common import heading, run_meta, write_results
 # the erased trajectory, λ 5), then what was tried to reach the bars (target <= 10%, other
 # shapes within 5 points of the base model). Today's defaults came out of this table.
 ESD_BEFORE = {"steps": 200, "batch_size": 1, "eta": 1.0}
+# ESD-u's learning rate and bank until its default became lr 5e-5, 800 steps, 64 trajectories (2026-11-25).
+ESD_U_FAST = {"lr": 2e-4, "bank_trajectories": 32}
 # AbO's bank had 32 trajectories until 2026-11-25 (since then one per 25 draws: 24 for 150 steps of batch 4).
 BANK32 = {"bank_trajectories": 32}
 ABO_BEFORE = {"steps": 50, "batch_size": 1, "warmup": 5, "trajectory": "erased", "lam": 5.0} | BANK32
@@ -31,8 +33,8 @@ CONFIGS = [
     ("esd-x", ESD_BEFORE),
     ("esd-x", {"steps": 1000, "batch_size": 4, "eta": 1.0}),
     ("esd-x", {"steps": 400, "batch_size": 4, "eta": 3.0}),
-    ("esd-u", {"steps": 400, "batch_size": 4, "eta": 3.0}),
-    ("esd-u", {"steps": 400, "batch_size": 4, "eta": 6.0}),  # esd-u's default since 2026-11-25
+    ("esd-u", {"steps": 400, "batch_size": 4, "eta": 3.0} | ESD_U_FAST),
+    ("esd-u", {"steps": 400, "batch_size": 4, "eta": 6.0} | ESD_U_FAST),  # esd-u's default on the day of 2026-11-25
     ("esd-x", {"steps": 400, "batch_size": 4, "eta": 5.0}),  # esd-x's default since 2026-11-25 (η 3 left 12-18% on 132 images)
     # AbO's strength (steps, batch, κ, erase scale) was tuned on 2026-11-24: that table is in this
     # file's git history; these rows keep its start and its result.
@@ -64,7 +66,7 @@ CONFIGS = [
 MORE_SEEDS = [
     ((1,), "esd-x", {"steps": 400, "batch_size": 4, "eta": 3.0}),
     ((1,), "esd-x", {"steps": 400, "batch_size": 4, "eta": 5.0}),
-    ((1,), "esd-u", {"steps": 400, "batch_size": 4, "eta": 6.0}),
+    ((1,), "esd-u", {"steps": 400, "batch_size": 4, "eta": 6.0} | ESD_U_FAST),
     ((1,), "abo", ABO_ERASED),
     ((1, 2), "abo", ABO_CONCEPT),
     ((1,), "abo", ABO_CONCEPT | {"kappa": 0.0}),
