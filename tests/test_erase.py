@@ -244,6 +244,12 @@ def test_an_esd_variant_default_gives_way_to_a_preset_and_to_a_setting():
     assert esd_u.make_config().eta != esd_x.make_config().eta  # esd-u has its own η
     assert esd_u.make_config(preset="paper").eta == 1.0
     assert esd_u.make_config(eta=2).eta == 2.0 and esd_u.make_config().parameters == "non-attn2"
+    own = esd_u.make_config()  # esd-u's slower, longer schedule over a larger bank; esd-x keeps EsdConfig's
+    assert (own.lr, own.steps, own.bank_trajectories) == (5e-5, 800, 64)
+    assert (esd_x.make_config().lr, esd_x.make_config().steps, esd_x.make_config().bank_trajectories) == (2e-4, 400, 32)
+    paper = esd_u.make_config(preset="paper")
+    assert (paper.lr, paper.steps) == (1e-5, 1000)
+    assert type(esd_u.make_config(lr=1).lr) is float  # a variant's own field keeps EsdConfig's type
 
 
 def test_abo_refuses_an_unknown_trajectory():

@@ -28,8 +28,8 @@ from .base import Method, MethodConfig, register
 @dataclass
 class EsdConfig(MethodConfig):
     # Tuned on the built-in model (benchmarks/results/shape_erasure_square.md): with the paper's η = 1
-    # ESD-x left 14% of squares even after 1,000 steps. esd-x and esd-u set their own η below; the
-    # paper's settings are the `paper` preset.
+    # ESD-x left 14% of squares even after 1,000 steps. esd-x and esd-u set their own η (esd-u also its
+    # lr, steps and bank) below; the paper's settings are the `paper` preset.
     steps: int = 400
     lr: float = 2e-4
     optimizer: str = "adam"
@@ -121,14 +121,17 @@ class Esd(Method):
 def _variant(name: str, parameters: str, **defaults) -> type[Esd]:
     """An ESD method training `parameters`, with its own `defaults` where they differ from EsdConfig's."""
     fields = {"parameters": parameters, **defaults}
-    config = dataclass(type(f"{name}Config", (EsdConfig,), {"__annotations__": {k: type(v) for k, v in fields.items()}, **fields}))
+    annotations = {k: EsdConfig.__dataclass_fields__[k].type for k in fields}
+    config = dataclass(type(f"{name}Config", (EsdConfig,), {"__annotations__": annotations, **fields}))
     return register(type(name, (Esd,), {"name": name, "Config": config, "__doc__": f"ESD training the '{parameters}' parameters."}))
 
 
-# On 132 images of square (benchmarks/results/preservation_square_sweep_esd*.md), η 3 left 12-18% with
-# esd-x, η 5 7-8%. esd-u left 27% with η 3 on 22 images; on 132, η 6 leaves 14-32%, and neither η 10 nor
-# 800 steps take both training seeds under 10% (η 10 costs a further 7-11 points of other shapes).
+# On 132 images of square (benchmarks/results/preservation_square*.md), η 3 left 12-18% with esd-x,
+# η 5 7-8%. esd-u left 14-32% with η 6 (400 steps, lr 2e-4, a bank of 32 trajectories); neither η 10
+# nor 800 steps took both training seeds under 10%. Its spread between training seeds came from the
+# bank: 128 trajectories took both under 10% but cost other shapes 20 points, a slower lr (5e-5) for
+# 800 steps over 64 trajectories erases to 1-2% and keeps other shapes at 95%.
 EsdX = _variant("esd-x", "attn2", eta=5.0)
-EsdU = _variant("esd-u", "non-attn2", eta=6.0)
+EsdU = _variant("esd-u", "non-attn2", eta=6.0, lr=5e-5, steps=800, bank_trajectories=64)
 EsdAll = _variant("esd-all", "all")
 EsdXStrict = _variant("esd-x-strict", "attn2-kv")
