@@ -10,6 +10,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
+# ESD-u's learning rate and bank until its default became lr 5e-5, 800 steps, 64 trajectories (2026-11-25):
+# rows that ran before then spell them out, so that they re-run as committed.
+ESD_U_FAST = {"lr": 2e-4, "bank_trajectories": 32}
 
 
 def run_meta() -> dict:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import argparse
 from statistics import mean
 
-from common import heading, run_meta, write_results
+from common import ESD_U_FAST, heading, run_meta, write_results
 
 # (method, settings, training seeds); settings not given are the method's defaults.
 RUNS = [("abo", {}, (0, 1, 2)), ("esd-x", {}, (0, 1)), ("esd-u", {}, (0, 1))]
@@ -36,10 +36,10 @@ SWEEPS = {
     # ESD's strength: η and steps, written out in full because they are what sets its defaults (and ESD-u's
     # lr and bank, which changed after these sweeps).
     "esd": [("esd-x", {"eta": 4.0, "steps": 400}), ("esd-x", {"eta": 5.0, "steps": 400}), ("esd-x", {"eta": 3.0, "steps": 800}),
-            ("esd-u", {"eta": 6.0, "steps": 400, "lr": 2e-4, "bank_trajectories": 32})],
+            ("esd-u", {"eta": 6.0, "steps": 400} | ESD_U_FAST)],
     # ESD-u left 14 / 32% of squares with η 6 in that sweep: stronger η, or more steps.
-    "esd-u": [("esd-u", {"eta": 10.0, "steps": 400, "lr": 2e-4, "bank_trajectories": 32}),
-              ("esd-u", {"eta": 6.0, "steps": 800, "lr": 2e-4, "bank_trajectories": 32})],
+    "esd-u": [("esd-u", {"eta": 10.0, "steps": 400} | ESD_U_FAST),
+              ("esd-u", {"eta": 6.0, "steps": 800} | ESD_U_FAST)],
     # Neither did; the training seeds' spread came from the bank. Its default since: lr 5e-5, 800 steps, 64
     # trajectories, η 6. Beside it, a larger bank alone, and the slower schedule over the old bank:
     "esd-u-bank": [("esd-u", {"eta": 6.0, "steps": 400, "lr": 2e-4, "bank_trajectories": 128}),

@@ -13,15 +13,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from common import heading, run_meta, write_results
+from common import ESD_U_FAST, heading, run_meta, write_results
 
 # (method, settings), every setting that differs from today's defaults spelled out: first each
 # method's earlier defaults (ESD: 200 steps, batch 1, η 1; AbO: 50 steps, batch 1, warm-up 5, x_t along
 # the erased trajectory, λ 5), then what was tried to reach the bars (target <= 10%, other
 # shapes within 5 points of the base model). Today's defaults came out of this table.
 ESD_BEFORE = {"steps": 200, "batch_size": 1, "eta": 1.0}
-# ESD-u's learning rate and bank until its default became lr 5e-5, 800 steps, 64 trajectories (2026-11-25).
-ESD_U_FAST = {"lr": 2e-4, "bank_trajectories": 32}
 # AbO's bank had 32 trajectories until 2026-11-25 (since then one per 25 draws: 24 for 150 steps of batch 4).
 BANK32 = {"bank_trajectories": 32}
 ABO_BEFORE = {"steps": 50, "batch_size": 1, "warmup": 5, "trajectory": "erased", "lam": 5.0} | BANK32
