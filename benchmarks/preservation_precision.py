@@ -12,11 +12,14 @@ on the edge. Results go to benchmarks/results/preservation_<concept>.{md,json}.
 With --sweep NAME it trains each of SWEEPS[NAME]'s settings instead (training seeds --train-seeds), to show
 where they sit between erasing and keeping (preservation_<concept>_sweep_<name>.*): `abo` changes AbO's
 defaults one at a time, `esd` tries the negative guidance η and the steps of ESD-x and ESD-u, `esd-u` goes
-on with ESD-u, `esd-u-bank` tries its teacher bank and learning rate:
+on with ESD-u, `esd-u-bank` tries its teacher bank and learning rate, `abo-bank` AbO's bank and
+`abo-schedule` its learning rate and steps:
     .venv/bin/python benchmarks/preservation_precision.py --concept square --eval-seeds 6 --sweep abo
     .venv/bin/python benchmarks/preservation_precision.py --concept square --eval-seeds 12 --sweep esd --train-seeds 0,1
     .venv/bin/python benchmarks/preservation_precision.py --concept square --eval-seeds 12 --sweep esd-u --train-seeds 0,1
     .venv/bin/python benchmarks/preservation_precision.py --concept square --eval-seeds 12 --sweep esd-u-bank --train-seeds 0,1
+    .venv/bin/python benchmarks/preservation_precision.py --concept square --eval-seeds 12 --sweep abo-bank --train-seeds 0,1,2
+    .venv/bin/python benchmarks/preservation_precision.py --concept square --eval-seeds 12 --sweep abo-schedule --train-seeds 0,1,2
 """
 
 from __future__ import annotations
@@ -44,6 +47,10 @@ SWEEPS = {
     # trajectories, η 6. Beside it, a larger bank alone, and the slower schedule over the old bank:
     "esd-u-bank": [("esd-u", {"eta": 6.0, "steps": 400, "lr": 2e-4, "bank_trajectories": 128}),
                    ("esd-u", {"eta": 6.0, "steps": 800, "lr": 5e-5, "bank_trajectories": 32})],
+    # Does the bank matter for AbO too? Its default holds 24 trajectories (one per 25 of its 600 draws).
+    "abo-bank": [("abo", {"bank_trajectories": 48}), ("abo", {"bank_trajectories": 64})],
+    # ESD-u found its balance in a slower schedule; AbO's default is lr 3e-4 for 150 steps (bank: one trajectory per 25 draws).
+    "abo-schedule": [("abo", {"lr": 1e-4, "steps": 450}), ("abo", {"lr": 1.5e-4, "steps": 300})],
 }
 
 
