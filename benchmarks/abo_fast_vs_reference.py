@@ -56,9 +56,7 @@ def run_one(variant: str, steps: int, bank: str, seeds: int, concept: str, extra
     pipe = sd14_pipeline() if sd14 else load_pipeline("builtin")
     # Batch 1 for both: Algorithm 1 as written draws one x_t per step, along the erased trajectory.
     settings = {"trajectory": "erased"} | extra | dict(steps=steps, batch_size=1) | (dict(ddim_steps=4) if sd14 else {})
-    if bank == "auto":  # the paper preset's bank for these draws (batch 1 in both); "-": the reference, which has no bank
-        settings["bank_trajectories"] = Abo.make_config(preset="paper", steps=steps).bank_size()
-    elif bank.isdigit():
+    if bank.isdigit():  # "auto": AbO's default size; "-": the reference, which has no bank
         settings["bank_trajectories"] = int(bank)
     config = Abo.make_config(**settings)
     rss_loaded = peak_rss_mb()
@@ -82,7 +80,7 @@ def run_one(variant: str, steps: int, bank: str, seeds: int, concept: str, extra
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=200)
-    parser.add_argument("--banks", default="auto,4,16,32", help="bank sizes (trajectories) of the fast path; auto: the paper preset's, one per 25 draws")
+    parser.add_argument("--banks", default="auto,4,16,32", help="bank sizes (trajectories) of the fast path; auto: AbO's default size")
     parser.add_argument("--train-seeds", type=int, default=3, help="training seeds per variant on the built-in model")
     parser.add_argument("--seeds", type=int, default=2, help="seeds per prompt in the erasure evaluation")
     parser.add_argument("--concept", default="circle")
@@ -140,7 +138,7 @@ def main() -> None:
     ]
     for variant, bank in variants:
         runs = of(variant, bank)
-        trajectories = {"-": "—", "auto": f"{runs[0]['bank_trajectories']} (the paper preset's: one per {DRAWS_PER_TRAJECTORY} draws)"}.get(bank, bank)
+        trajectories = {"-": "—", "auto": f"{runs[0]['bank_trajectories']} (default: one per {DRAWS_PER_TRAJECTORY} draws)"}.get(bank, bank)
         seconds = mean([r["train_seconds"] for r in runs])
         each = ", ".join(f"{r['train_seconds']:.0f}" for r in runs)
         lines.append(

@@ -13,8 +13,6 @@ RESULTS = Path(__file__).resolve().parent / "results"
 # ESD-u's learning rate and bank until its default became lr 5e-5, 800 steps, 64 trajectories (2026-11-25):
 # rows that ran before then spell them out, so that they re-run as committed.
 ESD_U_FAST = {"lr": 2e-4, "bank_trajectories": 32}
-# AbO's bank from 2026-11-25 to 2026-12-01 (one trajectory per 25 of its 600 draws; 48 since).
-ABO_BANK24 = {"bank_trajectories": 24}
 
 
 def run_meta() -> dict:

@@ -89,8 +89,8 @@ def test_erasure_records_the_frozen_runs_its_bank_holds(tiny_folder):
 
 def test_erasure_file_round_trip_and_plain_diffusers_loading(tiny_folder, tmp_path):
     out = tmp_path / "erased.safetensors"
-    # the paper preset leaves bank_trajectories to its rule: 6 steps of batch 1, one trajectory per 25 draws
-    erasure = erase(str(tiny_folder), method="abo", concepts="circle", out=out, preset="paper", **{**gentle("abo"), "bank_trajectories": None})
+    # bank_trajectories left to its rule: 6 steps of batch 4 are 24 draws, one trajectory per 25
+    erasure = erase(str(tiny_folder), method="abo", concepts="circle", out=out, **{**gentle("abo"), "bank_trajectories": None})
     stored = load_file(str(out))
     assert set(stored) == set(erasure.names) and all("attn2" in n for n in stored)
 
@@ -230,13 +230,11 @@ def test_abo_auto_trajectory_is_the_erased_one_only_with_a_replacement():
     assert trajectory_for(abo.make_config(preset="paper"), None) == "erased"  # Algorithm 1 as written
 
 
-def test_abo_bank_holds_48_trajectories_and_the_paper_preset_one_per_25_draws():
+def test_abo_bank_has_one_trajectory_per_25_draws_unless_set():
     abo = get_method("abo")
-    assert abo.make_config().bank_size() == 48
-    assert abo.make_config(steps=600).bank_size() == 48  # a fixed size, whatever the steps
     assert abo.make_config(preset="paper").bank_size() == 8  # 200 steps x batch 1
-    assert abo.make_config(preset="paper", steps=30).bank_size() == 2  # 30 draws: a part-filled trajectory counts
-    assert abo.make_config(preset="paper", bank_trajectories=5).bank_size() == 5
+    assert abo.make_config().bank_size() == 24  # 150 x 4
+    assert abo.make_config(steps=10).bank_size() == 2  # 40 draws: a part-filled trajectory counts
     assert abo.make_config(bank_trajectories=5).bank_size() == 5
     assert get_method("esd-x").make_config().bank_size() == 32  # other methods keep their fixed bank
 

@@ -23,13 +23,10 @@ Algorithm 1's with one; the `paper` preset and `trajectory="erased"` always foll
 
 Fast path: every x_τ of a trajectory and both targets at it are computed once, in batches, into the
 teacher bank (the frozen outputs at x_t are the very ones that drew it); each step then runs only
-the student, [c, ∅] stacked in one forward. The paper preset's bank holds one trajectory per 25
-draws (`MethodConfig.bank_size`): for its 200 draws, 8 trajectories were 11-12x faster than
+the student, [c, ∅] stacked in one forward. The bank holds one trajectory per 25 draws
+(`MethodConfig.bank_size`): for the paper's 200 draws, 8 trajectories were 11-12x faster than
 Algorithm 1 as written with erasure and preservation inside its seed spread, and 4 were not
-(benchmarks/results/abo_fast_vs_reference.md). The defaults' 600 draws take 48 trajectories: with
-24 (one per 25) one training seed of three kept other shapes 5.3 points below the base model;
-with 48 all three stay within 5 points and leave at most 10% of squares
-(benchmarks/results/preservation_square_sweep_abo-bank.md).
+(benchmarks/results/abo_fast_vs_reference.md).
 """
 
 from __future__ import annotations
@@ -77,7 +74,7 @@ class AboConfig(MethodConfig):
     # "concept" (γ1 guidance alone, line 6: x_t shows the concept, as ESD draws its x_t), or "auto":
     # "erased" with a replacement, "concept" without (why: the module docstring).
     trajectory: str = "auto"
-    bank_trajectories: int | None = 48  # why 48: the module docstring; the paper preset's None is one per 25 draws (8)
+    bank_trajectories: int | None = None  # one per 25 draws: 24 for the defaults, 8 for the paper's 200 x 1
 
     def validate(self) -> None:
         super().validate()
@@ -98,9 +95,7 @@ def trajectory_for(config: AboConfig, replacement: str | None) -> str:
     return "erased" if replacement else "concept"
 
 
-# The paper's settings, with the teacher bank that was measured against Algorithm 1 at its 200 draws
-# (None: one trajectory per 25 draws).
-PAPER = {"bank_trajectories": None, "trajectory": "erased", "optimizer": "adamw", "lr": 1e-5, "adam_eps": 1e-8, "gamma1": 7.5, "gamma2": 7.5, "lam": 5.0, "warmup": 5, "ddim_steps": 35, "steps": 200, "batch_size": 1}
+PAPER = {"trajectory": "erased", "optimizer": "adamw", "lr": 1e-5, "adam_eps": 1e-8, "gamma1": 7.5, "gamma2": 7.5, "lam": 5.0, "warmup": 5, "ddim_steps": 35, "steps": 200, "batch_size": 1}
 
 
 @register
