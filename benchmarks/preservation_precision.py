@@ -61,7 +61,7 @@ SWEEPS = {
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--concept", default="square")
-    parser.add_argument("--eval-seeds", type=int, default=6, help="seeds per prompt: 0 .. N-1")
+    parser.add_argument("--eval-seeds", type=int, default=6, help="seeds per prompt: 0 .. N-1, or from --first-eval-seed")
     parser.add_argument("--first-eval-seed", type=int, default=0,
                         help="start the evaluation seeds here instead (held-out images for settings chosen on seeds 0 .. N-1)")
     parser.add_argument("--sweep", nargs="?", const="abo", choices=sorted(SWEEPS), help="train SWEEPS[NAME]'s settings, not RUNS")
