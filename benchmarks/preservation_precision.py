@@ -126,10 +126,10 @@ def _label(settings: dict) -> str:
 
 
 def write_table(rows, jobs, base_confidence, base_labels, wanted, args, meta) -> None:
-    n = len(wanted)
+    n, seeds = len(wanted), rows[0]["eval_seeds"]
     base_right = sum(b == w for b, w in zip(base_labels, wanted))
     lines = heading(f"Preservation of other shapes when erasing '{args.concept}', on {args.eval_seeds} seeds per prompt", meta) + [
-        f"Related prompts (another shape named), evaluation seeds {rows[0]['eval_seeds'][0]}..{rows[0]['eval_seeds'][-1]}: {n} images per model; "
+        f"Related prompts (another shape named), evaluation seeds {seeds[0]}..{seeds[-1]}: {n} images per model; "
         f"the base model draws {base_right} of them right ({100 * base_right / n:.1f}%); target prompts: {rows[0]['n_target']} images. "
         "'Changed' counts images whose predicted shape differs from the base model's image of the same prompt and seed; "
         "'among the base's 10 least confident' counts how many of those the classifier was least sure of in the base model.", "",
@@ -161,7 +161,7 @@ def write_table(rows, jobs, base_confidence, base_labels, wanted, args, meta) ->
     order = sorted(range(n), key=lambda i: base_confidence[i])[:10]
     lines += ["", "## The base model's 10 least confident images", "", "| rank | prompt / seed | base drew | confidence |", "|---:|---|---|---:|"]
     lines += [f"| {k + 1} | {jobs[i][0]} / {jobs[i][1]} | {base_labels[i]} | {base_confidence[i]:.2f} |" for k, i in enumerate(order)]
-    held_out = f"_seeds_{args.first_eval_seed}-{args.first_eval_seed + args.eval_seeds - 1}" if args.first_eval_seed else ""
+    held_out = f"_seeds_{seeds[0]}-{seeds[-1]}" if seeds[0] else ""
     write_results(f"preservation_{args.concept}" + (f"_sweep_{args.sweep}" if args.sweep else "") + held_out, meta, rows, lines)
     print("\n".join(lines))
 
