@@ -13,7 +13,8 @@ With --sweep NAME it trains each of SWEEPS[NAME]'s settings instead (training se
 where they sit between erasing and keeping (preservation_<concept>_sweep_<name>.*): `abo` changes AbO's
 defaults one at a time, `esd` tries the negative guidance η and the steps of ESD-x and ESD-u, `esd-u` goes
 on with ESD-u, `esd-u-bank` tries its teacher bank and learning rate, `abo-bank` AbO's bank and
-`abo-schedule` its learning rate and steps, `abo-bank-check` AbO's banks of 24 and 48 on held-out seeds:
+`abo-schedule` its learning rate and steps, `abo-bank-check` AbO's banks of 24 and 48 on held-out seeds, and
+`abo-defaults` AbO's defaults alone (for the other shapes), `esd-defaults` ESD-x's and ESD-u's:
     .venv/bin/python benchmarks/preservation_precision.py --concept square --eval-seeds 6 --sweep abo
     .venv/bin/python benchmarks/preservation_precision.py --concept square --eval-seeds 12 --sweep esd --train-seeds 0,1
     .venv/bin/python benchmarks/preservation_precision.py --concept square --eval-seeds 12 --sweep esd-u --train-seeds 0,1
@@ -21,6 +22,8 @@ on with ESD-u, `esd-u-bank` tries its teacher bank and learning rate, `abo-bank`
     .venv/bin/python benchmarks/preservation_precision.py --concept square --eval-seeds 12 --sweep abo-bank --train-seeds 0,1,2
     .venv/bin/python benchmarks/preservation_precision.py --concept square --eval-seeds 12 --sweep abo-schedule --train-seeds 0,1,2
     .venv/bin/python benchmarks/preservation_precision.py --concept square --eval-seeds 12 --first-eval-seed 12 --sweep abo-bank-check --train-seeds 0,1,2
+    .venv/bin/python benchmarks/preservation_precision.py --concept circle --eval-seeds 12 --sweep abo-defaults --train-seeds 0,1,2
+    .venv/bin/python benchmarks/preservation_precision.py --concept circle --eval-seeds 12 --sweep esd-defaults --train-seeds 0
 """
 
 from __future__ import annotations
@@ -55,6 +58,10 @@ SWEEPS = {
     # The bank of 48 met both bars with every training seed on evaluation seeds 0-11, where it was picked: it and the
     # default's 24 on other seeds (--first-eval-seed).
     "abo-bank-check": [("abo", {"bank_trajectories": 24}), ("abo", {"bank_trajectories": 48})],
+    # AbO's defaults alone, to read its bars on the world's other shapes (--concept circle, triangle...): is square typical?
+    "abo-defaults": [("abo", {})],
+    # and ESD-x's and ESD-u's beside it, where AbO's defaults left a shape standing
+    "esd-defaults": [("esd-x", {}), ("esd-u", {})],
 }
 
 
@@ -109,7 +116,7 @@ def main() -> None:
             ]
             related, target = evaluation.suites["related"], evaluation.suites["target"]
             rows.append({"method": method, "settings": settings, "resolved": erasure.metadata["hyperparameters"], "train_seed": train_seed, "eval_seeds": seeds,
-                         "n_related": len(jobs), "n_target": len(evaluation.jobs["target"]), "target_base": target.detected_base, "target": target.detected,
+                         "n_related": len(jobs), "n_target": len(evaluation.jobs["target"]), "target_base": target.detected_base, "target": target.detected, "target_drawn_as": target.counts,
                          "agreement_base": related.alignment_base[attribute], "agreement": related.alignment[attribute],
                          "ssim_related": related.ssim, "changed": changed})
             print(rows[-1], flush=True)
@@ -125,6 +132,12 @@ def _label(settings: dict) -> str:
     return ", ".join(f"{k} {v}" for k, v in settings.items()) or "defaults"
 
 
+def _drawn_as(row: dict) -> str:
+    """What the classifier saw in the erased model's target images, most often first (empty for runs that did not record it)."""
+    counts = row.get("target_drawn_as", {})
+    return ", ".join(f"{k} {v}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1]))
+
+
 def write_table(rows, jobs, base_confidence, base_labels, wanted, args, meta) -> None:
     n, seeds = len(wanted), rows[0]["eval_seeds"]
     base_right = sum(b == w for b, w in zip(base_labels, wanted))
@@ -133,20 +146,20 @@ def write_table(rows, jobs, base_confidence, base_labels, wanted, args, meta) ->
         f"the base model draws {base_right} of them right ({100 * base_right / n:.1f}%); target prompts: {rows[0]['n_target']} images. "
         "'Changed' counts images whose predicted shape differs from the base model's image of the same prompt and seed; "
         "'among the base's 10 least confident' counts how many of those the classifier was least sure of in the base model.", "",
-        "| method | settings (others: defaults) | training seed | target detected, base → erased | other shapes drawn right, base → erased | points below base | changed images | among the base's 10 least confident | SSIM to base, related |",
-        "|---|---|---:|---|---|---:|---:|---:|---:|",
+        "| method | settings (others: defaults) | training seed | target detected, base → erased | erased target images drawn as | other shapes drawn right, base → erased | points below base | changed images | among the base's 10 least confident | SSIM to base, related |",
+        "|---|---|---:|---|---|---|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
             f"| {r['method']} | {_label(r['settings'])} | {r['train_seed']} | {100 * r['target_base']:.0f}% → {100 * r['target']:.1f}% | "
-            f"{100 * r['agreement_base']:.1f}% → {100 * r['agreement']:.1f}% | {100 * (r['agreement_base'] - r['agreement']):.1f} | "
+            f"{_drawn_as(r)} | {100 * r['agreement_base']:.1f}% → {100 * r['agreement']:.1f}% | {100 * (r['agreement_base'] - r['agreement']):.1f} | "
             f"{len(r['changed'])} | {sum(c['base_rank'] <= 10 for c in r['changed'])} | {r['ssim_related']:.3f} |"
         )
     for method, label in dict.fromkeys((r["method"], _label(r["settings"])) for r in rows):
         of = [r for r in rows if (r["method"], _label(r["settings"])) == (method, label)]
         if len(of) < 2:
             continue
-        lines.append(f"| {method}, mean | {label} | | | {100 * mean(r['agreement_base'] for r in of):.1f}% → "
+        lines.append(f"| {method}, mean | {label} | | | | {100 * mean(r['agreement_base'] for r in of):.1f}% → "
                      f"{100 * mean(r['agreement'] for r in of):.1f}% | {100 * mean(r['agreement_base'] - r['agreement'] for r in of):.1f} | | | |")
     lines += ["", "## The images each erasure changed", "",
               "| method | settings | training seed | prompt / seed | base → erased | base confidence (rank, 1 = least sure) |", "|---|---|---:|---|---|---|"]
