@@ -29,6 +29,7 @@ on with ESD-u, `esd-u-bank` tries its teacher bank and learning rate, `abo-bank`
 from __future__ import annotations
 
 import argparse
+from collections import Counter
 from statistics import mean
 
 from common import ESD_U_FAST, heading, run_meta, write_results
@@ -133,9 +134,8 @@ def _label(settings: dict) -> str:
 
 
 def _drawn_as(row: dict) -> str:
-    """What the classifier saw in the erased model's target images, most often first (empty for runs that did not record it)."""
-    counts = row.get("target_drawn_as", {})
-    return ", ".join(f"{k} {v}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1]))
+    """What the classifier saw in the erased model's target images, most often first."""
+    return ", ".join(f"{k} {v}" for k, v in Counter(row["target_drawn_as"]).most_common())
 
 
 def write_table(rows, jobs, base_confidence, base_labels, wanted, args, meta) -> None:
