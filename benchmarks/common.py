@@ -31,7 +31,8 @@ def heading(title: str, meta: dict) -> list[str]:
 
 
 def write_results(name: str, meta: dict, rows: list[dict], markdown: list[str]) -> None:
-    """benchmarks/results/<name>.json (meta and rows) and <name>.md (the table a reader opens)."""
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{name}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
-    (RESULTS / f"{name}.md").write_text("\n".join(markdown) + "\n")
+    """benchmarks/results/<name>.json (meta and rows) and <name>.md (the table a reader opens), each written whole."""
+    from erasekit.io import atomic_write_text  # here, not at the top: importing erasekit loads torch, and --help should not wait
+
+    atomic_write_text(RESULTS / f"{name}.json", json.dumps({"meta": meta, "rows": rows}, indent=2))
+    atomic_write_text(RESULTS / f"{name}.md", "\n".join(markdown) + "\n")

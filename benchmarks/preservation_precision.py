@@ -7,7 +7,9 @@ one image is 1.7 points. This script trains AbO's, ESD-x's and ESD-u's defaults 
 training seeds, evaluates them on --eval-seeds seeds per prompt, and lists every image whose shape the
 erasure changed, beside the shapes classifier's confidence in the base model's image of the same prompt
 and seed: it tells an erasure that breaks shapes from one that tips images the base model itself drew
-on the edge. Results go to benchmarks/results/preservation_<concept>.{md,json}.
+on the edge. The points below the base come with a 95% bootstrap interval over the evaluation images
+(and, for a mean, the training seeds): a bar a few points wide is read against it. Results go to
+benchmarks/results/preservation_<concept>.{md,json}.
 
 With --sweep NAME it trains each of SWEEPS[NAME]'s settings instead (training seeds --train-seeds), to show
 where they sit between erasing and keeping (preservation_<concept>_sweep_<name>.*): `abo` changes AbO's
@@ -32,6 +34,7 @@ import argparse
 from collections import Counter
 from statistics import mean
 
+import numpy as np
 from common import ESD_U_FAST, heading, run_meta, write_results
 
 # (method, settings, training seeds); settings not given are the method's defaults.
@@ -133,6 +136,40 @@ def _label(settings: dict) -> str:
     return ", ".join(f"{k} {v}" for k, v in settings.items()) or "defaults"
 
 
+def points_below_interval(lost: np.ndarray, draws: int = 4000, seed: int = 0) -> tuple[float, float]:
+    """95% bootstrap interval, in points, of the mean of `lost` over training seeds and images.
+
+    lost[s, i] is +1 where training seed s's erasure got image i wrong that the base model drew right, -1 where
+    it got right one the base drew wrong, 0 elsewhere: its mean is the points below the base. The images and
+    the training seeds are both samples, so each draw resamples both; the images are resampled together
+    across seeds, as every seed was evaluated on the same ones. With one training seed the interval is the
+    images' alone; resampling only a few seeds understates their spread ((n - 1) / n of its variance).
+    """
+    rng = np.random.default_rng(seed)
+    n_seeds, n_images = lost.shape
+    per_seed = lost[:, rng.integers(0, n_images, (draws, n_images))].mean(-1)  # (seed, draw)
+    seeds = rng.integers(0, n_seeds, (draws, n_seeds))
+    means = np.take_along_axis(per_seed.T, seeds, axis=1).mean(1)
+    low, high = np.percentile(means, [2.5, 97.5])
+    return 100 * low, 100 * high
+
+
+def _lost(rows: list[dict], jobs: list, wanted: list[str]) -> np.ndarray:
+    """The `lost` matrix of points_below_interval, from each row's changed images."""
+    index = {(prompt, seed): i for i, (prompt, seed, *_) in enumerate(jobs)}
+    lost = np.zeros((len(rows), len(jobs)), dtype=np.int8)
+    for s, r in enumerate(rows):
+        for c in r["changed"]:
+            i = index[(c["prompt"], c["seed"])]
+            lost[s, i] = (c["base"] == wanted[i]) - (c["erased"] == wanted[i])
+    return lost
+
+
+def _points_below(rows: list[dict], jobs: list, wanted: list[str]) -> str:
+    low, high = points_below_interval(_lost(rows, jobs, wanted))
+    return f"{100 * mean(r['agreement_base'] - r['agreement'] for r in rows):.1f} ({low:.1f} to {high:.1f})"
+
+
 def _drawn_as(row: dict) -> str:
     """What the classifier saw in the erased model's target images, most often first."""
     return ", ".join(f"{k} {v}" for k, v in Counter(row["target_drawn_as"]).most_common())
@@ -146,13 +183,13 @@ def write_table(rows, jobs, base_confidence, base_labels, wanted, args, meta) ->
         f"the base model draws {base_right} of them right ({100 * base_right / n:.1f}%); target prompts: {rows[0]['n_target']} images. "
         "'Changed' counts images whose predicted shape differs from the base model's image of the same prompt and seed; "
         "'among the base's 10 least confident' counts how many of those the classifier was least sure of in the base model.", "",
-        "| method | settings (others: defaults) | training seed | target detected, base → erased | erased target images drawn as | other shapes drawn right, base → erased | points below base | changed images | among the base's 10 least confident | SSIM to base, related |",
+        "| method | settings (others: defaults) | training seed | target detected, base → erased | erased target images drawn as | other shapes drawn right, base → erased | points below base (95% interval) | changed images | among the base's 10 least confident | SSIM to base, related |",
         "|---|---|---:|---|---|---|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
             f"| {r['method']} | {_label(r['settings'])} | {r['train_seed']} | {100 * r['target_base']:.0f}% → {100 * r['target']:.1f}% | "
-            f"{_drawn_as(r)} | {100 * r['agreement_base']:.1f}% → {100 * r['agreement']:.1f}% | {100 * (r['agreement_base'] - r['agreement']):.1f} | "
+            f"{_drawn_as(r)} | {100 * r['agreement_base']:.1f}% → {100 * r['agreement']:.1f}% | {_points_below([r], jobs, wanted)} | "
             f"{len(r['changed'])} | {sum(c['base_rank'] <= 10 for c in r['changed'])} | {r['ssim_related']:.3f} |"
         )
     for method, label in dict.fromkeys((r["method"], _label(r["settings"])) for r in rows):
@@ -160,7 +197,7 @@ def write_table(rows, jobs, base_confidence, base_labels, wanted, args, meta) ->
         if len(of) < 2:
             continue
         lines.append(f"| {method}, mean | {label} | | | | {100 * mean(r['agreement_base'] for r in of):.1f}% → "
-                     f"{100 * mean(r['agreement'] for r in of):.1f}% | {100 * mean(r['agreement_base'] - r['agreement'] for r in of):.1f} | | | |")
+                     f"{100 * mean(r['agreement'] for r in of):.1f}% | {_points_below(of, jobs, wanted)} | | | |")
     lines += ["", "## The images each erasure changed", "",
               "| method | settings | training seed | prompt / seed | base → erased | base confidence (rank, 1 = least sure) |", "|---|---|---:|---|---|---|"]
     for r in rows:
