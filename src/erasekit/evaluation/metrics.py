@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 from PIL import Image
@@ -65,7 +67,11 @@ def fid_kid(reference: list[Image.Image], generated: list[Image.Image], features
     from torchmetrics.image.kid import KernelInceptionDistance
 
     fid = FrechetInceptionDistance(feature=features, normalize=True, input_img_size=(3, 64, 64))
-    kid = KernelInceptionDistance(feature=features, normalize=True, subsets=1, subset_size=min(len(reference), len(generated)))
+    with warnings.catch_warnings():
+        # Its warning that features are buffered in memory is about datasets of many thousands;
+        # an evaluation here holds a few hundred small images.
+        warnings.filterwarnings("ignore", message=".*will save all extracted features in buffer")
+        kid = KernelInceptionDistance(feature=features, normalize=True, subsets=1, subset_size=min(len(reference), len(generated)))
     for metric in (fid, kid):
         metric.update(to_unit_tensor(reference), real=True)
         metric.update(to_unit_tensor(generated), real=False)
