@@ -1,14 +1,20 @@
-"""Shared fixtures: the shipped model and classifier, and tiny SD 1.x / 2.x pipelines built from configs."""
+"""Shared fixtures (the shipped model and classifier, tiny SD 1.x / 2.x pipelines built from configs) and helpers."""
 
 from __future__ import annotations
 
 import os
 
+import numpy as np
 import pytest
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach for the network
 torch.set_num_threads(2)
+
+
+def pixel_diff(a, b) -> np.ndarray:
+    """Per-pixel absolute difference of two images, in levels (0-255): batch size can shift float rounding by one."""
+    return np.abs(np.asarray(a, dtype=int) - np.asarray(b, dtype=int))
 
 
 @pytest.fixture(scope="session")

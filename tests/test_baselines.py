@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
@@ -12,6 +11,8 @@ from erasekit.guidance import sld_safety_term
 from erasekit.losses import ablating_loss, ema_update, fmn_loss, sdd_loss
 from erasekit.inference import SLD_PRESETS, SldPipeline, SldSettings, inference_method
 from erasekit.methods.uce import uce_solution
+
+from .conftest import pixel_diff
 
 
 def test_uce_closed_form_is_the_least_squares_solution():
@@ -67,10 +68,6 @@ def test_sld_safety_term_matches_a_hand_computation():
     assert torch.allclose(new_momentum, 0.4 * momentum + 0.6 * expected)
 
 
-def _pixel_diff(a, b) -> np.ndarray:
-    return np.abs(np.asarray(a, dtype=int) - np.asarray(b, dtype=int))
-
-
 def test_sld_without_safety_guidance_reproduces_the_pipeline_and_presets_change_it(builtin_pipe):
     jobs = [("a red circle", 0, 7.5), ("a blue square", 1, 7.5)]
     plain = generate_batch(builtin_pipe, jobs, 5)
@@ -79,9 +76,9 @@ def test_sld_without_safety_guidance_reproduces_the_pipeline_and_presets_change_
     for a, b in zip(plain, off):
         # Float rounding only: SLD runs the UNet on a batch of three where the pipeline runs two, and a
         # pixel near a rounding boundary may land one level apart (measured: 1 level, under 0.01% of pixels).
-        diff = _pixel_diff(a, b)
+        diff = pixel_diff(a, b)
         assert diff.max() <= 1 and (diff > 0).mean() < 1e-3
-    assert _pixel_diff(plain[0], strong[0]).mean() > 10  # measured 63 levels on average
+    assert pixel_diff(plain[0], strong[0]).mean() > 10  # measured 63 levels on average
     assert list(SLD_PRESETS) == ["weak", "medium", "strong", "max"]
     with pytest.raises(ErasekitError, match="preset"):
         inference_method(builtin_pipe, "sld", "red", "extreme")
