@@ -86,3 +86,34 @@ def test_console_script_reports_errors_without_traceback(tmp_path):
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("error: model not found") and "Traceback" not in proc.stderr
+
+
+def test_erase_in_bfloat16_on_the_cpu_from_the_command_line(tmp_path):
+    from erasekit.params import read_metadata
+
+    out = tmp_path / "e.safetensors"
+    code, output = _run("erase", "--concept", "square", "--method", "esd-x", "--device", "cpu", "--dtype", "bf16",
+                        "--steps", "2", "--set", "bank_trajectories=1", "--set", "ddim_steps=4", "--out", str(out))
+    assert code == 0, output
+    assert "trained in bf16 on cpu" in output
+    metadata = read_metadata(out)
+    assert (metadata["base_dtype"], metadata["saved_dtype"], metadata["device"]) == ("bf16", "bf16", "cpu")
+    assert not (tmp_path / "e.safetensors.ckpt").exists()
+
+
+@pytest.mark.parametrize(
+    "command,extra",
+    [("erase", ["--concept", "square"]), ("generate", ["-p", "a red circle"]), ("evaluate", ["--concept", "square", "--method", "neg-prompt"]),
+     ("bench", ["--methods", "uce", "--concepts", "square"])],
+)
+@pytest.mark.parametrize(
+    "flags,message",
+    [(["--dtype", "fp8"], "unknown dtype 'fp8'"), (["--device", "tpu"], "unknown device 'tpu'"),
+     *([(["--device", "cuda"], "no CUDA GPU")] if not __import__("torch").cuda.is_available() else [])],
+)
+def test_bad_device_or_dtype_is_one_line_before_any_work(tmp_path, command, extra, flags, message):
+    out = tmp_path / "out"
+    code, output = _run(command, *extra, *flags, "--out", str(out / "e.safetensors" if command == "erase" else out))
+    lines = [line for line in output.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and message in lines[0], output
+    assert not out.exists()

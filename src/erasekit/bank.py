@@ -3,7 +3,9 @@
 A method's teacher step runs the frozen model on a batch of x_τ and returns the guided output to
 step with plus the targets its loss needs there; `build_bank` runs many trajectories side by side
 in large batches and keeps every (x_τ, τ, targets). Training then draws from the bank and runs
-only the student. Because the bank is built from the model before its first update, the student
+only the student. The bank lives in host memory in float32, whatever the compute dtype: a target
+such as γ1 (ε*(c) − ε*(∅)) is a scaled difference of two close outputs, and storing it in half
+precision would round it a second time; it holds latents, not images, so float32 stays small. Because the bank is built from the model before its first update, the student
 itself is the frozen model at that moment: no second UNet is ever held.
 """
 
@@ -39,6 +41,11 @@ class Bank:
     def trajectories(self) -> int:
         """Frozen-model DDIM runs it holds: each left one entry at the noisiest timestep kept (t = 0 for image banks)."""
         return int((self.t == self.t.max()).sum())
+
+    def pin(self) -> None:
+        """Page-lock the host tensors, so each batch's copy to the GPU is a fast DMA."""
+        self.x, self.t, self.concept = self.x.pin_memory(), self.t.pin_memory(), self.concept.pin_memory()
+        self.targets = {k: v.pin_memory() for k, v in self.targets.items()}
 
     def draw(self, batch: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
         idx = torch.randint(0, len(self), (batch,), generator=generator)
@@ -79,11 +86,11 @@ def build_bank(
 
             def record(x, t, i):
                 guided, step_targets = teacher_step(x, t, i, concept)
-                xs.append(x.cpu())
+                xs.append(x.float().cpu())
                 ts.append(torch.full((n,), int(t)))
                 concepts.append(concept)
                 for name, value in step_targets.items():
-                    targets.setdefault(name, []).append(value.cpu())
+                    targets.setdefault(name, []).append(value.float().cpu())
                 bar.update(task, advance=n)
                 return guided
 
@@ -113,7 +120,7 @@ def sample_latents(scheduler, unet, uncond: torch.Tensor, cond_for: Callable[[to
                 eps_uncond, eps_cond = unet_out(unet, x.repeat(2, 1, 1, 1), t, embeddings).chunk(2)
                 return cfg(eps_uncond, eps_cond, guidance)
 
-            xs.append(ddim_sample(scheduler, initial_noise(k, latent_shape, generator, scheduler).to(device), guided).cpu())
+            xs.append(ddim_sample(scheduler, initial_noise(k, latent_shape, generator, scheduler).to(device), guided).float().cpu())
             concepts.append(concept)
             bar.update(task, advance=k)
     x = torch.cat(xs)

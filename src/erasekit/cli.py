@@ -27,6 +27,22 @@ app.add_typer(shapes_app, name="shapes")
 MODEL_HELP = "'builtin', a diffusers folder, a .safetensors checkpoint, or a hub id (from the local cache when offline)."
 
 
+def device_option():
+    return typer.Option("auto", help="auto (CUDA if present, else the CPU), cpu, cuda or cuda:N.")
+
+
+def dtype_option():
+    return typer.Option("auto", help="auto (bf16 on GPUs that support it, fp16 on other GPUs, fp32 on the CPU), fp32, fp16 or bf16. "
+                        "Training keeps the trained weights in fp32 whatever this is.")
+
+
+def _check_precision(device: str, dtype: str) -> None:
+    """Refuse a device this machine lacks or an unknown dtype before any work starts."""
+    from .precision import resolve_device, resolve_dtype
+
+    resolve_dtype(dtype, resolve_device(device))
+
+
 def _quiet_libraries() -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
@@ -84,6 +100,8 @@ def generate(
     concept: Optional[str] = typer.Option(None, help="The concept an inference-time --method steers away from."),
     sld_preset: str = typer.Option("medium", help="sld: weak, medium, strong or max (the SLD paper's settings)."),
     out: Path = typer.Option(Path("out"), help="Folder for the PNGs and grid.png."),
+    device: str = device_option(),
+    dtype: str = dtype_option(),
 ):
     """Generate images and a grid (one row per prompt).
 
@@ -100,8 +118,9 @@ def generate(
     prompts = _read_prompts(prompt, prompt_file)
     if (method is None) != (concept is None or not concept.strip()):
         raise ErasekitError("--method and --concept go together: erasekit generate --method sld --concept red ...")
+    _check_precision(device, dtype)
     ensure_writable_dir(out)
-    pipe = load_pipeline(model)
+    pipe = load_pipeline(model, device, dtype)
     if method is not None:
         pipe, steered = inference_method(pipe, method, concept.strip(), sld_preset)
         negative_prompt = negative_prompt or steered
@@ -132,10 +151,15 @@ def erase(
     resume: bool = typer.Option(False, help="Continue from OUT.ckpt/ exactly where an interrupted run stopped."),
     report: Optional[Path] = typer.Option(None, help="Write a before/after report (grid.png, report.md, metrics.json) to this folder."),
     report_seeds: int = typer.Option(4, help="Seeds per prompt in the report."),
+    device: str = device_option(),
+    dtype: str = dtype_option(),
+    save_dtype: str = typer.Option("base", help="What OUT stores the changed weights in: base (the model's dtype), fp32 (the trained masters, exact), fp16 or bf16."),
+    gradient_checkpointing: bool = typer.Option(False, help="Recompute activations in the backward pass: less GPU memory on a real model, more time."),
 ):
     """Erase a concept from a model's weights and save the change.
 
     Example: erasekit erase --concept circle --replacement square --report report/
+    On a GPU: erasekit erase --model CompVis/stable-diffusion-v1-4 --concept "Van Gogh" --method esd-x --dtype bf16
     """
     import shutil
 
@@ -143,8 +167,14 @@ def erase(
     from .images import ensure_writable_dir
     from .methods.base import parse_settings
 
+    from .errors import ErasekitError
+    from .precision import DTYPES
+
     settings = parse_settings(setting)
     settings.update({k: v for k, v in {"steps": steps, "lr": lr, "sample_from": sample_from}.items() if v is not None})
+    _check_precision(device, dtype)
+    if save_dtype != "base" and save_dtype not in DTYPES:
+        raise ErasekitError(f"unknown --save-dtype '{save_dtype}': use base, {', '.join(DTYPES)}")
     if report is not None:
         from .evaluation.shapes import attribute_of
 
@@ -153,25 +183,28 @@ def erase(
         ensure_writable_dir(folder)
     checkpoint_dir = out.with_name(out.name + ".ckpt")
     erasure = erase_concepts(
-        model, method=method, concepts=concept, replacement=replacement, preset=preset, seed=seed, out=out,
-        checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every, resume=resume, **settings,
+        model, method=method, concepts=concept, replacement=replacement, preset=preset, seed=seed,
+        checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every, resume=resume,
+        device=device, dtype=dtype, gradient_checkpointing=gradient_checkpointing, **settings,
     )
+    erasure.save(out, None if save_dtype == "base" else save_dtype)
     shutil.rmtree(checkpoint_dir, ignore_errors=True)
-    typer.echo(f"wrote {out} ({len(erasure.names)} changed tensors, final loss {erasure.metadata['final_loss']})")
+    meta = erasure.metadata
+    typer.echo(f"wrote {out} ({len(erasure.names)} changed tensors, trained in {meta['base_dtype']} on {meta['device']}, final loss {meta['final_loss']})")
     pipe = None
     if save_pipeline is not None:
         from .model import load_pipeline
         from .params import load_erasure
 
-        pipe = load_pipeline(model)
+        pipe = load_pipeline(model, device, dtype)
         load_erasure(pipe, out)
         pipe.save_pretrained(save_pipeline, safe_serialization=True)
         typer.echo(f"wrote the erased pipeline to {save_pipeline}")
     if report is not None:
-        _erasure_report(model, out, concept[0], replacement, report, report_seeds)
+        _erasure_report(model, out, concept[0], replacement, report, report_seeds, device, dtype)
 
 
-def _erasure_report(model: str, erasure_file: Path, concept: str, replacement: str | None, out: Path, seeds: int) -> None:
+def _erasure_report(model: str, erasure_file: Path, concept: str, replacement: str | None, out: Path, seeds: int, device: str, dtype: str) -> None:
     from .evaluation.detectors import ShapesDetector
     from .evaluation.evaluate import evaluate
     from .evaluation.prompts import load_prompts
@@ -179,8 +212,8 @@ def _erasure_report(model: str, erasure_file: Path, concept: str, replacement: s
     from .model import load_pipeline
     from .params import load_erasure
 
-    base = load_pipeline(model)
-    erased = load_pipeline(model)
+    base = load_pipeline(model, device, dtype)
+    erased = load_pipeline(model, device, dtype)
     metadata = load_erasure(erased, erasure_file)
     suites = load_prompts("target,related", concept)
     evaluation = evaluate(base, erased, concept, suites, ShapesDetector(), seeds=list(range(seeds)), replacement=replacement)
@@ -237,6 +270,8 @@ def evaluate(
     batch_size: int = typer.Option(32, help="Images per UNet batch."),
     out: Path = typer.Option(Path("evaluation"), help="Folder for report.md, metrics.json and grid.png."),
     as_json: bool = typer.Option(False, "--json", help="Also print the metrics as JSON on stdout."),
+    device: str = device_option(),
+    dtype: str = dtype_option(),
 ):
     """Measure an erasure: base vs erased model, same prompts and seeds.
 
@@ -268,15 +303,16 @@ def evaluate(
     seed_list = _parse_seeds(seeds)
     if not seed_list or steps <= 0 or batch_size <= 0:
         raise ErasekitError("seeds, steps and batch size must be given and positive")
+    _check_precision(device, dtype)
     ref = None if reference == "none" else ("auto" if reference == "auto" else _read_image_folder(Path(reference)))
     found = make_detector(detector, **({"threshold": threshold} if detector == "nudenet" else {}))
     extractor = feature_extractor(features) if ref is not None else None
     ensure_writable_dir(out)
 
-    base = load_pipeline(model)
+    base = load_pipeline(model, device, dtype)
     negative_prompt = None
     if erasure is not None:
-        erased = load_pipeline(model)
+        erased = load_pipeline(model, device, dtype)
         metadata = load_erasure(erased, erasure)
     else:
         erased, negative_prompt = inference_method(base, method, concept, sld_preset)
@@ -311,6 +347,8 @@ def bench(
     prompts: str = typer.Option("target,related,unrelated", help="Prompt suites evaluated for every cell."),
     setting: Optional[List[str]] = typer.Option(None, "--set", help="Method settings: key=value for every trained method, or method.key=value for one (--set abo.steps=50 --set sld.preset=max)."),
     out: Path = typer.Option(Path("bench"), help="Folder for bench.md, bench.html, scatter.png, grids and the per-cell cache (cells/)."),
+    device: str = device_option(),
+    dtype: str = dtype_option(),
 ):
     """Erase and evaluate every method on every concept; write a Table-1-style report.
 
@@ -329,8 +367,9 @@ def bench(
         name, _, field_name = key.rpartition(".")
         for m in per_method if not name else [name]:
             per_method.setdefault(m, {})[field_name] = value
+    _check_precision(device, dtype)
     ensure_writable_dir(out)
-    settings = BenchSettings(model=model, seeds=tuple(_parse_seeds(seeds)), steps=steps, prompts=prompts)
+    settings = BenchSettings(model=model, seeds=tuple(_parse_seeds(seeds)), steps=steps, prompts=prompts, device=device, dtype=dtype)
     rows = run_bench(out, method_list, [c.strip() for c in concepts.split(",") if c.strip()], settings, per_method)
     typer.echo(f"wrote {out / 'bench.md'} and {out / 'bench.html'} ({len(rows)} cells)")
 

@@ -1,7 +1,7 @@
 """The erasure losses, each a pure function of model outputs that matches its paper's equation.
 
 ‖·‖² is taken as the mean over elements (as the papers' code does with MSE), so that a loss does
-not grow with the latent size.
+not grow with the latent size; it is computed in float32 whatever the model's outputs are in.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import torch
 
 
 def mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return (a - b).pow(2).mean()
+    return (a.float() - b.float()).pow(2).mean()
 
 
 def esd_target(eps_from: torch.Tensor, eps_concept: torch.Tensor, eps_uncond: torch.Tensor, eta: float) -> torch.Tensor:
@@ -41,7 +41,7 @@ def abo_concept_loss(eps_student_concept: torch.Tensor, eps_student_uncond: torc
 
     The stop-gradient keeps this loss from moving the unconditional score; only the penalty does.
     """
-    return mse(gamma2 * (eps_student_concept - eps_student_uncond.detach()), target.detach())
+    return mse(gamma2 * (eps_student_concept.float() - eps_student_uncond.detach().float()), target.detach())
 
 
 def abo_penalty(eps_student_uncond: torch.Tensor, eps_frozen_uncond: torch.Tensor) -> torch.Tensor:

@@ -16,6 +16,7 @@ import torch
 
 from .assets import builtin_pipeline_dir
 from .errors import ErasekitError
+from .precision import resolve_device, resolve_dtype
 
 PICKLE_SUFFIXES = {".ckpt", ".bin", ".pt", ".pth", ".pkl", ".pickle"}
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -26,23 +27,18 @@ class ModelLoadError(ErasekitError):
     """The model could not be found or opened; the message names what is missing."""
 
 
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def default_dtype(device: torch.device) -> torch.dtype:
-    return torch.float16 if device.type == "cuda" else torch.float32
-
-
 def load_pipeline(source: str | os.PathLike = "builtin", device=None, dtype=None, config: str | None = None):
-    """Load a `StableDiffusionPipeline` on `device` (default: CUDA if present) in `dtype`.
+    """Load a `StableDiffusionPipeline` on `device` in `dtype`.
 
     source: "builtin" (the shapes world shipped with erasekit), a local diffusers folder, a
     single-file `.safetensors` checkpoint (`config`: a local diffusers folder giving its
     configuration, needed offline), or a hub id such as "CompVis/stable-diffusion-v1-4".
+    device: "auto" (default: CUDA if present), "cpu", "cuda", "cuda:N" or a torch.device.
+    dtype: "auto" (default: bf16 on GPUs that support it, fp16 on other GPUs, fp32 on the CPU),
+    "fp32", "fp16", "bf16" or a torch.dtype. Bad values are refused before anything loads.
     """
-    device = torch.device(device) if device is not None else default_device()
-    dtype = dtype or default_dtype(device)
+    device = resolve_device(device)
+    dtype = resolve_dtype(dtype, device)
     name = str(source)
     path = builtin_pipeline_dir() if name == "builtin" else Path(name).expanduser()
 
@@ -55,7 +51,8 @@ def load_pipeline(source: str | os.PathLike = "builtin", device=None, dtype=None
     else:
         raise ModelLoadError(f"model not found: '{name}' is neither 'builtin', an existing folder or file, nor a hub id (owner/name)")
     pipe.set_progress_bar_config(disable=True)
-    return pipe.to(device)
+    # diffusers warns that float16 "cannot run" on the CPU: it runs (slowly), and the tests run it.
+    return pipe.to(device, silence_dtype_warnings=True)
 
 
 def _check_folder(path: Path) -> dict:
@@ -142,15 +139,44 @@ def _first_line(e: BaseException) -> str:
     return text[0] if text else type(e).__name__
 
 
-def unet_fingerprint(unet) -> str:
-    """A short SHA-256 of the UNet's weights, so an erasure can refuse a base model it was not made for.
+def hash_rounding(unet) -> str:
+    """The precision a fingerprint of this UNet is hashed in: "bf16" for a bfloat16 UNet, else "fp16".
 
-    Weights are hashed as fp16, so the same checkpoint loaded in fp16 or fp32 has one fingerprint.
+    float32 and float16 weights of one checkpoint agree once rounded to float16, and float32 and
+    bfloat16 ones once rounded to bfloat16; float16 and bfloat16 weights agree in neither.
     """
+    return "bf16" if any(p.dtype == torch.bfloat16 for p in unet.parameters()) else "fp16"
+
+
+def unet_fingerprint(unet, rounding: str | None = None) -> str:
+    """A short SHA-256 of the UNet's weights rounded to `rounding` (default: `hash_rounding`), so an
+    erasure can refuse a base model it was not made for."""
     import hashlib
 
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}[rounding or hash_rounding(unet)]
     h = hashlib.sha256()
     for name, tensor in sorted(unet.state_dict().items()):
         h.update(name.encode())
-        h.update(tensor.detach().to("cpu", torch.float16).numpy().tobytes())
+        h.update(tensor.detach().to("cpu", dtype).view(torch.int16).numpy().tobytes())
     return h.hexdigest()[:16]
+
+
+def unet_norms(unet) -> list[float]:
+    """Each UNet tensor's norm (sorted by name), 6 significant digits: a signature that survives any
+    rounding to half precision, for the float16 <-> bfloat16 pairs that no hash matches."""
+    return [float(f"{tensor.detach().double().norm().item():.6g}") for _, tensor in sorted(unet.state_dict().items())]
+
+
+def same_base(unet, fingerprint: str, rounding: str, norms: list[float] | None) -> bool:
+    """Whether `unet` is the base model an erasure's metadata describes.
+
+    Exact (the hash) wherever this UNet can be rounded as the hash was: float32 to either, float16
+    to "fp16", bfloat16 to "bf16". Otherwise every tensor's norm must agree to 2^-6 (relative):
+    rounding to half precision moves a norm by under 2^-9, a different model by far more.
+    """
+    if hash_rounding(unet) == rounding or all(p.dtype == torch.float32 for p in unet.parameters()):
+        return unet_fingerprint(unet, rounding) == fingerprint
+    if norms is None:
+        return False
+    mine = unet_norms(unet)
+    return len(mine) == len(norms) and all(abs(a - b) <= 2**-6 * max(abs(b), 1e-12) for a, b in zip(mine, norms))

@@ -15,7 +15,7 @@ from safetensors.torch import save_file
 
 from .errors import ErasekitError
 from .io import atomic_path
-from .model import unet_fingerprint
+from .model import same_base, unet_fingerprint
 
 # ESD-u leaves out the final output layers and time embedding too, as esd_sd.py does ("out.", "time_embed").
 _ESD_U_EXCLUDED = ("attn2", "time_embedding", "conv_out", "conv_norm_out")
@@ -38,10 +38,9 @@ def select_parameters(unet, preset: str) -> list[str]:
     return names
 
 
-def save_erasure(path: Path | str, unet, names: list[str], metadata: dict) -> None:
-    """Write the named parameters of `unet` and `metadata` (JSON-able values) to a safetensors file, atomically."""
-    params = dict(unet.named_parameters())
-    tensors = {name: params[name].detach().to("cpu").contiguous() for name in names}
+def save_erasure(path: Path | str, tensors: dict[str, torch.Tensor], metadata: dict, dtype: torch.dtype) -> None:
+    """Write `tensors` (the changed parameters) in `dtype` and `metadata` (JSON-able values) to a safetensors file, atomically."""
+    tensors = {name: t.detach().to("cpu", dtype).contiguous() for name, t in tensors.items()}
     header = {f"erasekit.{k}": json.dumps(v) for k, v in metadata.items()}
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=header)
@@ -57,7 +56,8 @@ def read_metadata(path: Path | str) -> dict:
 
 
 def load_erasure(pipe, path: Path | str) -> dict:
-    """Apply an erasure file to `pipe.unet` in place; refuses a file made for another base model.
+    """Apply an erasure file to `pipe.unet` in place, cast to the UNet's dtype (an erasure made in
+    one precision loads into a pipeline of any); refuses a file made for another base model.
 
     Returns the erasure's metadata.
     """
@@ -68,11 +68,11 @@ def load_erasure(pipe, path: Path | str) -> dict:
     expected = metadata.get("base_unet_sha256")
     if expected is None:
         raise ErasekitError(f"{path} has no erasekit metadata (base model hash); was it written by erasekit?")
-    actual = unet_fingerprint(pipe.unet)
-    if actual != expected:
+    rounding = metadata.get("base_unet_hash_rounding", "fp16")  # files from before bf16 support hashed in fp16
+    if not same_base(pipe.unet, expected, rounding, metadata.get("base_unet_norms")):
         raise ErasekitError(
             f"{path.name} was made for base model '{metadata.get('base_model')}' (UNet {expected}), "
-            f"not for this one (UNet {actual}): load the model it was made for"
+            f"not for this one (UNet {unet_fingerprint(pipe.unet)}): load the model it was made for"
         )
     from safetensors.torch import load_file
 

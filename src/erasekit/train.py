@@ -1,8 +1,10 @@
-"""The one training loop every fine-tuning method runs: optimiser, checkpoints, resume, NaN guard.
+"""The one training loop every fine-tuning method runs: optimiser, precision, checkpoints, resume, NaN guard.
 
-A checkpoint holds the trainable parameters, the optimiser, the step and the random generator
-(and, beside it, the teacher bank), so a resumed run ends with the same weights as one that was
-never interrupted.
+The trained parameters are float32 masters (erase() makes them so) and the frozen rest of the
+UNet stays in the compute dtype; the bank's passes and every step run under autocast, with loss
+scaling in float16 (precision.py). A checkpoint holds the trainable parameters, the optimiser,
+the loss scaler, the step and the random generator (and, beside it, the teacher bank), so a
+resumed run ends with the same weights as one that was never interrupted.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import torch
 from .bank import Bank
 from .errors import ErasekitError
 from .io import atomic_save_torch
+from .precision import autocast, dtype_name, grad_scaler
 from .progress import progress_bar
 
 
@@ -29,28 +32,53 @@ def make_optimizer(config, params: list[torch.nn.Parameter]) -> torch.optim.Opti
     return kind(params, lr=config.lr, eps=config.adam_eps, weight_decay=config.weight_decay)
 
 
-def _run_identity(method) -> str:
-    """What a checkpoint must match to be resumed: method, concepts and every setting but the step count."""
+def _run_identity(method, identity: dict) -> dict:
+    """What a checkpoint must match to be resumed: method, concepts, every setting but the step
+    count, the compute dtype, and `identity` (erase() adds the seed and the base UNet's fingerprint)."""
     config = {k: v for k, v in dataclasses.asdict(method.config).items() if k != "steps"}
-    return json.dumps({"method": method.name, "concepts": method.concepts, "replacement": method.replacement, "config": config}, sort_keys=True)
+    run = {"method": method.name, "concepts": method.concepts, "replacement": method.replacement, "config": config,
+           "dtype": dtype_name(method.dtype), **identity}
+    return json.loads(json.dumps(run))  # as a checkpoint reads it back: tuples become lists
 
 
-def _save_checkpoint(directory: Path, step: int, params: dict[str, torch.nn.Parameter], opt, generator: torch.Generator, run: str, method) -> None:
+def _differences(saved: dict, run: dict) -> list[str]:
+    """The fields in which two run identities differ, named for the user (config fields by their own name)."""
+    fields = []
+    for key in sorted(set(saved) | set(run)):
+        if key == "config" and isinstance(saved.get(key), dict):
+            fields += [k for k in sorted(set(saved[key]) | set(run[key])) if saved[key].get(k) != run[key].get(k)]
+        elif saved.get(key) != run.get(key):
+            fields.append(key)
+    return fields
+
+
+def _save_checkpoint(directory: Path, step: int, params: dict[str, torch.nn.Parameter], opt, scaler, generator: torch.Generator, run: dict, method) -> None:
     state = {
-        "run": run,
+        "run": json.dumps(run, sort_keys=True),
         "step": step,
         "params": {name: p.detach().cpu().clone() for name, p in params.items()},
         "optimizer": opt.state_dict(),
+        "scaler": scaler.state_dict(),
         "generator": generator.get_state(),
         "method": {k: v.detach().cpu().clone() for k, v in method.extra_state().items()},
     }
     atomic_save_torch(state, directory / "state.pt")
 
 
+def _diverged(loss: float, step: int, dtype: torch.dtype, where: str) -> TrainingDiverged:
+    if dtype == torch.float32:
+        return TrainingDiverged(f"loss became {loss} at step {step}: training stopped; {where}. Lower the learning rate")
+    return TrainingDiverged(
+        f"loss became {loss} at step {step} computing in {dtype_name(dtype)}: training stopped; {where}. "
+        f"Half precision can overflow: retry with --dtype {'bf16' if dtype == torch.float16 else 'fp32'}, or lower the learning rate"
+    )
+
+
 def train(method, names: list[str], generator: torch.Generator, checkpoint_dir: Path | None = None,
-          checkpoint_every: int = 50, resume: bool = False, progress: bool = True) -> list[dict[str, float]]:
+          checkpoint_every: int = 50, resume: bool = False, progress: bool = True, identity: dict | None = None) -> list[dict[str, float]]:
     """Prepare `method` (or restore it from `checkpoint_dir`), then run its steps on the parameters `names`.
 
+    The parameters `names` must already be float32 masters; `method.dtype` is the compute dtype.
     Returns the loss terms of every step run in this call.
     """
     unet, config = method.unet, method.config
@@ -59,56 +87,66 @@ def train(method, names: list[str], generator: torch.Generator, checkpoint_dir: 
     for p in params.values():
         p.requires_grad_(True)
     opt = make_optimizer(config, list(params.values()))
+    device, dtype = method.device, method.dtype
+    scaler = grad_scaler(device, dtype)
     method.bind(params)
 
     state_file = checkpoint_dir / "state.pt" if checkpoint_dir else None
     bank_file = checkpoint_dir / "bank.safetensors" if checkpoint_dir else None
     start = 0
-    run = _run_identity(method)
+    run = _run_identity(method, identity or {})
     if resume:
         if state_file is None or not state_file.is_file():
             raise ErasekitError(f"nothing to resume: no checkpoint in {checkpoint_dir}")
         state = torch.load(state_file, weights_only=True)
-        if state["run"] != run:
-            raise ErasekitError(f"the checkpoint in {checkpoint_dir} is of another run (method, concepts or settings differ): resume with the same ones")
+        saved = json.loads(state["run"])
+        if saved != run:
+            raise ErasekitError(f"the checkpoint in {checkpoint_dir} is of another run ({', '.join(_differences(saved, run))} differ): resume with the same ones, or start afresh without --resume")
         if bank_file.is_file():
             method.bank = Bank.load(bank_file)
         else:
-            method.prepare(generator, progress)  # student sampling: only the frozen copy, drawn from the base weights
+            with autocast(device, dtype):
+                method.prepare(generator, progress)  # student sampling: only the frozen copy, drawn from the base weights
         with torch.no_grad():
             for name, p in params.items():
                 p.copy_(state["params"][name])
         opt.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
         generator.set_state(state["generator"])
         method.load_extra_state(state["method"])
         start = state["step"]
     else:
-        method.prepare(generator, progress)
+        with autocast(device, dtype):
+            method.prepare(generator, progress)
         if checkpoint_dir is not None:
             checkpoint_dir.mkdir(parents=True, exist_ok=True)
             if method.bank is not None:
                 method.bank.save(bank_file)
-            _save_checkpoint(checkpoint_dir, 0, params, opt, generator, run, method)
+            _save_checkpoint(checkpoint_dir, 0, params, opt, scaler, generator, run, method)
+    if method.bank is not None and device.type == "cuda":
+        method.bank.pin()  # host memory, copied to the GPU a batch at a time
 
     history = []
     last_saved = start
     with progress_bar(disable=not progress) as bar:
         task = bar.add_task(f"erase ({method.name})", total=config.steps, completed=start, info="")
         for step in range(start, config.steps):
-            batch = method.draw(generator)
-            loss, terms = method.loss(batch)
+            with autocast(device, dtype):
+                batch = method.draw(generator)
+                loss, terms = method.loss(batch)
             if not math.isfinite(loss.item()):
                 where = f"the last good checkpoint (step {last_saved}) is in {checkpoint_dir}" if checkpoint_dir else "no checkpoint was kept"
-                raise TrainingDiverged(f"loss became {loss.item()} at step {step}: training stopped; {where}. Lower the learning rate")
+                raise _diverged(loss.item(), step, dtype, where)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            scaler.scale(loss).backward()
+            scaler.step(opt)  # float16: skipped when a gradient overflowed, and the scale comes down
+            scaler.update()
             method.after_step()
             history.append(terms)
             bar.update(task, advance=1, info="  ".join(f"{k} {v:.4g}" for k, v in terms.items()))
             done = step + 1
             if checkpoint_dir is not None and (done % checkpoint_every == 0 or done == config.steps):
-                _save_checkpoint(checkpoint_dir, done, params, opt, generator, run, method)
+                _save_checkpoint(checkpoint_dir, done, params, opt, scaler, generator, run, method)
                 last_saved = done
     unet.requires_grad_(False)
     return history

@@ -12,7 +12,7 @@ import hashlib
 import html
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from PIL import Image
@@ -21,6 +21,7 @@ from ..errors import ErasekitError
 from ..images import make_grid
 from ..inference import INFERENCE_METHODS, inference_method
 from ..io import atomic_save_image, atomic_write_text
+from ..precision import dtype_name, resolve_device, resolve_dtype
 from .prompts import load_prompts
 
 
@@ -34,6 +35,8 @@ class BenchSettings:
     prompts: str = "target,related,unrelated"
     train_seed: int = 0
     batch_size: int = 32
+    device: str = "auto"
+    dtype: str = "auto"
 
 
 def _resolved(method: str, method_settings: dict) -> dict:
@@ -88,10 +91,10 @@ class Base:
     images: dict = field(default_factory=dict)
 
     @classmethod
-    def load(cls, source: str) -> "Base":
+    def load(cls, source: str, device: str = "auto", dtype: str = "auto") -> "Base":
         from ..model import load_pipeline, unet_fingerprint
 
-        pipe = load_pipeline(source)
+        pipe = load_pipeline(source, device, dtype)
         return cls(pipe, unet_fingerprint(pipe.unet))
 
 
@@ -111,7 +114,7 @@ def run_cell(out: Path, method: str, concept: str, method_settings: dict, settin
     if method in INFERENCE_METHODS:
         erased, negative_prompt = inference_method(base.pipe, method, concept, **method_settings)
     else:
-        erased = load_pipeline(settings.model)
+        erased = load_pipeline(settings.model, settings.device, settings.dtype)
         started = time.perf_counter()
         erase(erased, method=method, concepts=concept, seed=settings.train_seed, out=folder / "erasure.safetensors", progress=progress, **method_settings)
         train_s = time.perf_counter() - started
@@ -139,6 +142,8 @@ def bench(out: Path | str, methods: list[str], concepts: list[str], settings: Be
     from .shapes import attribute_of
 
     settings = settings or BenchSettings()
+    device = resolve_device(settings.device)  # resolved, so a cell computed on the CPU in fp32 is never reused for bf16 on a GPU
+    settings = replace(settings, device=str(device), dtype=dtype_name(resolve_dtype(settings.dtype, device)))
     method_settings = method_settings or {}
     for m in methods:
         if m not in INFERENCE_METHODS:
@@ -149,7 +154,7 @@ def bench(out: Path | str, methods: list[str], concepts: list[str], settings: Be
         raise ErasekitError("bench needs at least one method and one concept")
     out = Path(out)
     detector = ShapesDetector()
-    base = Base.load(settings.model)
+    base = Base.load(settings.model, settings.device, settings.dtype)
     rows = [
         run_cell(out, method, concept, method_settings.get(method, {}), settings, detector, base, progress)
         for concept in concepts
@@ -259,7 +264,7 @@ def write_bench_report(out: Path, rows: list[dict], settings: BenchSettings) -> 
         atomic_save_image(concept_grid(out, concept, [r for r in rows if r["concept"] == concept]), out / name)
         grids.append((concept, name))
 
-    intro = (f"Model `{settings.model}`; evaluation: prompts {settings.prompts}, seeds {list(settings.seeds)}, "
+    intro = (f"Model `{settings.model}` ({settings.dtype} on {settings.device}); evaluation: prompts {settings.prompts}, seeds {list(settings.seeds)}, "
              f"{settings.steps} DDIM steps, guidance {settings.guidance}; base and erased models from the same seeds. "
              "Alignment: the shapes classifier agrees with what the prompt names. FID/KID: shapes-classifier features "
              "against rendered ground truth for the non-target prompts.")

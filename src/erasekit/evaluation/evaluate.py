@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 
 from ..api import Job, generate_batch, make_batches
+from ..precision import dtype_name
 from ..progress import progress_bar
 from ..shapes.score import agreement
 from .metrics import fid_kid, ssim
@@ -186,6 +187,7 @@ def evaluate(
         "seeds": list(seeds), "steps": steps, "guidance": guidance, "negative_prompt": negative_prompt,
         "detector": getattr(detector, "name", type(detector).__name__), "batch_size": batch_size,
         "processes": _state().num_processes, "replacement": replacement,
+        "device": str(base.device), "dtype": dtype_name(base.unet.dtype),
     }
     return Evaluation(concept=concept, settings=settings, suites=results, distribution=distribution, timing=timing, images=images, jobs=jobs)
 

@@ -74,7 +74,7 @@ class Method:
     def __init__(self, pipe, concepts: list[str], config: MethodConfig, replacement: str | None = None):
         self.pipe, self.unet, self.config = pipe, pipe.unet, config
         self.concepts, self.replacement = concepts, replacement
-        self.device = pipe.unet.device
+        self.device, self.dtype = pipe.unet.device, pipe.unet.dtype  # dtype: the compute dtype, taken before training holds masters in float32
         self.latent_shape = latent_shape(pipe)
         self.uncond = embed(pipe, [""])
         self.concept_emb = embed(pipe, concepts)

@@ -82,7 +82,7 @@ class Esd(Method):
                 self.latent_shape, generator, self.device, progress=progress,
             )
         else:
-            self.frozen = copy.deepcopy(self.unet).requires_grad_(False)
+            self.frozen = copy.deepcopy(self.unet).requires_grad_(False).to(self.dtype)  # the masters' copy, back in the compute dtype
 
     @torch.no_grad()
     def _sample_from_student(self, generator):
