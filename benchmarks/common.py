@@ -30,9 +30,9 @@ def heading(title: str, meta: dict) -> list[str]:
     return [f"# {title}", "", f"Command: `{meta['command']}`  ", f"Date: {meta['date']}; {meta['machine']}", ""]
 
 
-def write_results(name: str, meta: dict, rows: list[dict], markdown: list[str]) -> None:
-    """benchmarks/results/<name>.json (meta and rows) and <name>.md (the table a reader opens), each written whole."""
+def write_results(name: str, meta: dict, rows: list[dict], markdown: list[str], directory: Path = RESULTS) -> None:
+    """<directory>/<name>.json (meta and rows) and <name>.md (the table a reader opens), each written whole."""
     from erasekit.io import atomic_write_text  # here, not at the top: importing erasekit loads torch, and --help should not wait
 
-    atomic_write_text(RESULTS / f"{name}.json", json.dumps({"meta": meta, "rows": rows}, indent=2))
-    atomic_write_text(RESULTS / f"{name}.md", "\n".join(markdown) + "\n")
+    atomic_write_text(directory / f"{name}.json", json.dumps({"meta": meta, "rows": rows}, indent=2))
+    atomic_write_text(directory / f"{name}.md", "\n".join(markdown) + "\n")

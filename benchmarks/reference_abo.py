@@ -5,6 +5,9 @@ model's guided output (one UNet call per condition, batch 1), then one update of
 the loss at x_t. A separate frozen copy of the UNet is held throughout, as in the paper.
 The math (guidance, δ, losses) is erasekit's own pure functions, so only the schedule differs.
 
+Precision as erasekit's (precision.py): the frozen copy in the pipeline's dtype, the trained
+parameters float32 masters under autocast, loss scaling in float16; in float32 all of it is a no-op.
+
 δ's first instruction, "−c", is the step's own concept: its frozen output is the ε*(x_τ, c) of
 line 6, computed once and used in both places (as the fast path does), so that the speed-up is not
 inflated by a call a careful implementation would not make. Only a replacement's output is extra.
@@ -20,6 +23,7 @@ from erasekit.guidance import Instruction, cfg, explicit_delta
 from erasekit.losses import abo_guidance_target, abo_loss
 from erasekit.methods.abo import AboConfig, trajectory_for
 from erasekit.params import select_parameters
+from erasekit.precision import autocast, cast_parameters, grad_scaler, hold_in_float32
 from erasekit.progress import progress_bar
 from erasekit.sampling import ddim_scheduler, embed, initial_noise, latent_shape, unet_out
 
@@ -29,11 +33,13 @@ def reference_abo(pipe, concept: str, config: AboConfig, replacement: str | None
     generator = torch.Generator().manual_seed(seed)
     frozen = copy.deepcopy(pipe.unet).requires_grad_(False)  # θ* ← θ (line 1)
     student = pipe.unet.requires_grad_(False)
+    device, dtype = student.device, student.dtype
     names = select_parameters(student, config.parameters)
-    params = [p for n, p in student.named_parameters() if n in set(names)]
+    params = list(hold_in_float32(student, names).values())
     for p in params:
         p.requires_grad_(True)
     opt = torch.optim.AdamW(params, lr=config.lr, eps=config.adam_eps, weight_decay=config.weight_decay)
+    scaler = grad_scaler(device, dtype)
     scheduler = ddim_scheduler(pipe, config.ddim_steps)
     uncond, c = embed(pipe, [""]), embed(pipe, [concept])
     window = dict(kappa=config.kappa, warmup=config.warmup, start=config.window_start, end=config.window_end)
@@ -56,11 +62,11 @@ def reference_abo(pipe, concept: str, config: AboConfig, replacement: str | None
         task = bar.add_task("reference AbO", total=config.steps, info="")
         for _ in range(config.steps):
             t = int(torch.randint(1, T + 1, (1,), generator=generator))  # t ~ U{1..T} (line 3)
-            x = initial_noise(1, latent_shape(pipe), generator, scheduler)
+            x = initial_noise(1, latent_shape(pipe), generator, scheduler).to(device)
             stop = T - t  # DDIM steps from τ = T down to τ = t (lines 4-10)
             for i in range(stop):
                 tau = scheduler.timesteps[i]
-                with torch.no_grad():
+                with torch.no_grad(), autocast(device, dtype):
                     eps_u = unet_out(frozen, x, tau, uncond)
                     eps_c = unet_out(frozen, x, tau, c)
                     guided = cfg(eps_u, eps_c, config.gamma1)
@@ -68,17 +74,20 @@ def reference_abo(pipe, concept: str, config: AboConfig, replacement: str | None
                         guided = guided + delta(x, tau, i, eps_u, eps_c)
                 x = scheduler.step(guided, tau, x, eta=0.0).prev_sample
             tau = scheduler.timesteps[stop]
-            with torch.no_grad():
+            with torch.no_grad(), autocast(device, dtype):
                 eps_u = unet_out(frozen, x, tau, uncond)
                 eps_c = unet_out(frozen, x, tau, c)
                 target = abo_guidance_target(eps_c, eps_u, delta(x, tau, stop, eps_u, eps_c), config.gamma1)
-            s_c = unet_out(student, x, tau, c)  # lines 11-13
-            s_u = unet_out(student, x, tau, uncond)
-            loss, terms = abo_loss(s_c, s_u, target, eps_u, config.gamma2, config.lam)
+            with autocast(device, dtype):
+                s_c = unet_out(student, x, tau, c)  # lines 11-13
+                s_u = unet_out(student, x, tau, uncond)
+                loss, terms = abo_loss(s_c, s_u, target, eps_u, config.gamma2, config.lam)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
             history.append(terms)
             bar.update(task, advance=1, info=f"concept {terms['concept']:.4g} penalty {terms['penalty']:.4g}")
     student.requires_grad_(False)
+    cast_parameters(student, names, dtype)
     return names, history

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -31,11 +33,7 @@ def detector():
     return load_classifier()
 
 
-TINY_UNET = dict(
-    sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(16, 32), norm_num_groups=8,
-    down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-    cross_attention_dim=24,
-)
+TINY_UNET = json.loads((Path(__file__).parent / "data" / "tiny_unet_config.json").read_text())  # also the GPU benchmark's smallest model
 
 
 def build_tiny_sd(version: str):

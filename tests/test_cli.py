@@ -61,7 +61,7 @@ def _bad_inputs(tmp_path, broken_folder):
         "pickle": (["-p", "x", "--model", str(tmp_path / "weights.ckpt")], "pickle checkpoint"),
         "missing component": (["-p", "x", "--model", str(broken_folder)], "'text_encoder/' is missing"),
         "no prompts": ([], "no prompts"),
-        "unwritable out": (["-p", "x", "--out", str(tmp_path / "a-file" / "sub")], "cannot write to output folder"),
+        "unwritable out": (["-p", "x", "--out", str(tmp_path / "a-file" / "sub")], "is a file, not a folder"),
     }
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from PIL import Image
 
@@ -38,6 +40,15 @@ def generate_batch(pipe, batch: list[Job], steps: int, negative_prompt: str | No
     ).images
 
 
+def check_generation(n: int, steps: int, guidance: float, batch_size: int) -> None:
+    """Refuse counts below 1 and a guidance scale that is not a finite number, in one line."""
+    for name, value in (("n", n), ("steps", steps), ("batch size", batch_size)):
+        if value < 1:
+            raise ErasekitError(f"{name} must be at least 1, got {value}")
+    if not math.isfinite(guidance):
+        raise ErasekitError(f"guidance must be a finite number, got {guidance}")
+
+
 def generate(
     pipe,
     prompts: list[str],
@@ -57,8 +68,7 @@ def generate(
     """
     if not prompts:
         raise ErasekitError("no prompts given: pass at least one prompt")
-    if n <= 0 or steps <= 0 or batch_size <= 0:
-        raise ErasekitError("n, steps and batch size must be positive")
+    check_generation(n, steps, guidance, batch_size)
     jobs = [(p, seed + j, guidance) for p in prompts for j in range(n)]
     images: list[Image.Image] = []
     with progress_bar(disable=not progress) as bar:

@@ -36,6 +36,10 @@ def dtype_option():
                         "Training keeps the trained weights in fp32 whatever this is.")
 
 
+def config_option():
+    return typer.Option(None, help="For a single-file --model: a local diffusers folder of the same architecture, giving its configuration (needed offline).")
+
+
 def _check_precision(device: str, dtype: str) -> None:
     """Refuse a device this machine lacks or an unknown dtype before any work starts."""
     from .precision import resolve_device, resolve_dtype
@@ -55,30 +59,51 @@ def _quiet_libraries() -> None:
 
 
 def friendly_errors(command):
-    """Run a command; an ErasekitError becomes 'error: ...' on stderr and exit code 2."""
+    """Run a command; an ErasekitError (or a full disk) becomes 'error: ...' on stderr and exit code 2,
+    and an ErasekitWarning one 'warning: ...' line."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
-        from .errors import ErasekitError
+        import errno
+        import warnings
+
+        from .errors import ErasekitError, ErasekitWarning
 
         _quiet_libraries()
+        show = warnings.showwarning
+
+        def one_line(message, category, *rest, **kw):
+            if issubclass(category, ErasekitWarning):
+                typer.echo(f"warning: {message}", err=True)
+            else:
+                show(message, category, *rest, **kw)
+
+        warnings.showwarning = one_line
         try:
             return command(*args, **kwargs)
         except ErasekitError as e:
             typer.echo(f"error: {e}", err=True)
             raise typer.Exit(2) from None
+        except OSError as e:
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            typer.echo(f"error: no space left on the device of {e.filename or 'an output'}: free some and run again", err=True)
+            raise typer.Exit(2) from None
+        finally:
+            warnings.showwarning = show
 
     return wrapper
 
 
 def _read_prompts(prompt: list[str] | None, prompt_file: Path | None) -> list[str]:
     from .errors import ErasekitError
+    from .io import read_utf8
 
     prompts = list(prompt or [])
     if prompt_file is not None:
         if not prompt_file.is_file():
             raise ErasekitError(f"prompt file not found: {prompt_file}")
-        prompts += [line.strip() for line in prompt_file.read_text().splitlines() if line.strip()]
+        prompts += [line.strip() for line in read_utf8(prompt_file).splitlines() if line.strip()]
     if not prompts:
         raise ErasekitError("no prompts: give --prompt TEXT (repeatable) or --prompt-file FILE with one prompt per line")
     return prompts
@@ -100,35 +125,48 @@ def generate(
     concept: Optional[str] = typer.Option(None, help="The concept an inference-time --method steers away from."),
     sld_preset: str = typer.Option("medium", help="sld: weak, medium, strong or max (the SLD paper's settings)."),
     out: Path = typer.Option(Path("out"), help="Folder for the PNGs and grid.png."),
+    erasure: Optional[Path] = typer.Option(None, help="An erasure file (from `erasekit erase`) applied to the model first."),
     device: str = device_option(),
     dtype: str = dtype_option(),
+    config: Optional[str] = config_option(),
 ):
     """Generate images and a grid (one row per prompt).
 
     Example: erasekit generate -p "a red circle" -p "a blue striped star" --n 8 --out samples
+    An erased model: erasekit generate -p "a red circle" --erasure red.safetensors --out erased-samples
     With inference-time erasure: erasekit generate -p "a red circle" --method sld --concept red
     """
+    from .api import check_generation
     from .api import generate as generate_images
     from .errors import ErasekitError
     from .images import ensure_writable_dir, make_grid, save_images, slug
     from .inference import inference_method
-    from .io import atomic_save_image
     from .model import load_pipeline
+    from .params import load_erasure
 
     prompts = _read_prompts(prompt, prompt_file)
     if (method is None) != (concept is None or not concept.strip()):
         raise ErasekitError("--method and --concept go together: erasekit generate --method sld --concept red ...")
+    if method is not None and erasure is not None:
+        raise ErasekitError("give --erasure FILE (a weight edit) or --method (inference-time), not both")
+    if erasure is not None and not erasure.is_file():
+        raise ErasekitError(f"erasure file not found: {erasure}")
+    check_generation(n, steps, guidance, batch_size)
     _check_precision(device, dtype)
-    ensure_writable_dir(out)
-    pipe = load_pipeline(model, device, dtype)
+    _check_not_under_a_file(out)
+    if out.is_file():
+        raise ErasekitError(f"--out {out} is a file: give a folder")
+    pipe = load_pipeline(model, device, dtype, config)
+    if erasure is not None:
+        load_erasure(pipe, erasure)
     if method is not None:
         pipe, steered = inference_method(pipe, method, concept.strip(), sld_preset)
         negative_prompt = negative_prompt or steered
+    ensure_writable_dir(out)
     images = generate_images(pipe, prompts, n=n, seed=seed, steps=steps, guidance=guidance, negative_prompt=negative_prompt, batch_size=batch_size)
-    names = [f"{slug(p)}_{seed + j}.png" for p in prompts for j in range(n)]
-    save_images(images, names, out)
-    scale = max(1, 128 // images[0].size[0])
-    atomic_save_image(make_grid(images, columns=n, row_labels=prompts, scale=scale), out / "grid.png")
+    named = {f"{slug(p)}_{seed + j}.png": image for (p, j), image in zip(((p, j) for p in prompts for j in range(n)), images)}
+    named["grid.png"] = make_grid(images, columns=n, row_labels=prompts, scale=max(1, 128 // images[0].size[0]))
+    save_images(named, out)
     typer.echo(f"wrote {len(images)} images and grid.png to {out}")
 
 
@@ -155,56 +193,77 @@ def erase(
     dtype: str = dtype_option(),
     save_dtype: str = typer.Option("base", help="What OUT stores the changed weights in: base (the model's dtype), fp32 (the trained masters, exact), fp16 or bf16."),
     gradient_checkpointing: bool = typer.Option(False, help="Recompute activations in the backward pass: less GPU memory on a real model, more time."),
+    strict: bool = typer.Option(False, help="Refuse a concept with a word the tokenizer does not know as a word (default: a warning naming its pieces)."),
+    config: Optional[str] = config_option(),
 ):
     """Erase a concept from a model's weights and save the change.
 
     Example: erasekit erase --concept circle --replacement square --report report/
     On a GPU: erasekit erase --model CompVis/stable-diffusion-v1-4 --concept "Van Gogh" --method esd-x --dtype bf16
     """
-    import shutil
-
     from .erase import erase as erase_concepts
-    from .images import ensure_writable_dir
-    from .methods.base import parse_settings
-
     from .errors import ErasekitError
+    from .images import ensure_writable_dir
+    from .methods.base import get_method, parse_settings
     from .precision import DTYPES
 
+    # Every check before anything loads or is written.
     settings = parse_settings(setting)
     settings.update({k: v for k, v in {"steps": steps, "lr": lr, "sample_from": sample_from}.items() if v is not None})
+    get_method(method).make_config(preset, **settings)
     _check_precision(device, dtype)
     if save_dtype != "base" and save_dtype not in DTYPES:
         raise ErasekitError(f"unknown --save-dtype '{save_dtype}': use base, {', '.join(DTYPES)}")
+    if checkpoint_every < 1:
+        raise ErasekitError(f"--checkpoint-every must be a positive number of steps, got {checkpoint_every}")
+    if report_seeds < 1:
+        raise ErasekitError(f"--report-seeds must be at least 1, got {report_seeds}")
+    if out.is_dir():
+        raise ErasekitError(f"--out {out} is an existing folder: give a file name, e.g. --out {out / 'erased.safetensors'}")
+    for path in (out, save_pipeline, report):
+        _check_not_under_a_file(path)
+    if save_pipeline is not None and save_pipeline.is_file():
+        raise ErasekitError(f"--save-pipeline {save_pipeline} is a file: give a folder")
     if report is not None:
         from .evaluation.shapes import attribute_of
 
+        if report.is_file():
+            raise ErasekitError(f"--report {report} is a file: give a folder")
         attribute_of(concept[0].strip())  # the report measures shapes-world concepts: refuse others before training
     for folder in [out.parent] + [p for p in (save_pipeline, report) if p is not None]:
         ensure_writable_dir(folder)
-    checkpoint_dir = out.with_name(out.name + ".ckpt")
     erasure = erase_concepts(
-        model, method=method, concepts=concept, replacement=replacement, preset=preset, seed=seed,
-        checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every, resume=resume,
-        device=device, dtype=dtype, gradient_checkpointing=gradient_checkpointing, **settings,
+        model, method=method, concepts=concept, replacement=replacement, preset=preset, seed=seed, out=out,
+        checkpoint_dir=out.with_name(out.name + ".ckpt"), checkpoint_every=checkpoint_every, resume=resume, keep_checkpoint=False,
+        device=device, dtype=dtype, model_config=config, gradient_checkpointing=gradient_checkpointing, strict=strict,
+        save_dtype=None if save_dtype == "base" else save_dtype, **settings,
     )
-    erasure.save(out, None if save_dtype == "base" else save_dtype)
-    shutil.rmtree(checkpoint_dir, ignore_errors=True)
     meta = erasure.metadata
     typer.echo(f"wrote {out} ({len(erasure.names)} changed tensors, trained in {meta['base_dtype']} on {meta['device']}, final loss {meta['final_loss']})")
-    pipe = None
     if save_pipeline is not None:
         from .model import load_pipeline
         from .params import load_erasure
 
-        pipe = load_pipeline(model, device, dtype)
+        pipe = load_pipeline(model, device, dtype, config)
         load_erasure(pipe, out)
         pipe.save_pretrained(save_pipeline, safe_serialization=True)
         typer.echo(f"wrote the erased pipeline to {save_pipeline}")
     if report is not None:
-        _erasure_report(model, out, concept[0], replacement, report, report_seeds, device, dtype)
+        _erasure_report(model, config, out, concept[0], replacement, report, report_seeds, device, dtype)
 
 
-def _erasure_report(model: str, erasure_file: Path, concept: str, replacement: str | None, out: Path, seeds: int, device: str, dtype: str) -> None:
+def _check_not_under_a_file(path: Path | None) -> None:
+    """Refuse an output whose folder is an existing file, before mkdir would fail half-way."""
+    from .errors import ErasekitError
+
+    for parent in (path.parents if path is not None else []):
+        if parent.exists():
+            if not parent.is_dir():
+                raise ErasekitError(f"cannot write {path}: {parent} is a file, not a folder")
+            return
+
+
+def _erasure_report(model: str, config: str | None, erasure_file: Path, concept: str, replacement: str | None, out: Path, seeds: int, device: str, dtype: str) -> None:
     from .evaluation.detectors import ShapesDetector
     from .evaluation.evaluate import evaluate
     from .evaluation.prompts import load_prompts
@@ -212,8 +271,8 @@ def _erasure_report(model: str, erasure_file: Path, concept: str, replacement: s
     from .model import load_pipeline
     from .params import load_erasure
 
-    base = load_pipeline(model, device, dtype)
-    erased = load_pipeline(model, device, dtype)
+    base = load_pipeline(model, device, dtype, config)
+    erased = load_pipeline(model, device, dtype, config)
     metadata = load_erasure(erased, erasure_file)
     suites = load_prompts("target,related", concept)
     evaluation = evaluate(base, erased, concept, suites, ShapesDetector(), seeds=list(range(seeds)), replacement=replacement)
@@ -272,6 +331,7 @@ def evaluate(
     as_json: bool = typer.Option(False, "--json", help="Also print the metrics as JSON on stdout."),
     device: str = device_option(),
     dtype: str = dtype_option(),
+    config: Optional[str] = config_option(),
 ):
     """Measure an erasure: base vs erased model, same prompts and seeds.
 
@@ -281,6 +341,7 @@ def evaluate(
 
     Example: erasekit evaluate --concept red --erasure red.safetensors --out eval-red/
     """
+    from .api import check_generation
     from .errors import ErasekitError
     from .evaluation.detectors import make_detector
     from .evaluation.evaluate import end_processes
@@ -301,22 +362,24 @@ def evaluate(
         raise ErasekitError(f"erasure file not found: {erasure}")
     suites = load_prompts(prompts, concept)
     seed_list = _parse_seeds(seeds)
-    if not seed_list or steps <= 0 or batch_size <= 0:
-        raise ErasekitError("seeds, steps and batch size must be given and positive")
+    if not seed_list:
+        raise ErasekitError(f"--seeds names no seed: '{seeds}'")
+    check_generation(len(seed_list), steps, guidance, batch_size)
     _check_precision(device, dtype)
+    _check_not_under_a_file(out / "report.md")
     ref = None if reference == "none" else ("auto" if reference == "auto" else _read_image_folder(Path(reference)))
     found = make_detector(detector, **({"threshold": threshold} if detector == "nudenet" else {}))
     extractor = feature_extractor(features) if ref is not None else None
-    ensure_writable_dir(out)
 
-    base = load_pipeline(model, device, dtype)
+    base = load_pipeline(model, device, dtype, config)
     negative_prompt = None
     if erasure is not None:
-        erased = load_pipeline(model, device, dtype)
+        erased = load_pipeline(model, device, dtype, config)
         metadata = load_erasure(erased, erasure)
     else:
         erased, negative_prompt = inference_method(base, method, concept, sld_preset)
         metadata = {"method": method, "concepts": [concept], "hyperparameters": {"sld_preset": sld_preset} if method == "sld" else {}}
+    ensure_writable_dir(out)
     try:
         result = run_evaluation(
             base, erased, concept, suites, found, seeds=seed_list, steps=steps, guidance=guidance,
@@ -355,8 +418,9 @@ def bench(
     Finished cells are cached under OUT/cells/ by a hash of their settings: re-running only
     computes what changed. Example: erasekit bench --methods esd-x,esd-u,abo --concepts circle,striped
     """
-    from .evaluation.bench import BenchSettings
+    from .evaluation.bench import BenchSettings, check_bench
     from .evaluation.bench import bench as run_bench
+    from .evaluation.prompts import load_prompts
     from .inference import INFERENCE_METHODS
     from .images import ensure_writable_dir
     from .methods.base import parse_settings
@@ -367,10 +431,13 @@ def bench(
         name, _, field_name = key.rpartition(".")
         for m in per_method if not name else [name]:
             per_method.setdefault(m, {})[field_name] = value
-    _check_precision(device, dtype)
-    ensure_writable_dir(out)
+    concept_list = [c.strip() for c in concepts.split(",") if c.strip()]
     settings = BenchSettings(model=model, seeds=tuple(_parse_seeds(seeds)), steps=steps, prompts=prompts, device=device, dtype=dtype)
-    rows = run_bench(out, method_list, [c.strip() for c in concepts.split(",") if c.strip()], settings, per_method)
+    check_bench(method_list, concept_list, settings, per_method)
+    load_prompts(prompts, concept_list[0])
+    _check_not_under_a_file(out / "bench.md")
+    ensure_writable_dir(out)
+    rows = run_bench(out, method_list, concept_list, settings, per_method)
     typer.echo(f"wrote {out / 'bench.md'} and {out / 'bench.html'} ({len(rows)} cells)")
 
 
@@ -437,10 +504,16 @@ def shapes_render(
     """Draw a grid of ground-truth images of the shapes world, to see what the model learns from."""
     from PIL import Image
 
+    from .errors import ErasekitError
     from .images import ensure_writable_dir, make_grid
     from .io import atomic_save_image
     from .shapes.world import render_dataset
 
+    if n < 1:
+        raise ErasekitError(f"--n must be at least 1, got {n}")
+    if out.is_dir():
+        raise ErasekitError(f"--out {out} is a folder: give an image file name, e.g. {out / 'shapes-world.png'}")
+    _check_not_under_a_file(out)
     ensure_writable_dir(out.parent)
     images, _ = render_dataset(n, seed)
     atomic_save_image(make_grid([Image.fromarray(im) for im in images], scale=2), out)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import shutil
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,8 +13,9 @@ from pathlib import Path
 import torch
 
 from . import __version__
-from .errors import ErasekitError
+from .errors import ErasekitError, ErasekitWarning
 from .images import ensure_writable_dir
+from .io import output_lock
 from .methods.base import get_method
 from .model import hash_rounding, load_pipeline, unet_fingerprint, unet_norms
 from .params import load_erasure, save_erasure, select_parameters
@@ -36,23 +40,53 @@ class Erasure:
 
         dtype: what the tensors are stored in; default the base model's ("fp32" keeps the masters exact).
         """
-        if dtype is None:
-            dtype = self.metadata["base_dtype"]
-        dtype = DTYPES[dtype] if isinstance(dtype, str) and dtype in DTYPES else dtype
-        if dtype not in DTYPES.values():
-            raise ErasekitError(f"an erasure is saved in fp32, fp16 or bf16, not {dtype}")
+        dtype = _storage_dtype(self.metadata["base_dtype"] if dtype is None else dtype)
         save_erasure(path, self.tensors, self.metadata | {"saved_dtype": dtype_name(dtype)}, dtype)
         return Path(path)
 
 
-def check_concepts(tokenizer, concepts: list[str]) -> list[str]:
-    """Strip concepts and refuse empty ones or ones that the tokenizer turns into no token."""
+def _storage_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    dtype = DTYPES.get(dtype, dtype) if isinstance(dtype, str) else dtype
+    if dtype not in DTYPES.values():
+        raise ErasekitError(f"an erasure is saved in fp32, fp16 or bf16, not {dtype}")
+    return dtype
+
+
+def unseen_words(tokenizer, concept: str) -> dict[str, list[str]]:
+    """Words of `concept` that the tokenizer's vocabulary has no whole token for, with the pieces it splits them into.
+
+    CLIP's BPE (SD 1.x/2.x and SDXL alike) ends a word's last piece with "</w>": a word of one
+    piece was in the vocabulary as a word; one of several pieces may be a name the model never
+    learnt, or a typo.
+    """
+    words, current = {}, []
+    for piece in tokenizer.tokenize(concept):
+        current.append(piece)
+        if piece.endswith("</w>"):
+            if len(current) > 1:
+                words["".join(current).replace("</w>", "")] = current
+            current = []
+    return words
+
+
+def check_concepts(tokenizer, concepts: list[str], strict: bool = False) -> list[str]:
+    """Strip concepts; refuse empty ones, ones without a letter or digit, and ones that tokenise to
+    nothing; warn about words the vocabulary lacks (refuse them with `strict`)."""
     cleaned = [c.strip() for c in concepts]
     if not cleaned or any(not c for c in cleaned):
         raise ErasekitError("empty concept: name the concept to erase, e.g. --concept circle")
     for c in cleaned:
+        if not any(ch.isalnum() for ch in c):
+            raise ErasekitError(f"concept '{c}' has no letter or digit: name the concept to erase, e.g. --concept circle")
         if not tokenizer(c, add_special_tokens=False).input_ids:
             raise ErasekitError(f"concept '{c}' tokenises to nothing: the model cannot be conditioned on it")
+        unseen = unseen_words(tokenizer, c)
+        if unseen:
+            detail = "; ".join(f"'{w}' -> {' '.join(p)}" for w, p in unseen.items())
+            message = f"concept '{c}': the tokenizer knows no word {', '.join(repr(w) for w in unseen)}, only pieces ({detail}); the model may never have learnt it"
+            if strict:
+                raise ErasekitError(message + " (refused with --strict)")
+            warnings.warn(message, ErasekitWarning, stacklevel=2)
     return cleaned
 
 
@@ -91,32 +125,64 @@ def erase(
     device: str | torch.device | None = None,
     dtype: str | torch.dtype | None = None,
     gradient_checkpointing: bool = False,
+    strict: bool = False,
+    save_dtype: str | torch.dtype | None = None,
+    keep_checkpoint: bool = True,
+    model_config: str | None = None,
     **settings,
 ) -> Erasure:
     """Erase `concepts` from `model` (a source for load_pipeline, or a loaded pipeline, changed in place).
 
     settings: any field of the method's config (steps, lr, gamma1, lam, ...); None keeps the default.
-    device, dtype: where and in what precision to load `model` ("auto" by default: see
-    load_pipeline); a loaded pipeline is used as it is. The trained parameters are float32 masters
-    whatever the dtype (precision.py); the erasure file stores them in the base model's dtype.
+    device, dtype, model_config: where and in what precision to load `model` ("auto" by default),
+    and a single file's configuration folder (see load_pipeline); a loaded pipeline is used as it is. The trained parameters are float32 masters
+    whatever the dtype (precision.py).
     gradient_checkpointing: recompute the student's activations in the backward pass (less
-    memory on a real model, about a third more time; the same weights up to float rounding).
-    With `out`, the erasure is also written there. With `checkpoint_dir`, training checkpoints every
-    `checkpoint_every` steps, and `resume=True` continues from the last one.
+    memory on a real model, more time; the same weights up to float rounding).
+    strict: refuse a concept with a word the tokenizer's vocabulary lacks (default: a warning).
+    With `out`, the erasure is also written there, in `save_dtype` (default: the base model's).
+    With `checkpoint_dir`, training checkpoints every `checkpoint_every` steps, `resume=True`
+    continues from the last one, and `keep_checkpoint=False` removes it once `out` is written.
+    Every argument is checked before the model loads; `out` and `checkpoint_dir` are held by this
+    run alone while it runs (io.output_lock).
     """
     method_cls = get_method(method)
     config = method_cls.make_config(preset, **settings)
     if isinstance(model, (str, Path)):
         device = resolve_device(device)
         dtype = resolve_dtype(dtype, device)
-    elif device is not None or dtype is not None:
-        raise ErasekitError("device and dtype choose how a model is loaded: pass them to load_pipeline, not with a loaded pipeline")
+    elif device is not None or dtype is not None or model_config is not None:
+        raise ErasekitError("device, dtype and model_config choose how a model is loaded: pass them to load_pipeline, not with a loaded pipeline")
+    if checkpoint_every < 1:
+        raise ErasekitError(f"checkpoint_every must be a positive number of steps, got {checkpoint_every}")
+    if save_dtype is not None:
+        save_dtype = _storage_dtype(save_dtype)
+    for path in (out, checkpoint_dir):
+        if path is not None and Path(path).parent.exists() and not Path(path).parent.is_dir():
+            raise ErasekitError(f"cannot write {path}: {Path(path).parent} is a file")
+    if out is not None and Path(out).is_dir():
+        raise ErasekitError(f"the erasure file {out} is an existing folder: give a file name, e.g. {Path(out) / 'erased.safetensors'}")
     if out is not None:
         ensure_writable_dir(Path(out).parent)
-    pipe = load_pipeline(model, device, dtype) if isinstance(model, (str, Path)) else model
-    concepts = check_concepts(pipe.tokenizer, [concepts] if isinstance(concepts, str) else list(concepts))
+    with contextlib.ExitStack() as held:
+        for path in (out, checkpoint_dir):
+            if path is not None:
+                held.enter_context(output_lock(path))
+        erasure = _erase(model, model_config, method_cls, config, concepts, replacement, preset, seed, checkpoint_dir, checkpoint_every,
+                         resume, progress, device, dtype, gradient_checkpointing, strict)
+        if out is not None:
+            erasure.save(out, save_dtype)
+        if checkpoint_dir is not None and not keep_checkpoint:
+            shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    return erasure
+
+
+def _erase(model, model_config, method_cls, config, concepts, replacement, preset, seed, checkpoint_dir, checkpoint_every, resume, progress,
+           device, dtype, gradient_checkpointing, strict) -> Erasure:
+    pipe = load_pipeline(model, device, dtype, model_config) if isinstance(model, (str, Path)) else model
+    concepts = check_concepts(pipe.tokenizer, [concepts] if isinstance(concepts, str) else list(concepts), strict)
     if replacement is not None:
-        replacement = check_concepts(pipe.tokenizer, [replacement])[0]
+        replacement = check_concepts(pipe.tokenizer, [replacement], strict)[0]
     names = select_parameters(pipe.unet, config.parameters)
     base_dtype, rounding = pipe.unet.dtype, hash_rounding(pipe.unet)
     base_hash, base_norms = unet_fingerprint(pipe.unet, rounding), unet_norms(pipe.unet)
@@ -138,7 +204,7 @@ def erase(
         cast_parameters(pipe.unet, names, base_dtype)
 
     metadata = {
-        "method": method,
+        "method": method_cls.name,
         "concepts": concepts,
         "replacement": replacement,
         "preset": preset,
@@ -155,7 +221,4 @@ def erase(
         "erasekit_version": __version__,
         "final_loss": history[-1] if history else None,
     }
-    erasure = Erasure(metadata=metadata, names=names, tensors=tensors, unet=pipe.unet, history=history)
-    if out is not None:
-        erasure.save(out)
-    return erasure
+    return Erasure(metadata=metadata, names=names, tensors=tensors, unet=pipe.unet, history=history)

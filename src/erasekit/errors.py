@@ -3,3 +3,7 @@
 
 class ErasekitError(Exception):
     """Bad input or a missing resource, explained in the message; never a bug."""
+
+
+class ErasekitWarning(UserWarning):
+    """Input that works but is probably not what was meant; the CLI prints it as one 'warning:' line."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -53,10 +54,15 @@ def ensure_writable_dir(out: Path | str) -> Path:
     return out
 
 
-def save_images(images: list[Image.Image], names: list[str], out: Path) -> list[Path]:
-    paths = []
-    for image, name in zip(images, names):
-        path = out / name
-        atomic_save_image(image, path)
-        paths.append(path)
-    return paths
+def save_images(images: dict[str, Image.Image], out: Path) -> list[Path]:
+    """Write `images` ({file name: image}) into `out` all or none: into a hidden temporary folder
+    inside it first, then renamed into place, so a full disk leaves no partial set behind."""
+    staging = Path(tempfile.mkdtemp(dir=out, prefix=".images-", suffix=".tmp"))
+    try:
+        for name, image in images.items():
+            atomic_save_image(image, staging / name)
+        for name in images:
+            os.replace(staging / name, out / name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return [out / name for name in images]

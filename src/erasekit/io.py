@@ -1,17 +1,36 @@
-"""Atomic file writes: a reader never sees a half-written output, an interrupted run leaves none."""
+"""Writing outputs safely: atomically (a reader never sees a half-written file, an interrupted run
+leaves none), with a one-line error when the disk is full, and one writer per output at a time."""
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from .errors import ErasekitError
+
+
+def _no_space(target: Path) -> ErasekitError:
+    return ErasekitError(f"no space left on the device of {target.parent}: {target.name} was not written (any earlier version is unchanged)")
+
+
+def _out_of_space(error: BaseException) -> bool:
+    # torch.save reports a full disk as a RuntimeError from its zip writer, not as an OSError
+    return (isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)) or (
+        isinstance(error, RuntimeError) and ("inline_container" in str(error) or "No space left" in str(error)))
+
 
 @contextmanager
 def atomic_path(target: Path | str) -> Iterator[Path]:
-    """Yield a temporary path beside `target`; on success rename it onto `target`, else delete it."""
+    """Yield a temporary path beside `target`; on success rename it onto `target`, else delete it.
+
+    A full disk becomes a one-line ErasekitError, with `target` as it was before.
+    """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
@@ -19,8 +38,32 @@ def atomic_path(target: Path | str) -> Iterator[Path]:
     try:
         yield Path(tmp)
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if _out_of_space(e):
+            raise _no_space(target) from None
+        raise
+
+
+@contextmanager
+def atomic_dir(target: Path | str) -> Iterator[Path]:
+    """Yield a temporary folder beside `target`; on success it replaces `target` whole, else it is deleted."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
+    try:
+        yield tmp
+        old = None
+        if target.exists():
+            old = target.with_name(f".{target.name}.old-{os.getpid()}")
+            os.replace(target, old)
+        os.replace(tmp, target)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if _out_of_space(e):
+            raise _no_space(target) from None
         raise
 
 
@@ -39,3 +82,50 @@ def atomic_save_torch(obj, target: Path | str) -> None:
 def atomic_save_image(image, target: Path | str) -> None:
     with atomic_path(target) as tmp:
         image.save(tmp, format="PNG")
+
+
+def read_utf8(path: Path | str) -> str:
+    """A text file's contents; a file that is not UTF-8 is refused in one line, naming where it breaks."""
+    data = Path(path).read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise ErasekitError(f"{path} is not UTF-8 text (byte 0x{data[e.start]:02x} on line {line}): save it as UTF-8") from None
+
+
+def lock_file(target: Path) -> Path:
+    return target.with_name(f".{target.name}.lock")
+
+
+@contextmanager
+def output_lock(target: Path | str) -> Iterator[None]:
+    """Hold `target` for this process: a second run writing it is refused at once, with our PID.
+
+    An advisory lock (flock) on a hidden file beside `target`: the kernel releases it when its
+    holder dies, however it dies, so a lock left by a killed run is simply taken over.
+    """
+    target = Path(target)
+    path = lock_file(target)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise ErasekitError(f"{target} is being written by another erasekit run (PID {holder}): wait for it to finish, or choose another output") from None
+        try:  # the previous holder may have removed the file between our open and our lock: lock the current one
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)  # while still holding it: see the inode check above
+        os.close(fd)

@@ -52,15 +52,39 @@ def read_metadata(path: Path | str) -> dict:
             raw = f.metadata() or {}
     except Exception as e:
         raise ErasekitError(f"{path} is not a readable safetensors erasure file ({type(e).__name__})") from None
-    return {k.removeprefix("erasekit."): json.loads(v) for k, v in raw.items() if k.startswith("erasekit.")}
+    try:
+        return {k.removeprefix("erasekit."): json.loads(v) for k, v in raw.items() if k.startswith("erasekit.")}
+    except json.JSONDecodeError:
+        raise ErasekitError(f"{path}: its erasekit metadata is not valid JSON") from None
+
+
+def check_erasure(unet, state: dict[str, torch.Tensor], name: str) -> None:
+    """Refuse, in one line, tensors that do not fit `unet`: unknown keys, other shapes, non-float or non-finite values."""
+    if not state:
+        raise ErasekitError(f"{name} holds no tensors")
+    params = unet.state_dict()
+    unknown = sorted(set(state) - set(params))
+    if unknown:
+        raise ErasekitError(f"{name} holds {len(unknown)} parameter(s) this UNet lacks, e.g. {unknown[0]}")
+    for key, tensor in state.items():
+        if tuple(tensor.shape) != tuple(params[key].shape):
+            raise ErasekitError(f"{name}: {key} has shape {tuple(tensor.shape)}, this UNet's has {tuple(params[key].shape)}")
+        if not tensor.is_floating_point():
+            raise ErasekitError(f"{name}: {key} is {tensor.dtype}, not a floating-point tensor")
+        if not torch.isfinite(tensor).all():
+            raise ErasekitError(f"{name}: {key} holds NaN or infinite values")
 
 
 def load_erasure(pipe, path: Path | str) -> dict:
     """Apply an erasure file to `pipe.unet` in place, cast to the UNet's dtype (an erasure made in
-    one precision loads into a pipeline of any); refuses a file made for another base model.
+    one precision loads into a pipeline of any).
 
+    Every check comes before the UNet is touched, so a refused file changes nothing: the metadata
+    (erasekit's, with the base model's hash), the tensors (check_erasure), and the base model.
     Returns the erasure's metadata.
     """
+    from safetensors.torch import load_file
+
     path = Path(path)
     if not path.is_file():
         raise ErasekitError(f"erasure file not found: {path}")
@@ -68,18 +92,14 @@ def load_erasure(pipe, path: Path | str) -> dict:
     expected = metadata.get("base_unet_sha256")
     if expected is None:
         raise ErasekitError(f"{path} has no erasekit metadata (base model hash); was it written by erasekit?")
+    state = load_file(str(path), device=str(pipe.unet.device))
+    check_erasure(pipe.unet, state, path.name)
     rounding = metadata.get("base_unet_hash_rounding", "fp16")  # files from before bf16 support hashed in fp16
     if not same_base(pipe.unet, expected, rounding, metadata.get("base_unet_norms")):
         raise ErasekitError(
             f"{path.name} was made for base model '{metadata.get('base_model')}' (UNet {expected}), "
             f"not for this one (UNet {unet_fingerprint(pipe.unet)}): load the model it was made for"
         )
-    from safetensors.torch import load_file
-
-    state = load_file(str(path), device=str(pipe.unet.device))
-    missing_in_unet = set(state) - set(pipe.unet.state_dict())
-    if missing_in_unet:
-        raise ErasekitError(f"{path.name} holds parameters this UNet lacks, e.g. {sorted(missing_in_unet)[0]}")
     with torch.no_grad():
         pipe.unet.load_state_dict({k: v.to(pipe.unet.dtype) for k, v in state.items()}, strict=False)
     return metadata

@@ -18,7 +18,7 @@ import torch
 
 from .bank import Bank
 from .errors import ErasekitError
-from .io import atomic_save_torch
+from .io import atomic_dir, atomic_save_torch
 from .precision import autocast, dtype_name, grad_scaler
 from .progress import progress_bar
 
@@ -119,10 +119,10 @@ def train(method, names: list[str], generator: torch.Generator, checkpoint_dir: 
         with autocast(device, dtype):
             method.prepare(generator, progress)
         if checkpoint_dir is not None:
-            checkpoint_dir.mkdir(parents=True, exist_ok=True)
-            if method.bank is not None:
-                method.bank.save(bank_file)
-            _save_checkpoint(checkpoint_dir, 0, params, opt, scaler, generator, run, method)
+            with atomic_dir(checkpoint_dir) as tmp:  # the bank and the first state together, or neither
+                if method.bank is not None:
+                    method.bank.save(tmp / bank_file.name)
+                _save_checkpoint(tmp, 0, params, opt, scaler, generator, run, method)
     if method.bank is not None and device.type == "cuda":
         method.bank.pin()  # host memory, copied to the GPU a batch at a time
 

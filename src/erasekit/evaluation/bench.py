@@ -134,24 +134,33 @@ def run_cell(out: Path, method: str, concept: str, method_settings: dict, settin
     return result
 
 
+def check_bench(methods: list[str], concepts: list[str], settings: BenchSettings, method_settings: dict[str, dict]) -> BenchSettings:
+    """Refuse any bad method, concept, setting or count in one line before any work; returns the
+    settings with device and dtype resolved (so a cell computed on the CPU in fp32 is never
+    reused for bf16 on a GPU)."""
+    from ..api import check_generation
+    from .shapes import attribute_of
+
+    if not methods or not concepts:
+        raise ErasekitError("bench needs at least one method and one concept")
+    if not settings.seeds:
+        raise ErasekitError("bench needs at least one evaluation seed")
+    check_generation(len(settings.seeds), settings.steps, settings.guidance, settings.batch_size)
+    for m in methods:
+        _resolved(m, method_settings.get(m, {}))  # unknown methods and bad settings are refused here
+    for c in concepts:
+        attribute_of(c)
+    device = resolve_device(settings.device)
+    return replace(settings, device=str(device), dtype=dtype_name(resolve_dtype(settings.dtype, device)))
+
+
 def bench(out: Path | str, methods: list[str], concepts: list[str], settings: BenchSettings | None = None,
           method_settings: dict[str, dict] | None = None, progress: bool = True) -> list[dict]:
     """Run every method on every concept (cached per cell) and write bench.md, bench.html, plots and grids."""
-    from ..methods.base import get_method
     from .detectors import ShapesDetector
-    from .shapes import attribute_of
 
-    settings = settings or BenchSettings()
-    device = resolve_device(settings.device)  # resolved, so a cell computed on the CPU in fp32 is never reused for bf16 on a GPU
-    settings = replace(settings, device=str(device), dtype=dtype_name(resolve_dtype(settings.dtype, device)))
     method_settings = method_settings or {}
-    for m in methods:
-        if m not in INFERENCE_METHODS:
-            get_method(m)  # refuses unknown names before any work
-    for c in concepts:
-        attribute_of(c)
-    if not methods or not concepts:
-        raise ErasekitError("bench needs at least one method and one concept")
+    settings = check_bench(methods, concepts, settings or BenchSettings(), method_settings)
     out = Path(out)
     detector = ShapesDetector()
     base = Base.load(settings.model, settings.device, settings.dtype)

@@ -7,10 +7,13 @@ ESD repo's files do, so that every model is judged on the same images) or takes 
 from __future__ import annotations
 
 import csv
+import io
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ErasekitError
+from ..io import read_utf8
 from ..shapes.world import ATTRIBUTES
 from .shapes import attribute_of, other_prompts, target_prompts
 
@@ -56,13 +59,19 @@ CSV_FORMATS = {
 }
 
 
+def _finite(value: float) -> float:
+    if not math.isfinite(value):
+        raise ValueError(f"guidance {value} is not a finite number")
+    return value
+
+
 def load_csv(path: Path | str) -> list[Prompt]:
     """Rows of an I2P-format file (prompt, evaluation_seed, evaluation_guidance, categories) or of the
     ESD repo's COCO captions file (case_number, prompt, evaluation_seed) as prompts."""
     path = Path(path)
     if not path.is_file():
         raise ErasekitError(f"prompt file {path} does not exist")
-    with path.open(newline="", encoding="utf-8") as f:
+    with io.StringIO(read_utf8(path), newline="") as f:
         reader = csv.DictReader(f)
         columns = set(reader.fieldnames or [])
         fmt = next((name for name, needed in CSV_FORMATS.items() if set(needed) <= columns), None)
@@ -77,7 +86,7 @@ def load_csv(path: Path | str) -> list[Prompt]:
                     Prompt(
                         text=row["prompt"].strip(),
                         seed=int(float(row["evaluation_seed"])),
-                        guidance=float(row["evaluation_guidance"]) if row.get("evaluation_guidance") not in (None, "") else None,
+                        guidance=_finite(float(row["evaluation_guidance"])) if row.get("evaluation_guidance") not in (None, "") else None,
                         case=str(row.get("case_number") or line - 2),
                         categories=tuple(c.strip() for c in (row.get("categories") or "").split(",") if c.strip()),
                     )

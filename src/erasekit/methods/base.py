@@ -48,6 +48,9 @@ class MethodConfig:
             raise ErasekitError(f"optimizer must be 'adam' or 'adamw', got '{self.optimizer}'")
         if self.bank_trajectories is not None and self.bank_trajectories < 0:
             raise ErasekitError(f"bank_trajectories must be >= 0, got {self.bank_trajectories}")
+        for name in ("ddim_steps", "anchor_images", "concept_images"):  # counts some methods have
+            if getattr(self, name, 1) < 1:
+                raise ErasekitError(f"{name} must be positive, got {getattr(self, name)}")
 
     def bank_size(self) -> int:
         """Trajectories in the teacher bank: as set, or (None) one per DRAWS_PER_TRAJECTORY draws of training.
@@ -92,10 +95,8 @@ class Method:
         if unknown:
             raise ErasekitError(f"method '{cls.name}' has no setting {', '.join(unknown)}")
         values.update({k: v for k, v in overrides.items() if v is not None})
-        # "--set lam=100" reads an int: a config (and a bench cell's key) must not depend on how a number was typed.
-        floats = {f.name for f in dataclasses.fields(cls.Config) if f.type in ("float", float)}  # string under postponed annotations
-        values = {k: float(v) if k in floats and type(v) is int else v for k, v in values.items()}
-        config = cls.Config(**values)
+        types = {f.name: f.type if isinstance(f.type, str) else f.type.__name__ for f in dataclasses.fields(cls.Config)}
+        config = cls.Config(**{k: _typed(cls.name, k, v, types[k]) for k, v in values.items()})
         config.validate()
         return config
 
@@ -128,6 +129,27 @@ class Method:
 
     def uncond_like(self, n: int) -> torch.Tensor:
         return self.uncond.expand(n, -1, -1)
+
+
+def _typed(method: str, name: str, value, annotation: str):
+    """A setting's value as its field's type ("float", "int | None", ...), or a one-line refusal.
+
+    "--set lam=100" reads an int: it becomes 100.0, so that a config (and a bench cell's key) does
+    not depend on how a number was typed. Numbers given for a text setting become text.
+    """
+    kinds = annotation.replace(" ", "").split("|")
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if value is None and "None" in kinds:
+        return None
+    if "float" in kinds and number:
+        if not math.isfinite(value):
+            raise ErasekitError(f"method '{method}': setting {name} must be a finite number, got {value}")
+        return float(value)
+    if "int" in kinds and number and float(value).is_integer():
+        return int(value)
+    if "str" in kinds and (isinstance(value, str) or number):
+        return str(value)
+    raise ErasekitError(f"method '{method}': setting {name} takes {' or '.join(k if k != 'None' else 'null' for k in kinds)}, got {value!r}")
 
 
 def parse_settings(pairs: list[str] | None) -> dict:

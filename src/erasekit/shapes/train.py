@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..errors import ErasekitError
 from ..io import atomic_save_torch, atomic_write_text
 from ..progress import progress_bar
 from .classifier import ShapesClassifier, save_classifier, to_tensor
@@ -52,6 +53,14 @@ class TrainConfig:
     ema_decay: float = 0.999
     checkpoint_every: int = 300
     threads: int = 2
+
+    def validate(self) -> None:
+        """Every count positive, every rate in range: refused in one line before any work."""
+        for name, value in vars(self).items():
+            if name != "seed" and value <= 0 and name not in ("caption_dropout",):
+                raise ErasekitError(f"shapes train: {name.replace('_', '-')} must be positive, got {value}")
+        if not 0 <= self.caption_dropout < 1 or not 0 <= self.ema_decay < 1:
+            raise ErasekitError("shapes train: caption_dropout and ema_decay must be in [0, 1)")
 
 
 def _render_chunk(args: tuple[int, int, int]) -> tuple[np.ndarray, list]:
@@ -166,7 +175,7 @@ def train_unet(latents: torch.Tensor, labels: list, tokenizer, cfg: TrainConfig,
     step = 0
     ckpt = work / "unet_checkpoint.pt"
     if ckpt.exists():
-        state = torch.load(ckpt)
+        state = torch.load(ckpt, weights_only=True)
         unet.load_state_dict(state["unet"])
         text_encoder.load_state_dict(state["text_encoder"])
         ema["unet"].load_state_dict(state["ema_unet"])
@@ -236,6 +245,7 @@ def save_pipeline(out: Path, unet, vae, text_encoder, tokenizer, scheduler) -> N
 
 def train_all(out: Path, cfg: TrainConfig) -> Path:
     """Run (or resume) every phase; returns the pipeline folder."""
+    cfg.validate()
     torch.set_num_threads(cfg.threads)
     out.mkdir(parents=True, exist_ok=True)
     work = out / "work"
@@ -269,7 +279,7 @@ def train_all(out: Path, cfg: TrainConfig) -> Path:
     latents_path = work / "latents.pt"
     if not latents_path.exists():
         atomic_save_torch(encode_latents(vae, images), latents_path)
-    latents = torch.load(latents_path)
+    latents = torch.load(latents_path, weights_only=True)
     scaling = 1.0 / latents.std().item()
     vae.register_to_config(scaling_factor=scaling)
 

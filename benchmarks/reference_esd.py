@@ -1,0 +1,66 @@
+"""ESD with two UNets, as the ESD repository's scripts are built: the baseline erasekit's memory is compared with.
+
+The ESD repository (esd_sd.py, and train-esd.py before it) loads the UNet twice: a frozen base
+copy for the targets and the copy being trained. Each step draws a DDIM step count at random,
+samples x_t from noise with guidance (here, as the paper's original loop, with the model being
+trained), then takes one update towards the frozen copy's negatively guided output (losses.esd_target,
+c_from = ∅). The math is erasekit's own pure functions; only the schedule and the second UNet differ.
+
+Precision as erasekit's (precision.py), so the comparison isolates the structure: the frozen copy in
+the pipeline's dtype, the trained parameters float32 masters under autocast, loss scaling in float16.
+(esd_sd.py trains its bf16 weights directly; float32 masters cost its student a little more memory.)
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from erasekit.guidance import cfg
+from erasekit.losses import esd_loss, esd_target
+from erasekit.methods.esd import EsdConfig
+from erasekit.params import select_parameters
+from erasekit.precision import autocast, cast_parameters, grad_scaler, hold_in_float32
+from erasekit.sampling import ddim_sample, ddim_scheduler, embed, initial_noise, latent_shape, unet_out
+
+
+def reference_esd(pipe, concept: str, config: EsdConfig, seed: int = 0):
+    """Train `pipe.unet` in place with a frozen second UNet; returns the trained names and the loss history."""
+    generator = torch.Generator().manual_seed(seed)
+    frozen = copy.deepcopy(pipe.unet).requires_grad_(False)
+    student = pipe.unet.requires_grad_(False)
+    device, dtype = student.device, student.dtype
+    names = select_parameters(student, config.parameters)
+    params = list(hold_in_float32(student, names).values())
+    for p in params:
+        p.requires_grad_(True)
+    opt = torch.optim.Adam(params, lr=config.lr, eps=config.adam_eps)
+    scaler = grad_scaler(device, dtype)
+    scheduler = ddim_scheduler(pipe, config.ddim_steps)
+    uncond, c = embed(pipe, [""]), embed(pipe, [concept])
+    both = torch.cat([uncond, c])
+    history = []
+    for _ in range(config.steps):
+        stop = int(torch.randint(0, config.ddim_steps, (1,), generator=generator))
+        x = initial_noise(1, latent_shape(pipe), generator, scheduler).to(device)
+        with torch.no_grad(), autocast(device, dtype):
+
+            def guided(x, t, i):
+                eps_uncond, eps_concept = unet_out(student, x.repeat(2, 1, 1, 1), t, both).chunk(2)
+                return cfg(eps_uncond, eps_concept, config.start_guidance)
+
+            x = ddim_sample(scheduler, x, guided, stop=stop)
+            t = scheduler.timesteps[stop]
+            eps_uncond, eps_concept = unet_out(frozen, x.repeat(2, 1, 1, 1), t, both).chunk(2)
+            target = esd_target(eps_uncond, eps_concept, eps_uncond, config.eta)
+        with autocast(device, dtype):
+            loss = esd_loss(unet_out(student, x, t, c), target)
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        history.append({"esd": loss.item()})
+    student.requires_grad_(False)
+    cast_parameters(student, names, dtype)
+    return names, history
