@@ -3,10 +3,15 @@
 A method's teacher step runs the frozen model on a batch of x_τ and returns the guided output to
 step with plus the targets its loss needs there; `build_bank` runs many trajectories side by side
 in large batches and keeps every (x_τ, τ, targets). Training then draws from the bank and runs
-only the student. The bank lives in host memory in float32, whatever the compute dtype: a target
-such as γ1 (ε*(c) − ε*(∅)) is a scaled difference of two close outputs, and storing it in half
-precision would round it a second time; it holds latents, not images, so float32 stays small. Because the bank is built from the model before its first update, the student
+only the student. Because the bank is built from the model before its first update, the student
 itself is the frozen model at that moment: no second UNet is ever held.
+
+The bank lives in host memory in float32, whatever the compute dtype: a target such as
+γ1 (ε*(c) − ε*(∅)) is a scaled difference of two close outputs, and storing it in half precision
+would round it a second time; it holds latents, not images, so float32 stays small. Each step
+copies only its drawn batch to the accelerator (a few hundred kB at 512 px), so the bank costs no
+accelerator memory; pinning it would not pay, since indexing a batch out of a pinned tensor makes
+an unpinned copy anyway.
 """
 
 from __future__ import annotations
@@ -41,11 +46,6 @@ class Bank:
     def trajectories(self) -> int:
         """Frozen-model DDIM runs it holds: each left one entry at the noisiest timestep kept (t = 0 for image banks)."""
         return int((self.t == self.t.max()).sum())
-
-    def pin(self) -> None:
-        """Page-lock the host tensors, so each batch's copy to the GPU is a fast DMA."""
-        self.x, self.t, self.concept = self.x.pin_memory(), self.t.pin_memory(), self.concept.pin_memory()
-        self.targets = {k: v.pin_memory() for k, v in self.targets.items()}
 
     def draw(self, batch: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
         idx = torch.randint(0, len(self), (batch,), generator=generator)

@@ -58,9 +58,13 @@ def _quiet_libraries() -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
+OUTPUT_OPTIONS = ("out", "report", "save_pipeline")  # the commands' options that name what they write
+
+
 def friendly_errors(command):
     """Run a command; an ErasekitError (or a full disk) becomes 'error: ...' on stderr and exit code 2,
-    and an ErasekitWarning one 'warning: ...' line."""
+    and an ErasekitWarning one 'warning: ...' line. Folders the command created for its outputs
+    are removed again if it fails before writing into them."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
@@ -68,6 +72,7 @@ def friendly_errors(command):
         import warnings
 
         from .errors import ErasekitError, ErasekitWarning
+        from .io import new_folders_removed_on_failure
 
         _quiet_libraries()
         show = warnings.showwarning
@@ -79,8 +84,10 @@ def friendly_errors(command):
                 show(message, category, *rest, **kw)
 
         warnings.showwarning = one_line
+        outputs = [kwargs.get(name) for name in OUTPUT_OPTIONS]
         try:
-            return command(*args, **kwargs)
+            with new_folders_removed_on_failure(*outputs):
+                return command(*args, **kwargs)
         except ErasekitError as e:
             typer.echo(f"error: {e}", err=True)
             raise typer.Exit(2) from None

@@ -15,14 +15,21 @@ from typing import Iterator
 from .errors import ErasekitError
 
 
-def _no_space(target: Path) -> ErasekitError:
-    return ErasekitError(f"no space left on the device of {target.parent}: {target.name} was not written (any earlier version is unchanged)")
+class NoSpaceError(ErasekitError):
+    """The disk filled up while writing an output; nothing of it was left behind."""
+
+
+def _no_space(target: Path) -> NoSpaceError:
+    return NoSpaceError(f"no space left on the device of {target.parent}: {target.name} was not written (any earlier version is unchanged)")
 
 
 def _out_of_space(error: BaseException) -> bool:
-    # torch.save reports a full disk as a RuntimeError from its zip writer, not as an OSError
-    return (isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)) or (
-        isinstance(error, RuntimeError) and ("inline_container" in str(error) or "No space left" in str(error)))
+    # torch.save reports a full disk as a RuntimeError from its zip writer, safetensors as its own
+    # error type quoting the OS: only an OSError carries the errno.
+    if isinstance(error, OSError):
+        return error.errno in (errno.ENOSPC, errno.EDQUOT)
+    text = str(error)
+    return "No space left" in text or "os error 28" in text or (isinstance(error, RuntimeError) and "inline_container" in text)
 
 
 @contextmanager
@@ -62,7 +69,7 @@ def atomic_dir(target: Path | str) -> Iterator[Path]:
             shutil.rmtree(old, ignore_errors=True)
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        if _out_of_space(e):
+        if isinstance(e, NoSpaceError) or _out_of_space(e):  # name the folder, not the temporary one inside
             raise _no_space(target) from None
         raise
 
@@ -82,6 +89,25 @@ def atomic_save_torch(obj, target: Path | str) -> None:
 def atomic_save_image(image, target: Path | str) -> None:
     with atomic_path(target) as tmp:
         image.save(tmp, format="PNG")
+
+
+@contextmanager
+def new_folders_removed_on_failure(*paths: Path | str | None) -> Iterator[None]:
+    """Folders on the way to `paths` that do not exist yet are removed again, if still empty, when
+    the block fails: a command refused after it began leaves no empty folder behind."""
+    missing = []
+    for path in paths:
+        if path is not None:
+            missing += [p for p in [Path(path), *Path(path).parents] if not p.exists()]
+    try:
+        yield
+    except BaseException:
+        for folder in sorted(set(missing), key=lambda p: len(p.parts), reverse=True):
+            try:
+                folder.rmdir()  # only if empty; a file means real output, which stays
+            except OSError:
+                pass
+        raise
 
 
 def read_utf8(path: Path | str) -> str:

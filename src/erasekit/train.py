@@ -123,8 +123,6 @@ def train(method, names: list[str], generator: torch.Generator, checkpoint_dir: 
                 if method.bank is not None:
                     method.bank.save(tmp / bank_file.name)
                 _save_checkpoint(tmp, 0, params, opt, scaler, generator, run, method)
-    if method.bank is not None and device.type == "cuda":
-        method.bank.pin()  # host memory, copied to the GPU a batch at a time
 
     history = []
     last_saved = start
