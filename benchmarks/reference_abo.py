@@ -23,21 +23,28 @@ from erasekit.guidance import Instruction, cfg, explicit_delta
 from erasekit.losses import abo_guidance_target, abo_loss
 from erasekit.methods.abo import AboConfig, trajectory_for
 from erasekit.params import select_parameters
-from erasekit.precision import autocast, cast_parameters, grad_scaler, hold_in_float32
+from erasekit.precision import autocast, cast_parameters, grad_scaler, hold_in_float32, scaled_step
 from erasekit.progress import progress_bar
 from erasekit.sampling import ddim_scheduler, embed, initial_noise, latent_shape, unet_out
+
+
+def two_unets(pipe, parameters: str):
+    """The papers' setup: a frozen copy of the UNet (in its dtype) and the UNet itself as the student,
+    its `parameters` preset made float32 masters that train; returns (frozen, student, names, params)."""
+    frozen = copy.deepcopy(pipe.unet).requires_grad_(False)
+    student = pipe.unet.requires_grad_(False)
+    names = select_parameters(student, parameters)
+    params = list(hold_in_float32(student, names).values())
+    for p in params:
+        p.requires_grad_(True)
+    return frozen, student, names, params
 
 
 def reference_abo(pipe, concept: str, config: AboConfig, replacement: str | None = None, seed: int = 0, progress: bool = True):
     """Train `pipe.unet` in place by Algorithm 1; returns the names of the trained parameters and the loss history."""
     generator = torch.Generator().manual_seed(seed)
-    frozen = copy.deepcopy(pipe.unet).requires_grad_(False)  # θ* ← θ (line 1)
-    student = pipe.unet.requires_grad_(False)
+    frozen, student, names, params = two_unets(pipe, config.parameters)  # θ* ← θ (line 1)
     device, dtype = student.device, student.dtype
-    names = select_parameters(student, config.parameters)
-    params = list(hold_in_float32(student, names).values())
-    for p in params:
-        p.requires_grad_(True)
     opt = torch.optim.AdamW(params, lr=config.lr, eps=config.adam_eps, weight_decay=config.weight_decay)
     scaler = grad_scaler(device, dtype)
     scheduler = ddim_scheduler(pipe, config.ddim_steps)
@@ -82,10 +89,7 @@ def reference_abo(pipe, concept: str, config: AboConfig, replacement: str | None
                 s_c = unet_out(student, x, tau, c)  # lines 11-13
                 s_u = unet_out(student, x, tau, uncond)
                 loss, terms = abo_loss(s_c, s_u, target, eps_u, config.gamma2, config.lam)
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
+            scaled_step(opt, scaler, loss)
             history.append(terms)
             bar.update(task, advance=1, info=f"concept {terms['concept']:.4g} penalty {terms['penalty']:.4g}")
     student.requires_grad_(False)

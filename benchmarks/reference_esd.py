@@ -13,28 +13,21 @@ the pipeline's dtype, the trained parameters float32 masters under autocast, los
 
 from __future__ import annotations
 
-import copy
-
 import torch
 
 from erasekit.guidance import cfg
 from erasekit.losses import esd_loss, esd_target
 from erasekit.methods.esd import EsdConfig
-from erasekit.params import select_parameters
-from erasekit.precision import autocast, cast_parameters, grad_scaler, hold_in_float32
+from erasekit.precision import autocast, cast_parameters, grad_scaler, scaled_step
 from erasekit.sampling import ddim_sample, ddim_scheduler, embed, initial_noise, latent_shape, unet_out
+from reference_abo import two_unets
 
 
 def reference_esd(pipe, concept: str, config: EsdConfig, seed: int = 0):
     """Train `pipe.unet` in place with a frozen second UNet; returns the trained names and the loss history."""
     generator = torch.Generator().manual_seed(seed)
-    frozen = copy.deepcopy(pipe.unet).requires_grad_(False)
-    student = pipe.unet.requires_grad_(False)
+    frozen, student, names, params = two_unets(pipe, config.parameters)
     device, dtype = student.device, student.dtype
-    names = select_parameters(student, config.parameters)
-    params = list(hold_in_float32(student, names).values())
-    for p in params:
-        p.requires_grad_(True)
     opt = torch.optim.Adam(params, lr=config.lr, eps=config.adam_eps)
     scaler = grad_scaler(device, dtype)
     scheduler = ddim_scheduler(pipe, config.ddim_steps)
@@ -56,10 +49,7 @@ def reference_esd(pipe, concept: str, config: EsdConfig, seed: int = 0):
             target = esd_target(eps_uncond, eps_concept, eps_uncond, config.eta)
         with autocast(device, dtype):
             loss = esd_loss(unet_out(student, x, t, c), target)
-        opt.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(opt)
-        scaler.update()
+        scaled_step(opt, scaler, loss)
         history.append({"esd": loss.item()})
     student.requires_grad_(False)
     cast_parameters(student, names, dtype)

@@ -73,6 +73,14 @@ def grad_scaler(device: torch.device, dtype: torch.dtype) -> torch.amp.GradScale
     return torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
 
 
+def scaled_step(opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler, loss: torch.Tensor) -> None:
+    """One optimiser update from `loss`; in float16 a step whose gradients overflowed is skipped and the scale comes down."""
+    opt.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(opt)
+    scaler.update()
+
+
 def hold_in_float32(module: torch.nn.Module, names: list[str]) -> dict[str, torch.nn.Parameter]:
     """Make the named parameters float32 masters in place (the rest keep their dtype); returns them."""
     params = dict(module.named_parameters())

@@ -19,7 +19,7 @@ import torch
 from .bank import Bank
 from .errors import ErasekitError
 from .io import atomic_dir, atomic_save_torch
-from .precision import autocast, dtype_name, grad_scaler
+from .precision import autocast, dtype_name, grad_scaler, scaled_step
 from .progress import progress_bar
 
 
@@ -135,10 +135,7 @@ def train(method, names: list[str], generator: torch.Generator, checkpoint_dir: 
             if not math.isfinite(loss.item()):
                 where = f"the last good checkpoint (step {last_saved}) is in {checkpoint_dir}" if checkpoint_dir else "no checkpoint was kept"
                 raise _diverged(loss.item(), step, dtype, where)
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)  # float16: skipped when a gradient overflowed, and the scale comes down
-            scaler.update()
+            scaled_step(opt, scaler, loss)
             method.after_step()
             history.append(terms)
             bar.update(task, advance=1, info="  ".join(f"{k} {v:.4g}" for k, v in terms.items()))
