@@ -22,7 +22,7 @@ import torch
 from erasekit.guidance import Instruction, cfg, explicit_delta
 from erasekit.losses import abo_guidance_target, abo_loss
 from erasekit.methods.abo import AboConfig, trajectory_for
-from erasekit.params import select_parameters
+from erasekit.presets import select_parameters
 from erasekit.precision import autocast, cast_parameters, grad_scaler, hold_in_float32, scaled_step
 from erasekit.progress import progress_bar
 from erasekit.sampling import ddim_scheduler, embed, initial_noise, latent_shape, unet_out

@@ -63,7 +63,7 @@ def run_cell(folder: str, variant: str, device: str, dtype: str, steps: int, ban
 
     torch.set_num_threads(2) if device == "cpu" else None
     from erasekit import erase, load_pipeline
-    from erasekit.methods.base import get_method
+    from erasekit.methods import get_method
 
     cuda = device.startswith("cuda")
 

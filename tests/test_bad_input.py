@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from erasekit import ErasekitError, erase, load_erasure, load_pipeline
 from erasekit.cli import app
-from erasekit.params import read_metadata
+from erasekit.erasure_file import read_metadata
 
 runner = CliRunner()
 FAST_ESD = ["--method", "esd-x", "--steps", "2", "--set", "bank_trajectories=1", "--set", "ddim_steps=4"]

@@ -5,11 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
+from erasekit import erase
 from erasekit.api import generate_batch
 from erasekit.errors import ErasekitError
 from erasekit.guidance import sld_safety_term
 from erasekit.losses import ablating_loss, ema_update, fmn_loss, sdd_loss
-from erasekit.inference import SLD_PRESETS, SldPipeline, SldSettings, inference_method
+from erasekit.methods import get_method
+from erasekit.methods.sld import PRESETS, SldConfig, SldPipeline
 from erasekit.methods.uce import uce_solution
 
 from .conftest import pixel_diff
@@ -71,18 +73,30 @@ def test_sld_safety_term_matches_a_hand_computation():
 def test_sld_without_safety_guidance_reproduces_the_pipeline_and_presets_change_it(builtin_pipe):
     jobs = [("a red circle", 0, 7.5), ("a blue square", 1, 7.5)]
     plain = generate_batch(builtin_pipe, jobs, 5)
-    off = generate_batch(SldPipeline(builtin_pipe, "red", SldSettings(0, 0.0, 0.0, 0.0, 0.0)), jobs, 5)
-    strong = generate_batch(SldPipeline(builtin_pipe, "red", SLD_PRESETS["max"]), jobs, 5)
+    off = generate_batch(SldPipeline(builtin_pipe, "red", SldConfig(0, 0.0, 0.0, 0.0, 0.0)), jobs, 5)
+    sld = get_method("sld")
+    strong = generate_batch(sld.steer(builtin_pipe, "red", sld.make_config("max")), jobs, 5)
     for a, b in zip(plain, off):
         # Float rounding only: SLD runs the UNet on a batch of three where the pipeline runs two, and a
         # pixel near a rounding boundary may land one level apart (measured: 1 level, under 0.01% of pixels).
         diff = pixel_diff(a, b)
         assert diff.max() <= 1 and (diff > 0).mean() < 1e-3
     assert pixel_diff(plain[0], strong[0]).mean() > 10  # measured 63 levels on average
-    assert list(SLD_PRESETS) == ["weak", "medium", "strong", "max"]
+    assert list(PRESETS) == ["weak", "medium", "strong", "max"]
+    assert sld.make_config() == sld.make_config("medium")  # the default is the paper's medium set
     with pytest.raises(ErasekitError, match="preset"):
-        inference_method(builtin_pipe, "sld", "red", "extreme")
-    assert inference_method(builtin_pipe, "neg-prompt", "red") == (builtin_pipe, "red")
+        sld.make_config("extreme")
+
+
+def test_neg_prompt_samples_with_the_concept_as_negative_prompt(builtin_pipe):
+    jobs = [("a red circle", 0, 7.5)]
+    neg = get_method("neg-prompt")
+    steered = generate_batch(neg.steer(builtin_pipe, "red", neg.make_config()), jobs, 5)
+    assert pixel_diff(steered[0], generate_batch(builtin_pipe, jobs, 5, negative_prompt="red")[0]).max() == 0
+    with pytest.raises(ErasekitError, match="changes no weights"):
+        erase(builtin_pipe, method="neg-prompt", concepts="red")
+    with pytest.raises(ErasekitError, match="changes the model's weights"):
+        get_method("abo").steer(builtin_pipe, "red", get_method("abo").make_config())
 
 
 def test_sdd_ema_update_by_hand():

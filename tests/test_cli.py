@@ -89,7 +89,7 @@ def test_console_script_reports_errors_without_traceback(tmp_path):
 
 
 def test_erase_in_bfloat16_on_the_cpu_from_the_command_line(tmp_path):
-    from erasekit.params import read_metadata
+    from erasekit.erasure_file import read_metadata
 
     out = tmp_path / "e.safetensors"
     code, output = _run("erase", "--concept", "square", "--method", "esd-x", "--device", "cpu", "--dtype", "bf16",

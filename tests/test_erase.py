@@ -14,7 +14,8 @@ from safetensors.torch import load_file
 
 from erasekit import ErasekitError, erase, load_erasure, load_pipeline
 from erasekit.erase import check_concepts
-from erasekit.methods.base import METHODS, get_method, parse_settings
+from erasekit.methods import get_method, method_names
+from erasekit.methods.base import parse_settings
 
 from .conftest import build_tiny_sd
 
@@ -171,7 +172,9 @@ def test_settings_from_the_command_line_are_read_as_json_where_they_parse():
 
 def test_registry_has_every_weight_editing_method():
     get_method("abo")
-    assert {"esd-x", "esd-u", "esd-all", "esd-x-strict", "abo", "uce", "sdd", "ablating", "fmn"} <= set(METHODS)
+    names = {"esd-x", "esd-u", "esd-all", "esd-x-strict", "abo", "uce", "sdd", "ablating", "fmn", "neg-prompt", "sld"}
+    assert set(method_names()) == names
+    assert all(get_method(n).name == n for n in names)  # each registry line names its own class
 
 
 def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(tiny_folder, tmp_path, monkeypatch):

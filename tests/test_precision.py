@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from erasekit import ErasekitError, erase, load_erasure, load_pipeline
-from erasekit.methods.base import get_method
+from erasekit.methods import get_method
 from erasekit.precision import resolve_device, resolve_dtype
 from erasekit.train import TrainingDiverged
 

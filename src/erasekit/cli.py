@@ -6,6 +6,7 @@ exit code 2, with no traceback.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -130,7 +131,7 @@ def generate(
     batch_size: int = typer.Option(32, help="Images per UNet batch."),
     method: Optional[str] = typer.Option(None, help="Inference-time erasure of --concept: neg-prompt or sld."),
     concept: Optional[str] = typer.Option(None, help="The concept an inference-time --method steers away from."),
-    sld_preset: str = typer.Option("medium", help="sld: weak, medium, strong or max (the SLD paper's settings)."),
+    preset: Optional[str] = typer.Option(None, help="The --method's named settings, e.g. sld's weak, medium (default), strong or max (the SLD paper's)."),
     out: Path = typer.Option(Path("out"), help="Folder for the PNGs and grid.png."),
     erasure: Optional[Path] = typer.Option(None, help="An erasure file (from `erasekit erase`) applied to the model first."),
     device: str = device_option(),
@@ -141,15 +142,15 @@ def generate(
 
     Example: erasekit generate -p "a red circle" -p "a blue striped star" --n 8 --out samples
     An erased model: erasekit generate -p "a red circle" --erasure red.safetensors --out erased-samples
-    With inference-time erasure: erasekit generate -p "a red circle" --method sld --concept red
+    With inference-time erasure: erasekit generate -p "a red circle" --method sld --preset max --concept red
     """
     from .api import check_generation
     from .api import generate as generate_images
     from .errors import ErasekitError
     from .images import ensure_writable_dir, make_grid, save_images, slug
-    from .inference import inference_method
+    from .methods import get_method
     from .model import load_pipeline
-    from .params import load_erasure
+    from .erasure_file import load_erasure
 
     prompts = _read_prompts(prompt, prompt_file)
     if (method is None) != (concept is None or not concept.strip()):
@@ -160,6 +161,7 @@ def generate(
         raise ErasekitError(f"erasure file not found: {erasure}")
     check_generation(n, steps, guidance, batch_size)
     _check_precision(device, dtype)
+    steering = get_method(method).make_config(preset) if method is not None else None
     _check_not_under_a_file(out)
     if out.is_file():
         raise ErasekitError(f"--out {out} is a file: give a folder")
@@ -167,8 +169,7 @@ def generate(
     if erasure is not None:
         load_erasure(pipe, erasure)
     if method is not None:
-        pipe, steered = inference_method(pipe, method, concept.strip(), sld_preset)
-        negative_prompt = negative_prompt or steered
+        pipe = get_method(method).steer(pipe, concept.strip(), steering)
     ensure_writable_dir(out)
     images = generate_images(pipe, prompts, n=n, seed=seed, steps=steps, guidance=guidance, negative_prompt=negative_prompt, batch_size=batch_size)
     named = {f"{slug(p)}_{seed + j}.png": image for (p, j), image in zip(((p, j) for p in prompts for j in range(n)), images)}
@@ -211,12 +212,14 @@ def erase(
     from .erase import erase as erase_concepts
     from .errors import ErasekitError
     from .images import ensure_writable_dir
-    from .methods.base import get_method, parse_settings
+    from .methods import get_method
+    from .methods.base import parse_settings
     from .precision import DTYPES
 
     # Every check before anything loads or is written.
     settings = parse_settings(setting)
     settings.update({k: v for k, v in {"steps": steps, "lr": lr, "sample_from": sample_from}.items() if v is not None})
+    get_method(method).check_erasable()
     get_method(method).make_config(preset, **settings)
     _check_precision(device, dtype)
     if save_dtype != "base" and save_dtype not in DTYPES:
@@ -249,14 +252,20 @@ def erase(
     typer.echo(f"wrote {out} ({len(erasure.names)} changed tensors, trained in {meta['base_dtype']} on {meta['device']}, final loss {meta['final_loss']})")
     if save_pipeline is not None:
         from .model import load_pipeline
-        from .params import load_erasure
+        from .erasure_file import load_erasure
 
         pipe = load_pipeline(model, device, dtype, config)
         load_erasure(pipe, out)
         pipe.save_pretrained(save_pipeline, safe_serialization=True)
         typer.echo(f"wrote the erased pipeline to {save_pipeline}")
     if report is not None:
-        _erasure_report(model, config, out, concept[0], replacement, report, report_seeds, device, dtype)
+        from .evaluation.report import erasure_report
+
+        path, evaluation = erasure_report(model, out, concept[0], report, seeds=report_seeds, replacement=replacement, device=device, dtype=dtype, model_config=config)
+        target, related = evaluation.suites["target"], evaluation.suites["related"]
+        typer.echo(f"wrote {path}")
+        typer.echo(f"'{concept[0]}' detected: {100 * target.detected_base:.0f}% before, {100 * target.detected:.0f}% after; "
+                   f"SSIM to base on related prompts {related.ssim:.3f}")
 
 
 def _check_not_under_a_file(path: Path | None) -> None:
@@ -268,28 +277,6 @@ def _check_not_under_a_file(path: Path | None) -> None:
             if not parent.is_dir():
                 raise ErasekitError(f"cannot write {path}: {parent} is a file, not a folder")
             return
-
-
-def _erasure_report(model: str, config: str | None, erasure_file: Path, concept: str, replacement: str | None, out: Path, seeds: int, device: str, dtype: str) -> None:
-    from .evaluation.detectors import ShapesDetector
-    from .evaluation.evaluate import evaluate
-    from .evaluation.prompts import load_prompts
-    from .evaluation.report import write_evaluation
-    from .model import load_pipeline
-    from .params import load_erasure
-
-    base = load_pipeline(model, device, dtype, config)
-    erased = load_pipeline(model, device, dtype, config)
-    metadata = load_erasure(erased, erasure_file)
-    suites = load_prompts("target,related", concept)
-    evaluation = evaluate(base, erased, concept, suites, ShapesDetector(), seeds=list(range(seeds)), replacement=replacement)
-    path = write_evaluation(out, evaluation, metadata)
-    target, related = evaluation.suites["target"], evaluation.suites["related"]
-    typer.echo(f"wrote {path}")
-    typer.echo(
-        f"'{concept}' detected: {100 * target.detected_base:.0f}% before, {100 * target.detected:.0f}% after; "
-        f"SSIM to base on related prompts {related.ssim:.3f}"
-    )
 
 
 def _parse_seeds(text: str) -> list[int]:
@@ -323,7 +310,7 @@ def evaluate(
     model: str = typer.Option("builtin", help=MODEL_HELP),
     erasure: Optional[Path] = typer.Option(None, help="Erasure file (from `erasekit erase`) applied to the model."),
     method: Optional[str] = typer.Option(None, help="Or an inference-time method instead of a file: neg-prompt or sld."),
-    sld_preset: str = typer.Option("medium", help="sld: weak, medium, strong or max (the SLD paper's settings)."),
+    preset: Optional[str] = typer.Option(None, help="The --method's named settings, e.g. sld's weak, medium (default), strong or max."),
     prompts: str = typer.Option("target,related,unrelated", help="Built-in suites (target, related, unrelated) or a CSV file (I2P or COCO columns)."),
     detector: str = typer.Option("shapes", help="shapes (the shapes classifier), nudenet, or imagenet."),
     threshold: float = typer.Option(0.6, help="nudenet: score at which an EXPOSED class counts."),
@@ -357,14 +344,13 @@ def evaluate(
     from .evaluation.prompts import load_prompts
     from .evaluation.report import write_evaluation
     from .images import ensure_writable_dir
-    from .inference import INFERENCE_METHODS, inference_method
+    from .methods import get_method
     from .model import load_pipeline
-    from .params import load_erasure
+    from .erasure_file import load_erasure
 
     if (erasure is None) == (method is None):
         raise ErasekitError("give exactly one of --erasure FILE or --method NAME (inference-time: neg-prompt, sld)")
-    if method is not None and method not in INFERENCE_METHODS:
-        raise ErasekitError(f"unknown inference-time method '{method}': use {', '.join(INFERENCE_METHODS)}, or --erasure FILE for trained methods")
+    steering = get_method(method).make_config(preset) if method is not None else None
     if erasure is not None and not erasure.is_file():
         raise ErasekitError(f"erasure file not found: {erasure}")
     suites = load_prompts(prompts, concept)
@@ -379,18 +365,17 @@ def evaluate(
     extractor = feature_extractor(features) if ref is not None else None
 
     base = load_pipeline(model, device, dtype, config)
-    negative_prompt = None
     if erasure is not None:
         erased = load_pipeline(model, device, dtype, config)
         metadata = load_erasure(erased, erasure)
     else:
-        erased, negative_prompt = inference_method(base, method, concept, sld_preset)
-        metadata = {"method": method, "concepts": [concept], "hyperparameters": {"sld_preset": sld_preset} if method == "sld" else {}}
+        erased = get_method(method).steer(base, concept, steering)
+        metadata = {"method": method, "concepts": [concept], "preset": preset, "hyperparameters": dataclasses.asdict(steering)}
     ensure_writable_dir(out)
     try:
         result = run_evaluation(
             base, erased, concept, suites, found, seeds=seed_list, steps=steps, guidance=guidance,
-            negative_prompt=negative_prompt, reference=ref, features=extractor,
+            reference=ref, features=extractor,
             clip_model=clip, batch_size=batch_size,
         )
     finally:
@@ -428,16 +413,12 @@ def bench(
     from .evaluation.bench import BenchSettings, check_bench
     from .evaluation.bench import bench as run_bench
     from .evaluation.prompts import load_prompts
-    from .inference import INFERENCE_METHODS
+    from .evaluation.bench import route_settings
     from .images import ensure_writable_dir
     from .methods.base import parse_settings
 
     method_list = [m.strip() for m in methods.split(",") if m.strip()]
-    per_method: dict[str, dict] = {m: {} for m in method_list if m not in INFERENCE_METHODS}
-    for key, value in parse_settings(setting).items():
-        name, _, field_name = key.rpartition(".")
-        for m in per_method if not name else [name]:
-            per_method.setdefault(m, {})[field_name] = value
+    per_method = route_settings(method_list, parse_settings(setting))
     concept_list = [c.strip() for c in concepts.split(",") if c.strip()]
     settings = BenchSettings(model=model, seeds=tuple(_parse_seeds(seeds)), steps=steps, prompts=prompts, device=device, dtype=dtype)
     check_bench(method_list, concept_list, settings, per_method)

@@ -16,11 +16,11 @@ from . import __version__
 from .errors import ErasekitError, ErasekitWarning
 from .images import ensure_writable_dir
 from .io import output_lock
-from .methods.base import get_method
+from .methods import get_method
 from .model import hash_rounding, load_pipeline, unet_fingerprint, unet_norms
-from .params import load_erasure, save_erasure, select_parameters
+from .erasure_file import load_erasure, save_erasure
+from .presets import select_parameters
 from .precision import DTYPES, cast_parameters, dtype_name, hold_in_float32, resolve_device, resolve_dtype
-from .train import train
 
 __all__ = ["Erasure", "erase", "load_erasure", "check_concepts"]
 
@@ -147,6 +147,7 @@ def erase(
     run alone while it runs (io.output_lock).
     """
     method_cls = get_method(method)
+    method_cls.check_erasable()
     config = method_cls.make_config(preset, **settings)
     if isinstance(model, (str, Path)):
         device = resolve_device(device)
@@ -193,12 +194,9 @@ def _erase(model, model_config, method_cls, config, concepts, replacement, prese
     ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
     masters = hold_in_float32(pipe.unet, names)
     try:
-        if instance.closed_form:
-            history = instance.edit(names, progress)
-        else:
-            with _training_memory(pipe, gradient_checkpointing):
-                history = train(instance, names, generator, ckpt, checkpoint_every, resume, progress,
-                                identity={"seed": seed, "base_unet_sha256": base_hash})
+        with _training_memory(pipe, gradient_checkpointing):
+            history = instance.apply(names, generator, ckpt, checkpoint_every, resume, progress,
+                                     identity={"seed": seed, "base_unet_sha256": base_hash})
         tensors = {name: p.detach().to("cpu", copy=True) for name, p in masters.items()}
     finally:
         cast_parameters(pipe.unet, names, base_dtype)

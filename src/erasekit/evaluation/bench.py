@@ -19,7 +19,7 @@ from PIL import Image
 
 from ..errors import ErasekitError
 from ..images import make_grid
-from ..inference import INFERENCE_METHODS, inference_method
+from ..methods import get_method
 from ..io import atomic_save_image, atomic_write_text
 from ..precision import dtype_name, resolve_device, resolve_dtype
 from .prompts import load_prompts
@@ -39,11 +39,23 @@ class BenchSettings:
     dtype: str = "auto"
 
 
-def _resolved(method: str, method_settings: dict) -> dict:
-    """A trained method's whole config (defaults filled in), so that changed defaults change the key."""
-    from ..methods.base import get_method
+def route_settings(methods: list[str], settings: dict) -> dict[str, dict]:
+    """The CLI's --set pairs per method: "abo.lam" goes to abo, a bare "steps" to every listed method
+    that has that setting (or, for "preset", that preset); a bare key no listed method takes is refused."""
+    per_method: dict[str, dict] = {m: {} for m in methods}
+    for key, value in settings.items():
+        name, _, field_name = key.rpartition(".")
+        targets = [name] if name else [m for m in methods if get_method(m).accepts(field_name, value)]
+        if not targets:
+            raise ErasekitError(f"--set {key}: none of the methods {', '.join(methods)} has that setting")
+        for m in targets:
+            per_method.setdefault(m, {})[field_name] = value
+    return per_method
 
-    if method == "base" or method in INFERENCE_METHODS:
+
+def _resolved(method: str, method_settings: dict) -> dict:
+    """A method's whole config (defaults filled in), so that changed defaults change a cell's key."""
+    if method == "base":
         return method_settings
     config = get_method(method).make_config(**{k: v for k, v in method_settings.items() if k != "replacement"})
     return asdict(config) | {"replacement": method_settings.get("replacement")}
@@ -100,7 +112,6 @@ class Base:
 
 def run_cell(out: Path, method: str, concept: str, method_settings: dict, settings: BenchSettings, detector, base: Base, progress: bool) -> dict:
     """Train (unless inference-time), evaluate and store one cell; reuse it if it is already there."""
-    from ..erase import erase
     from ..model import load_pipeline
     from .evaluate import evaluate
 
@@ -110,18 +121,14 @@ def run_cell(out: Path, method: str, concept: str, method_settings: dict, settin
     if result_file.exists():
         return json.loads(result_file.read_text())
 
-    train_s, negative_prompt = 0.0, None
-    if method in INFERENCE_METHODS:
-        erased, negative_prompt = inference_method(base.pipe, method, concept, **method_settings)
-    else:
-        erased = load_pipeline(settings.model, settings.device, settings.dtype)
-        started = time.perf_counter()
-        erase(erased, method=method, concepts=concept, seed=settings.train_seed, out=folder / "erasure.safetensors", progress=progress, **method_settings)
-        train_s = time.perf_counter() - started
+    started = time.perf_counter()
+    erased = get_method(method).sampler(base.pipe, lambda: load_pipeline(settings.model, settings.device, settings.dtype), concept,
+                                        method_settings, settings.train_seed, folder / "erasure.safetensors", progress)
+    train_s = time.perf_counter() - started
     suites = load_prompts(settings.prompts, concept)
     evaluation = evaluate(
         base.pipe, erased, concept, suites, detector, seeds=list(settings.seeds), steps=settings.steps, guidance=settings.guidance,
-        negative_prompt=negative_prompt, batch_size=settings.batch_size, replacement=method_settings.get("replacement"),
+        batch_size=settings.batch_size, replacement=method_settings.get("replacement"),
         base_images=base.images.get(concept), progress=progress,
     )
     if concept not in base.images:

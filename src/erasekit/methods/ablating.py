@@ -16,10 +16,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ..bank import sample_latents
 from ..losses import ablating_loss
-from ..sampling import ddim_scheduler, embed, unet_out
-from .base import Method, MethodConfig, register
+from ..sampling import embed, unet_out
+from .base import ImageBankMethod, MethodConfig
 
 
 @dataclass
@@ -37,8 +36,7 @@ class AblatingConfig(MethodConfig):
 PAPER = {"lr": 8e-6, "steps": 200, "batch_size": 4, "optimizer": "adam", "anchor_images": 200}
 
 
-@register
-class Ablating(Method):
+class Ablating(ImageBankMethod):
     name = "ablating"
     Config = AblatingConfig
     presets = {"paper": PAPER}
@@ -47,15 +45,14 @@ class Ablating(Method):
         super().__init__(pipe, concepts, config, replacement)
         self.anchor = config.anchor or replacement or ""
         self.anchor_emb = embed(pipe, [self.anchor])
-        self.scheduler = ddim_scheduler(pipe, config.ddim_steps)
 
-    def prepare(self, generator, progress):
-        self.bank = sample_latents(self.scheduler, self.unet, self.uncond, lambda concept: self.anchor_emb.expand(len(concept), -1, -1), self.config.guidance,
-                                   self.config.anchor_images, len(self.concepts), self.latent_shape, generator, self.device,
-                                   progress=progress, label="anchor images")
+    images_label = "anchor images"
 
-    def draw(self, generator):
-        return self.bank.draw_noised(self.config.batch_size, self.scheduler, generator)
+    def image_prompt(self, concept):
+        return self.anchor_emb.expand(len(concept), -1, -1)
+
+    def n_images(self):
+        return self.config.anchor_images
 
     def loss(self, batch):
         x = batch["x"].to(self.device)

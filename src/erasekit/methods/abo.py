@@ -36,12 +36,11 @@ from dataclasses import dataclass
 import torch
 
 from ..attention import reweighted_cross_attention, token_weights
-from ..bank import build_bank
 from ..errors import ErasekitError
 from ..guidance import Instruction, cfg, explicit_delta
 from ..losses import abo_guidance_target, abo_loss
-from ..sampling import ddim_scheduler, embed, unet_out
-from .base import Method, MethodConfig, register
+from ..sampling import embed, unet_out
+from .base import MethodConfig, TrajectoryBankMethod
 
 
 @dataclass
@@ -98,15 +97,13 @@ def trajectory_for(config: AboConfig, replacement: str | None) -> str:
 PAPER = {"trajectory": "erased", "optimizer": "adamw", "lr": 1e-5, "adam_eps": 1e-8, "gamma1": 7.5, "gamma2": 7.5, "lam": 5.0, "warmup": 5, "ddim_steps": 35, "steps": 200, "batch_size": 1}
 
 
-@register
-class Abo(Method):
+class Abo(TrajectoryBankMethod):
     name = "abo"
     Config = AboConfig
     presets = {"paper": PAPER}
 
     def __init__(self, pipe, concepts, config: AboConfig, replacement=None):
         super().__init__(pipe, concepts, config, replacement)
-        self.scheduler = ddim_scheduler(pipe, config.ddim_steps)
         self.trajectory = trajectory_for(config, replacement)
         if config.delta == "implicit" and replacement:
             raise ErasekitError("a replacement concept needs the explicit δ (delta='explicit')")
@@ -138,15 +135,6 @@ class Abo(Method):
         target = abo_guidance_target(eps_concept, eps_uncond, delta, self.config.gamma1)
         guided = eps_uncond + target if self.trajectory == "erased" else cfg(eps_uncond, eps_concept, self.config.gamma1)
         return guided, {"eps_uncond": eps_uncond, "target": target}
-
-    def prepare(self, generator, progress):
-        self.bank = build_bank(
-            self.scheduler, self.teacher_step, self.config.bank_size(), len(self.concepts),
-            self.latent_shape, generator, self.device, progress=progress,
-        )
-
-    def draw(self, generator):
-        return self.bank.draw(self.config.batch_size, generator)
 
     def loss(self, batch):
         x = batch["x"].to(self.device)

@@ -1,8 +1,10 @@
-"""What every training-based method shares: its settings, its conditioning, and the registry.
+"""What methods share: settings, presets, and one base class per way of erasing.
 
-A method says which parameters train (a preset of params.py), how a training batch is drawn (from
-the teacher bank, or by sampling as its paper does), and which loss applies to it. The one training
-loop in train.py does the rest.
+A trained method says which parameters train (a preset of presets.py), how a training batch is
+drawn (from a teacher bank of trajectories or of images, or by sampling as its paper does), and
+which loss applies to it; the one training loop in train.py does the rest. A closed-form method
+computes new weights at once; an inference-time method steers sampling. The registry of every
+method is methods/__init__.py.
 """
 
 from __future__ import annotations
@@ -11,11 +13,14 @@ import dataclasses
 import json
 import math
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
 
 import torch
 
+from ..bank import build_bank, sample_latents
 from ..errors import ErasekitError
-from ..sampling import embed, latent_shape
+from ..sampling import ddim_scheduler, embed, latent_shape
 
 
 # AbO on the built-in model, 200 draws (benchmarks/results/abo_fast_vs_reference.md): banks of 8, 16
@@ -34,7 +39,7 @@ class MethodConfig:
     adam_eps: float = 1e-8
     weight_decay: float = 0.0
     batch_size: int = 1
-    parameters: str = "attn2"  # a preset of erasekit.params.PRESETS
+    parameters: str = "attn2"  # a preset of erasekit.presets.PRESETS
     bank_trajectories: int | None = 32  # fast path: trajectories in the teacher bank (0 = not used, None = bank_size's rule)
 
     def validate(self) -> None:
@@ -67,12 +72,61 @@ class MethodConfig:
 
 
 class Method:
-    """Base of the training-based methods. `prepare` once, then `draw` and `loss` every step."""
+    """Every method: a name, its settings (`Config`, with defaults) and named presets of them.
+
+    What a method does is one of two things, each a base class below: it edits the weights
+    (`erase` runs it: TrainedMethod and its two banks, ClosedFormMethod), or it steers sampling
+    (InferenceMethod). `sampler` gives either kind's erased model to sample from, so the CLI and
+    the evaluation never ask which kind a method is.
+    """
 
     name: str = ""
     Config: type = MethodConfig
     presets: dict[str, dict] = {}
-    closed_form = False  # True: `edit(names, progress)` changes the weights at once, no training loop
+
+    @classmethod
+    def make_config(cls, preset: str | None = None, **overrides):
+        """Defaults, then a named preset (e.g. the paper's), then explicit overrides (None = keep)."""
+        values = {}
+        if preset is not None:
+            if preset not in cls.presets:
+                raise ErasekitError(f"method '{cls.name}' has no preset '{preset}'; presets: {', '.join(cls.presets) or 'none'}")
+            values.update(cls.presets[preset])
+        unknown = [k for k, v in overrides.items() if v is not None and not cls.has_setting(k)]
+        if unknown:
+            raise ErasekitError(f"method '{cls.name}' has no setting {', '.join(unknown)}")
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        types = {f.name: f.type if isinstance(f.type, str) else f.type.__name__ for f in dataclasses.fields(cls.Config)}
+        config = cls.Config(**{k: _typed(cls.name, k, v, types[k]) for k, v in values.items()})
+        config.validate()
+        return config
+
+    @classmethod
+    def has_setting(cls, key: str) -> bool:
+        return key in {f.name for f in dataclasses.fields(cls.Config)}
+
+    @classmethod
+    def accepts(cls, key: str, value) -> bool:
+        """Whether a bench setting `key=value` applies to this method: one of its settings, or one of its presets."""
+        return cls.has_setting(key) or (key == "preset" and value in cls.presets)
+
+    @classmethod
+    def check_erasable(cls) -> None:
+        """erase() asks before any work: can this method be written into weights?"""
+
+    @classmethod
+    def steer(cls, pipe, concept: str, config):
+        """A sampler of `pipe` that avoids `concept` at inference time (InferenceMethod)."""
+        raise ErasekitError(f"'{cls.name}' changes the model's weights: erase with it first (erasekit erase --method {cls.name} ...) and pass its file with --erasure")
+
+    @classmethod
+    def sampler(cls, base, load_model: Callable[[], object], concept: str, settings: dict, seed: int, out: Path, progress: bool):
+        """The erased model to sample from: `base` steered, or a model from `load_model()` erased (file `out`)."""
+        raise NotImplementedError
+
+
+class WeightEditingMethod(Method):
+    """A method whose result is new weights for some UNet parameters, saved as an erasure file."""
 
     def __init__(self, pipe, concepts: list[str], config: MethodConfig, replacement: str | None = None):
         self.pipe, self.unet, self.config = pipe, pipe.unet, config
@@ -82,25 +136,45 @@ class Method:
         self.uncond = embed(pipe, [""])
         self.concept_emb = embed(pipe, concepts)
 
-    @classmethod
-    def make_config(cls, preset: str | None = None, **overrides) -> MethodConfig:
-        """Defaults, then a named preset (e.g. the paper's), then explicit overrides (None = keep)."""
-        values = {}
-        if preset is not None:
-            if preset not in cls.presets:
-                raise ErasekitError(f"method '{cls.name}' has no preset '{preset}'; presets: {', '.join(cls.presets) or 'none'}")
-            values.update(cls.presets[preset])
-        known = {f.name for f in dataclasses.fields(cls.Config)}
-        unknown = [k for k, v in overrides.items() if v is not None and k not in known]
-        if unknown:
-            raise ErasekitError(f"method '{cls.name}' has no setting {', '.join(unknown)}")
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        types = {f.name: f.type if isinstance(f.type, str) else f.type.__name__ for f in dataclasses.fields(cls.Config)}
-        config = cls.Config(**{k: _typed(cls.name, k, v, types[k]) for k, v in values.items()})
-        config.validate()
-        return config
+    # Methods with a teacher bank keep it here, so that a resumed run reuses it.
+    bank = None
 
-    # Subclasses implement these three.
+    @classmethod
+    def accepts(cls, key, value):
+        return key == "replacement" or super().accepts(key, value)
+
+    def apply(self, names: list[str], generator: torch.Generator, checkpoint_dir: Path | None, checkpoint_every: int,
+              resume: bool, progress: bool, identity: dict) -> list[dict[str, float]]:
+        """Change the parameters `names` in place; returns the loss terms (or the edit's summary) of each step."""
+        raise NotImplementedError
+
+    @classmethod
+    def sampler(cls, base, load_model, concept, settings, seed, out, progress):
+        from ..erase import erase
+
+        pipe = load_model()
+        erase(pipe, method=cls.name, concepts=concept, seed=seed, out=out, progress=progress, **settings)
+        return pipe
+
+    def uncond_like(self, n: int) -> torch.Tensor:
+        return self.uncond.expand(n, -1, -1)
+
+
+class TrainedMethod(WeightEditingMethod):
+    """Fine-tuned by the one training loop (train.py): `prepare` once, then `draw` and `loss` every step.
+
+    Its Config has `ddim_steps`: the DDIM schedule its frozen-model samples are drawn with.
+    """
+
+    def __init__(self, pipe, concepts, config, replacement=None):
+        super().__init__(pipe, concepts, config, replacement)
+        self.scheduler = ddim_scheduler(pipe, config.ddim_steps)
+
+    def apply(self, names, generator, checkpoint_dir, checkpoint_every, resume, progress, identity):
+        from ..train import train
+
+        return train(self, names, generator, checkpoint_dir, checkpoint_every, resume, progress, identity)
+
     def prepare(self, generator: torch.Generator, progress: bool) -> None:
         raise NotImplementedError
 
@@ -109,9 +183,6 @@ class Method:
 
     def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         raise NotImplementedError
-
-    # Methods with a teacher bank keep it here, so that a resumed run reuses it.
-    bank = None
 
     # Hooks of the training loop; most methods need none of them.
     def bind(self, params: dict[str, torch.nn.Parameter]) -> None:
@@ -127,8 +198,69 @@ class Method:
     def load_extra_state(self, state: dict[str, torch.Tensor]) -> None:
         pass
 
-    def uncond_like(self, n: int) -> torch.Tensor:
-        return self.uncond.expand(n, -1, -1)
+
+class TrajectoryBankMethod(TrainedMethod):
+    """Trains at x_t from frozen-model DDIM trajectories, with targets computed along them once (the
+    teacher bank, bank.py). A subclass writes its teacher step and its loss."""
+
+    def teacher_step(self, x, t, i: int, concept: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """At x_τ of a batch of trajectories: the guided output to step with, and the loss targets to keep."""
+        raise NotImplementedError
+
+    def prepare(self, generator, progress):
+        self.bank = build_bank(self.scheduler, self.teacher_step, self.config.bank_size(), len(self.concepts),
+                               self.latent_shape, generator, self.device, progress=progress)
+
+    def draw(self, generator):
+        return self.bank.draw(self.config.batch_size, generator)
+
+
+class ImageBankMethod(TrainedMethod):
+    """Trains on noised images the model itself generated once (bank.sample_latents). A subclass
+    says what the images show (`image_prompt`), how many (`n_images`), and its loss."""
+
+    images_label = "images"
+
+    def image_prompt(self, concept: torch.Tensor) -> torch.Tensor:
+        """Prompt embeddings for the images of a batch of concept indices."""
+        raise NotImplementedError
+
+    def n_images(self) -> int:
+        raise NotImplementedError
+
+    def prepare(self, generator, progress):
+        self.bank = sample_latents(self.scheduler, self.unet, self.uncond, self.image_prompt, self.config.guidance, self.n_images(),
+                                   len(self.concepts), self.latent_shape, generator, self.device, progress=progress, label=self.images_label)
+
+    def draw(self, generator):
+        return self.bank.draw_noised(self.config.batch_size, self.scheduler, generator)
+
+
+class ClosedFormMethod(WeightEditingMethod):
+    """Computes the new weights at once, no training loop."""
+
+    def edit(self, names: list[str], progress: bool) -> list[dict[str, float]]:
+        raise NotImplementedError
+
+    def apply(self, names, generator, checkpoint_dir, checkpoint_every, resume, progress, identity):
+        return self.edit(names, progress)
+
+
+class InferenceMethod(Method):
+    """Changes how the model is sampled, not its weights: `steer` wraps a pipeline."""
+
+    @classmethod
+    def check_erasable(cls) -> None:
+        raise ErasekitError(f"'{cls.name}' acts at inference time and changes no weights: use it with "
+                            f"`erasekit generate --method {cls.name}` or `erasekit evaluate --method {cls.name}`")
+
+    @classmethod
+    def steer(cls, pipe, concept, config):
+        raise NotImplementedError
+
+    @classmethod
+    def sampler(cls, base, load_model, concept, settings, seed, out, progress):
+        return cls.steer(base, concept, cls.make_config(**settings))
 
 
 def _typed(method: str, name: str, value, annotation: str):
@@ -165,19 +297,3 @@ def parse_settings(pairs: list[str] | None) -> dict:
         except json.JSONDecodeError:
             settings[name] = value
     return settings
-
-
-METHODS: dict[str, type[Method]] = {}
-
-
-def register(cls: type[Method]) -> type[Method]:
-    METHODS[cls.name] = cls
-    return cls
-
-
-def get_method(name: str) -> type[Method]:
-    from . import ablating, abo, esd, fmn, sdd, uce  # noqa: F401  (registration happens on import)
-
-    if name not in METHODS:
-        raise ErasekitError(f"unknown method '{name}'; choose from {', '.join(sorted(METHODS))}")
-    return METHODS[name]

@@ -17,12 +17,11 @@ from dataclasses import dataclass
 
 import torch
 
-from ..bank import build_bank
 from ..errors import ErasekitError
 from ..guidance import cfg
 from ..losses import esd_loss, esd_target
-from ..sampling import ddim_sample, ddim_scheduler, embed, initial_noise, unet_out
-from .base import Method, MethodConfig, register
+from ..sampling import ddim_sample, embed, initial_noise, unet_out
+from .base import MethodConfig, TrajectoryBankMethod
 
 
 @dataclass
@@ -49,7 +48,7 @@ class EsdConfig(MethodConfig):
 PAPER = {"optimizer": "adam", "lr": 1e-5, "steps": 1000, "batch_size": 1, "eta": 1.0, "ddim_steps": 50, "start_guidance": 3.0, "sample_from": "student"}
 
 
-class Esd(Method):
+class Esd(TrajectoryBankMethod):
     Config = EsdConfig
     presets = {"paper": PAPER}
 
@@ -58,7 +57,6 @@ class Esd(Method):
             raise ErasekitError("ESD takes no replacement concept; use from_prompt to erase towards a concept, or method 'abo'")
         super().__init__(pipe, concepts, config)
         self.from_emb = embed(pipe, [config.from_prompt]) if config.from_prompt else None
-        self.scheduler = ddim_scheduler(pipe, config.ddim_steps)
         self.frozen = None
 
     def teacher_outputs(self, unet, x, t, concept):
@@ -77,10 +75,7 @@ class Esd(Method):
 
     def prepare(self, generator, progress):
         if self.config.sample_from == "frozen":
-            self.bank = build_bank(
-                self.scheduler, self.teacher_step, self.config.bank_size(), len(self.concepts),
-                self.latent_shape, generator, self.device, progress=progress,
-            )
+            super().prepare(generator, progress)
         else:
             self.frozen = copy.deepcopy(self.unet).requires_grad_(False).to(self.dtype)  # the masters' copy, back in the compute dtype
 
@@ -108,7 +103,7 @@ class Esd(Method):
 
     def draw(self, generator):
         if self.bank is not None:
-            return self.bank.draw(self.config.batch_size, generator)
+            return super().draw(generator)
         return self._sample_from_student(generator)
 
     def loss(self, batch):
@@ -118,20 +113,58 @@ class Esd(Method):
         return loss, {"esd": loss.item()}
 
 
-def _variant(name: str, parameters: str, **defaults) -> type[Esd]:
-    """An ESD method training `parameters`, with its own `defaults` where they differ from EsdConfig's."""
-    fields = {"parameters": parameters, **defaults}
-    annotations = {k: EsdConfig.__dataclass_fields__[k].type for k in fields}
-    config = dataclass(type(f"{name}Config", (EsdConfig,), {"__annotations__": annotations, **fields}))
-    return register(type(name, (Esd,), {"name": name, "Config": config, "__doc__": f"ESD training the '{parameters}' parameters."}))
+# The variants differ in what trains and in defaults measured on the built-in model. On 132 images
+# of square (benchmarks/results/preservation_square_sweep_esd.md, _sweep_esd-u.md, _sweep_esd-u-bank.md):
+# esd-x needs η 5 to erase; esd-u needs its slower, longer schedule over a larger bank.
 
 
-# On 132 images of square (benchmarks/results/preservation_square*.md), η 3 left 12-18% with esd-x,
-# η 5 7-8%. esd-u left 14-32% with η 6 (400 steps, lr 2e-4, a bank of 32 trajectories); neither η 10
-# nor 800 steps took both training seeds under 10%. Its spread between training seeds came from the
-# bank: 128 trajectories took both under 10% but cost other shapes 20 points, a slower lr (5e-5) for
-# 800 steps over 64 trajectories erases to 1-2% and keeps other shapes at 95%.
-EsdX = _variant("esd-x", "attn2", eta=5.0)
-EsdU = _variant("esd-u", "non-attn2", eta=6.0, lr=5e-5, steps=800, bank_trajectories=64)
-EsdAll = _variant("esd-all", "all")
-EsdXStrict = _variant("esd-x-strict", "attn2-kv")
+@dataclass
+class EsdXConfig(EsdConfig):
+    eta: float = 5.0
+
+
+class EsdX(Esd):
+    """ESD-x: trains the cross-attention (the paper's choice for styles)."""
+
+    name = "esd-x"
+    Config = EsdXConfig
+
+
+@dataclass
+class EsdUConfig(EsdConfig):
+    parameters: str = "non-attn2"
+    eta: float = 6.0
+    lr: float = 5e-5
+    steps: int = 800
+    bank_trajectories: int | None = 64
+
+
+class EsdU(Esd):
+    """ESD-u: trains all but the cross-attention (the paper's choice for objects and nudity)."""
+
+    name = "esd-u"
+    Config = EsdUConfig
+
+
+@dataclass
+class EsdAllConfig(EsdConfig):
+    parameters: str = "all"
+
+
+class EsdAll(Esd):
+    """ESD training every UNet parameter."""
+
+    name = "esd-all"
+    Config = EsdAllConfig
+
+
+@dataclass
+class EsdXStrictConfig(EsdConfig):
+    parameters: str = "attn2-kv"
+
+
+class EsdXStrict(Esd):
+    """ESD training only the cross-attention keys and values."""
+
+    name = "esd-x-strict"
+    Config = EsdXStrictConfig

@@ -12,10 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..attention import AttentionProbe, cross_attention_processor, token_weights
-from ..bank import sample_latents
 from ..losses import fmn_loss
-from ..sampling import ddim_scheduler, unet_out
-from .base import Method, MethodConfig, register
+from ..sampling import unet_out
+from .base import ImageBankMethod, MethodConfig
 
 
 @dataclass
@@ -28,8 +27,7 @@ class FmnConfig(MethodConfig):
     guidance: float = 7.5
 
 
-@register
-class Fmn(Method):
+class Fmn(ImageBankMethod):
     name = "fmn"
     Config = FmnConfig
 
@@ -39,16 +37,15 @@ class Fmn(Method):
         if replacement:
             raise ErasekitError("Forget-Me-Not takes no replacement concept")
         super().__init__(pipe, concepts, config)
-        self.scheduler = ddim_scheduler(pipe, config.ddim_steps)
         self.token_mask = 1 - token_weights(pipe.tokenizer, concepts, concepts, 0.0)  # 1 on each concept's tokens
 
-    def prepare(self, generator, progress):
-        self.bank = sample_latents(self.scheduler, self.unet, self.uncond, lambda concept: self.concept_emb[concept], self.config.guidance,
-                                   self.config.concept_images, len(self.concepts), self.latent_shape, generator, self.device,
-                                   progress=progress, label="concept images")
+    images_label = "concept images"
 
-    def draw(self, generator):
-        return self.bank.draw_noised(self.config.batch_size, self.scheduler, generator)
+    def image_prompt(self, concept):
+        return self.concept_emb[concept]
+
+    def n_images(self):
+        return self.config.concept_images
 
     def loss(self, batch):
         concept = batch["concept"]

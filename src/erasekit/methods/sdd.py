@@ -18,12 +18,11 @@ from dataclasses import dataclass
 import torch
 from torch.func import functional_call
 
-from ..bank import build_bank
 from ..errors import ErasekitError
 from ..guidance import cfg
 from ..losses import ema_update, sdd_loss
-from ..sampling import ddim_scheduler, unet_out
-from .base import Method, MethodConfig, register
+from ..sampling import unet_out
+from .base import MethodConfig, TrajectoryBankMethod
 
 
 @dataclass
@@ -44,8 +43,7 @@ class SddConfig(MethodConfig):
 PAPER = {"steps": 1500, "ema_decay": 0.999, "sample_guidance": 3.0}
 
 
-@register
-class Sdd(Method):
+class Sdd(TrajectoryBankMethod):
     name = "sdd"
     Config = SddConfig
     presets = {"paper": PAPER}
@@ -54,7 +52,6 @@ class Sdd(Method):
         if replacement:
             raise ErasekitError("SDD maps a concept onto the unconditional output: it takes no replacement")
         super().__init__(pipe, concepts, config)
-        self.scheduler = ddim_scheduler(pipe, config.ddim_steps)
         self.params: dict[str, torch.nn.Parameter] = {}
         self.ema: dict[str, torch.Tensor] = {}
 
@@ -77,13 +74,6 @@ class Sdd(Method):
         n = x.shape[0]
         eps_uncond, eps_concept = unet_out(self.unet, x.repeat(2, 1, 1, 1), t, torch.cat([self.uncond_like(n), self.concept_emb[concept]])).chunk(2)
         return cfg(eps_uncond, eps_concept, self.config.sample_guidance), {}
-
-    def prepare(self, generator, progress):
-        self.bank = build_bank(self.scheduler, self.teacher_step, self.config.bank_size(), len(self.concepts),
-                               self.latent_shape, generator, self.device, progress=progress)
-
-    def draw(self, generator):
-        return self.bank.draw(self.config.batch_size, generator)
 
     def loss(self, batch):
         x, t = batch["x"].to(self.device), batch["t"]

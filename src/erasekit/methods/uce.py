@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import ErasekitError
-from .base import Method, MethodConfig, register
+from .base import ClosedFormMethod, MethodConfig
 
 
 def uce_solution(W: torch.Tensor, erase_inputs: torch.Tensor, erase_targets: torch.Tensor, preserve_inputs: torch.Tensor,
@@ -54,11 +54,9 @@ class UceConfig(MethodConfig):
             raise ErasekitError(f"lamb must be positive, got {self.lamb}")
 
 
-@register
-class Uce(Method):
+class Uce(ClosedFormMethod):
     name = "uce"
     Config = UceConfig
-    closed_form = True
 
     def _aligned_tokens(self, old: str, new: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Embeddings of `old` from its last word token on, and of `new` at the aligned positions."""
@@ -72,15 +70,19 @@ class Uce(Method):
         new_tokens = emb[1, last[1] : length - (farthest - last[1])]
         return old_tokens, new_tokens
 
+    def __init__(self, pipe, concepts, config: UceConfig, replacement=None):
+        super().__init__(pipe, concepts, config, replacement)
+        # The token embeddings, while the text encoder is at hand (erase() moves it off an accelerator for the edit).
+        pairs = [self._aligned_tokens(c, replacement or "") for c in concepts]
+        self.erase_inputs, self.erase_targets = torch.cat([p[0] for p in pairs]), torch.cat([p[1] for p in pairs])
+        self.kept = [c.strip() for c in config.preserve.split(",") if c.strip()]
+        self.preserve_inputs = (torch.cat([self._aligned_tokens(c, c)[0] for c in self.kept]) if self.kept
+                                else self.erase_inputs.new_zeros((0, self.erase_inputs.shape[1])))
+
     def edit(self, names: list[str], progress: bool) -> list[dict[str, float]]:
         cfg = self.config
-        destination = self.replacement or ""
-        pairs = [self._aligned_tokens(c, destination) for c in self.concepts]
-        ce = torch.cat([p[0] for p in pairs])
-        cstar = torch.cat([p[1] for p in pairs])
-        kept = [c.strip() for c in cfg.preserve.split(",") if c.strip()]
-        cp = torch.cat([self._aligned_tokens(c, c)[0] for c in kept]) if kept else ce.new_zeros((0, ce.shape[1]))
-        preserve_scale = cfg.preserve_scale or (max(0.1, 1 / len(kept)) if kept else 0.0)
+        ce, cstar, cp = self.erase_inputs.cpu(), self.erase_targets.cpu(), self.preserve_inputs.cpu()
+        preserve_scale = cfg.preserve_scale or (max(0.1, 1 / len(self.kept)) if self.kept else 0.0)
         params = dict(self.unet.named_parameters())
         change = 0.0
         with torch.no_grad():

@@ -1,10 +1,9 @@
-"""Inference-time erasure: methods that change how a model is sampled, not its weights.
+"""SLD: Safe Latent Diffusion (Schramowski et al., CVPR 2023), an inference-time method.
 
-neg-prompt: the concept as the negative prompt of classifier-free guidance.
-sld: Safe Latent Diffusion (Schramowski et al., CVPR 2023), guidance away from the concept with
-the paper's four presets. diffusers' own SLD pipeline is deprecated, so erasekit samples it with
-its DDIM loop (sampling.py) and the pure guidance term (guidance.sld_safety_term); the result is
-a drop-in for a pipeline wherever erasekit generates.
+Guidance away from the concept, with the paper's four hyper-parameter sets as presets (weak,
+medium, strong, max; medium the default). diffusers' own SLD pipeline is deprecated, so erasekit
+samples it with its DDIM loop (sampling.py) and the pure guidance term (guidance.sld_safety_term);
+the result is a drop-in for a pipeline wherever erasekit generates.
 """
 
 from __future__ import annotations
@@ -14,29 +13,42 @@ from types import SimpleNamespace
 
 import torch
 
-from .errors import ErasekitError
-from .guidance import sld_safety_term
-from .sampling import ddim_sample, ddim_scheduler, decode, embed, latent_shape, unet_out
+from ..errors import ErasekitError
+from ..guidance import sld_safety_term
+from ..sampling import ddim_sample, ddim_scheduler, decode, embed, latent_shape, unet_out
+from .base import InferenceMethod
 
-INFERENCE_METHODS = ("neg-prompt", "sld")
 
-
-@dataclass(frozen=True)
-class SldSettings:
+@dataclass
+class SldConfig:
     warmup_steps: int = 10
     guidance_scale: float = 1000.0  # s_S
     threshold: float = 0.01  # λ
     momentum_scale: float = 0.3  # s_m
     momentum_beta: float = 0.4  # β_m
 
+    def validate(self) -> None:
+        if self.warmup_steps < 0 or self.guidance_scale < 0 or not 0 <= self.momentum_beta < 1:
+            raise ErasekitError("sld: warmup_steps and guidance_scale must be >= 0, momentum_beta in [0, 1)")
+
 
 # The paper's hyper-parameter sets (Table 1 of Schramowski et al.; diffusers' SafetyConfig).
-SLD_PRESETS = {
-    "weak": SldSettings(15, 20.0, 0.0, 0.0, 0.0),
-    "medium": SldSettings(10, 1000.0, 0.01, 0.3, 0.4),
-    "strong": SldSettings(7, 2000.0, 0.025, 0.5, 0.7),
-    "max": SldSettings(0, 5000.0, 1.0, 0.5, 0.7),
+PRESETS = {
+    "weak": dict(warmup_steps=15, guidance_scale=20.0, threshold=0.0, momentum_scale=0.0, momentum_beta=0.0),
+    "medium": dict(warmup_steps=10, guidance_scale=1000.0, threshold=0.01, momentum_scale=0.3, momentum_beta=0.4),
+    "strong": dict(warmup_steps=7, guidance_scale=2000.0, threshold=0.025, momentum_scale=0.5, momentum_beta=0.7),
+    "max": dict(warmup_steps=0, guidance_scale=5000.0, threshold=1.0, momentum_scale=0.5, momentum_beta=0.7),
 }
+
+
+class Sld(InferenceMethod):
+    name = "sld"
+    Config = SldConfig
+    presets = PRESETS
+
+    @classmethod
+    def steer(cls, pipe, concept, config):
+        return SldPipeline(pipe, concept, config)
 
 
 class SldPipeline:
@@ -46,7 +58,7 @@ class SldPipeline:
     compares with the base pipeline's image of the same seed.
     """
 
-    def __init__(self, pipe, concept: str, settings: SldSettings):
+    def __init__(self, pipe, concept: str, settings: SldConfig):
         self.pipe, self.settings = pipe, settings
         self.safety = embed(pipe, [concept])
 
@@ -68,15 +80,3 @@ class SldPipeline:
             return eps_uncond + guidance_scale * guidance
 
         return SimpleNamespace(images=decode(pipe, ddim_sample(scheduler, x, guided), output_type))
-
-
-def inference_method(pipe, method: str, concept: str, preset: str | None = None):
-    """(pipeline to sample with, negative prompt) for an inference-time method; `preset` is SLD's."""
-    if method == "neg-prompt":
-        return pipe, concept
-    if method == "sld":
-        preset = preset or "medium"
-        if preset not in SLD_PRESETS:
-            raise ErasekitError(f"unknown SLD preset '{preset}': use {', '.join(SLD_PRESETS)}")
-        return SldPipeline(pipe, concept, SLD_PRESETS[preset]), None
-    raise ErasekitError(f"unknown inference-time method '{method}': use {', '.join(INFERENCE_METHODS)}")

@@ -1,6 +1,6 @@
-"""Which UNet parameters an erasure trains, and the erasure file: only those parameters plus metadata.
+"""The erasure file: the changed UNet parameters plus erasekit's metadata, in safetensors.
 
-The file is plain safetensors keyed by the UNet's own parameter names, so plain diffusers applies it:
+The file is keyed by the UNet's own parameter names, so plain diffusers applies it:
 `pipe.unet.load_state_dict(safetensors.torch.load_file(path), strict=False)`.
 """
 
@@ -16,26 +16,6 @@ from safetensors.torch import save_file
 from .errors import ErasekitError
 from .io import atomic_path
 from .model import same_base, unet_fingerprint
-
-# ESD-u leaves out the final output layers and time embedding too, as esd_sd.py does ("out.", "time_embed").
-_ESD_U_EXCLUDED = ("attn2", "time_embedding", "conv_out", "conv_norm_out")
-
-PRESETS = {
-    "attn2": lambda name: "attn2" in name,
-    "attn2-kv": lambda name: "attn2.to_k" in name or "attn2.to_v" in name,
-    "non-attn2": lambda name: not any(part in name for part in _ESD_U_EXCLUDED),
-    "all": lambda name: True,
-}
-
-
-def select_parameters(unet, preset: str) -> list[str]:
-    """Names of the UNet parameters that `preset` trains."""
-    if preset not in PRESETS:
-        raise ErasekitError(f"unknown parameter preset '{preset}'; choose from {', '.join(PRESETS)}")
-    names = [name for name, _ in unet.named_parameters() if PRESETS[preset](name)]
-    if not names:
-        raise ErasekitError(f"parameter preset '{preset}' selects no parameter of this UNet")
-    return names
 
 
 def save_erasure(path: Path | str, tensors: dict[str, torch.Tensor], metadata: dict, dtype: torch.dtype) -> None:

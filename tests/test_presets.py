@@ -8,7 +8,7 @@ import torch
 from diffusers import UNet2DConditionModel
 
 from erasekit.errors import ErasekitError
-from erasekit.params import select_parameters
+from erasekit.presets import select_parameters
 
 CONFIG = Path(__file__).parent / "data" / "sd14_unet_config.json"
 
@@ -56,7 +56,7 @@ def test_all_and_unknown_presets(sd14_unet):
 
 @pytest.mark.parametrize("method,kv_only", [("uce", True), ("ablating", True), ("sdd", False), ("fmn", False)])
 def test_baselines_train_the_cross_attention_of_their_papers(sd14_unet, method, kv_only):
-    from erasekit.methods.base import get_method
+    from erasekit.methods import get_method
 
     names = select_parameters(sd14_unet, get_method(method).Config().parameters)
     assert all(".attn2." in n for n in names)

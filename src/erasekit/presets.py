@@ -1,0 +1,24 @@
+"""Which UNet parameters a method trains: named presets of parameter names."""
+
+from __future__ import annotations
+
+from .errors import ErasekitError
+# ESD-u leaves out the final output layers and time embedding too, as esd_sd.py does ("out.", "time_embed").
+_ESD_U_EXCLUDED = ("attn2", "time_embedding", "conv_out", "conv_norm_out")
+
+PRESETS = {
+    "attn2": lambda name: "attn2" in name,
+    "attn2-kv": lambda name: "attn2.to_k" in name or "attn2.to_v" in name,
+    "non-attn2": lambda name: not any(part in name for part in _ESD_U_EXCLUDED),
+    "all": lambda name: True,
+}
+
+
+def select_parameters(unet, preset: str) -> list[str]:
+    """Names of the UNet parameters that `preset` trains."""
+    if preset not in PRESETS:
+        raise ErasekitError(f"unknown parameter preset '{preset}'; choose from {', '.join(PRESETS)}")
+    names = [name for name, _ in unet.named_parameters() if PRESETS[preset](name)]
+    if not names:
+        raise ErasekitError(f"parameter preset '{preset}' selects no parameter of this UNet")
+    return names
