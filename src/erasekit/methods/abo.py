@@ -11,21 +11,17 @@ Algorithm 1 of the paper. For a target concept c drawn from C each step:
 cross-attention suppressed, Prompt-to-Prompt style: δ = γ1 (ε^ptp(x_t, c) − ε*(x_t, c))).
 
 Where x_t comes from. Algorithm 1 steps x_τ with the erased guidance (lines 6–7), so the student
-learns at images from which the concept is already gone. On the built-in model that cost other
-concepts: erasing square (λ 5), other shapes were drawn right in 75% of images with either of two
-training seeds, against 95, 85 and 88% (three seeds) when x_t follows the concept's own guided
-trajectory (line 6 alone, as ESD draws its x_t), which erased square as well (0-5%) and red too (0%,
-other colours 95%). A replacement,
-though, is learnt only where x_t shows it: along the erased trajectory "circle" replaced square in
-95% of images, along the concept's in 23% (benchmarks/results/shape_erasure_square.md). So
-`trajectory="auto"` (the default) follows the concept's trajectory without a replacement and
-Algorithm 1's with one; the `paper` preset and `trajectory="erased"` always follow Algorithm 1.
+learns at images from which the concept is already gone; on the built-in model that cost other
+concepts more than following the concept's own guided trajectory (line 6 alone, as ESD draws its
+x_t), which erased as well. A replacement, though, is learnt only where x_t shows it, i.e. along
+the erased trajectory (benchmarks/results/shape_erasure_square.md). So `trajectory="auto"` (the
+default) follows the concept's trajectory without a replacement and Algorithm 1's with one; the
+`paper` preset and `trajectory="erased"` always follow Algorithm 1.
 
 Fast path: every x_τ of a trajectory and both targets at it are computed once, in batches, into the
 teacher bank (the frozen outputs at x_t are the very ones that drew it); each step then runs only
 the student, [c, ∅] stacked in one forward. The bank holds one trajectory per 25 draws
-(`MethodConfig.bank_size`): for the paper's 200 draws, 8 trajectories were 11-12x faster than
-Algorithm 1 as written with erasure and preservation inside its seed spread, and 4 were not
+(`MethodConfig.bank_size`), the fewest that stayed inside Algorithm 1's own seed spread
 (benchmarks/results/abo_fast_vs_reference.md).
 """
 
@@ -45,14 +41,11 @@ from .base import MethodConfig, TrajectoryBankMethod
 
 @dataclass
 class AboConfig(MethodConfig):
-    # Tuned on the built-in model (benchmarks/results/shape_erasure_square.md): 150 steps of batch 4
-    # take square from 100% to 0-5% where 50 of batch 1 erased nothing. No warm-up: a colour is
-    # settled in the first sampling steps, and with the paper's warm-up of 5 AbO left every red
-    # (README). λ: the penalty pins ε(x_t, ∅), and with it the parts of cross-attention every
-    # prompt shares; raising it from the paper's 5 to 100 kept other shapes at 95/93/95% (three
-    # training seeds, against 95/85/88%) and SSIM to the base model at 0.85-0.86 (0.61-0.78), with
-    # square and red still erased to 0%. The paper's settings (200 steps, batch 1, lr 1e-5, λ 5,
-    # warm-up 5, Algorithm 1's trajectory) are the `paper` preset.
+    # Tuned on the built-in model (benchmarks/results/shape_erasure_square.md, docs/results.md).
+    # Steps x batch: fewer draws erased nothing. No warm-up: a colour is settled in the first
+    # sampling steps, and with the paper's warm-up AbO left every red. λ 100: the penalty pins
+    # ε(x_t, ∅), and with it the parts of cross-attention every prompt shares; the paper's 5 cost
+    # other shapes more at the same erasure. The paper's settings are the `paper` preset.
     steps: int = 150
     lr: float = 3e-4
     optimizer: str = "adamw"

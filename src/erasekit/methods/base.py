@@ -23,9 +23,8 @@ from ..errors import ErasekitError
 from ..sampling import ddim_scheduler, embed, latent_shape
 
 
-# AbO on the built-in model, 200 draws (benchmarks/results/abo_fast_vs_reference.md): banks of 8, 16
-# and 32 trajectories all erased and preserved within the seed spread of Algorithm 1's one fresh
-# trajectory per draw; 8 (25 draws each) was the fewest that did (with 4, one seed left 32% of squares).
+# The fewest trajectories per training draw that kept AbO's erasure and preservation inside the seed
+# spread of Algorithm 1's fresh trajectory per draw (benchmarks/results/abo_fast_vs_reference.md).
 DRAWS_PER_TRAJECTORY = 25
 
 

@@ -26,9 +26,9 @@ from .base import MethodConfig, TrajectoryBankMethod
 
 @dataclass
 class EsdConfig(MethodConfig):
-    # Tuned on the built-in model (benchmarks/results/shape_erasure_square.md): with the paper's η = 1
-    # ESD-x left 14% of squares even after 1,000 steps. esd-x and esd-u set their own η (esd-u also its
-    # lr, steps and bank) below; the paper's settings are the `paper` preset.
+    # Tuned on the built-in model, where the paper's η = 1 did not erase even in 1,000 steps
+    # (benchmarks/results/shape_erasure_square.md); the variants below set their own. The paper's
+    # settings are the `paper` preset.
     steps: int = 400
     lr: float = 2e-4
     optimizer: str = "adam"
