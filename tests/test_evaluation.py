@@ -80,6 +80,14 @@ def test_agreement_counts_only_images_whose_prompt_names_the_attribute():
     assert agreement(predicted, wanted) == {"colour": 0.5, "shape": 0.5}
 
 
+def test_same_seed_agreement_counts_pairs_that_show_the_same_value_named_or_not():
+    from erasekit.evaluation.evaluate import same_seed_agreement
+
+    base = {"shape": ["circle", "star", "cross", "star"], "texture": ["dotted", "solid", "striped", "dotted"]}
+    erased = {"shape": ["circle", "star", "square", "star"], "texture": ["striped", "solid", "striped", "solid"]}
+    assert same_seed_agreement(base, erased) == {"shape": 0.75, "texture": 0.5}
+
+
 def test_batches_share_one_guidance_scale_and_respect_the_size():
     jobs = [("a", 0, 7.5), ("b", 1, 7.5), ("c", 2, 7.5), ("d", 3, 3.0)]
     assert make_batches(jobs, 2) == [[jobs[0], jobs[1]], [jobs[2]], [jobs[3]]]
@@ -159,6 +167,7 @@ def test_evaluate_of_a_model_against_itself_and_its_report(builtin_pipe, detecto
         assert result.detected == result.detected_base
         assert result.ssim == pytest.approx(1.0, abs=1e-3)  # CPU kernels are not bit-exact across calls
         assert result.alignment == result.alignment_base
+        assert set(result.kept) == {"shape", "colour", "texture"} and min(result.kept.values()) >= 0.9  # near-identical images
     assert evaluation.distribution["reference"] == "rendered ground truth"
     assert evaluation.distribution["base"]["fid"] == pytest.approx(evaluation.distribution["erased"]["fid"], rel=1e-2)
     assert evaluation.timing["images"] == 2 * 14

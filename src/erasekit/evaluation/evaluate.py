@@ -39,6 +39,7 @@ class SuiteResult:
     clip_base: float | None = None  # real models: CLIP score of image and prompt
     clip: float | None = None
     replacement: float | None = None  # share of erased images showing the replacement concept
+    kept: dict[str, float] | None = None  # shapes world: per attribute, share of erased images showing what the base image of the same seed shows
 
 
 @dataclass
@@ -55,6 +56,13 @@ class Evaluation:
         return {k: v for k, v in asdict(self).items() if k not in ("images", "jobs")} | {
             "prompts": {name: [list(j) for j in jobs] for name, jobs in self.jobs.items()}
         }
+
+
+def same_seed_agreement(base: dict[str, list[str]], erased: dict[str, list[str]]) -> dict[str, float]:
+    """Per attribute, the share of image pairs (same prompt, same seed) where the erased model's image
+    shows what the base model's shows: it sees attributes a prompt does not name (the texture of
+    "a cyan square"), which alignment with the prompt cannot."""
+    return {a: sum(b == e for b, e in zip(base[a], erased[a])) / len(base[a]) for a in sorted(base)}
 
 
 def seeds_of(prompt: Prompt, seeds: list[int]) -> list[int]:
@@ -164,9 +172,11 @@ def evaluate(
             counts_base=found_base.counts, counts=found.counts, ssim=ssim(before, after).mean().item(),
         )
         wanted = [p.wanted for p in prompts for _ in seeds_of(p, seeds)]
-        if hasattr(detector, "predict") and all(wanted):
-            result.alignment_base = agreement(detector.predict(before), wanted)
-            result.alignment = agreement(detector.predict(after), wanted)
+        if hasattr(detector, "predict"):
+            predicted_base, predicted = detector.predict(before), detector.predict(after)
+            result.kept = same_seed_agreement(predicted_base, predicted)
+            if all(wanted):
+                result.alignment_base, result.alignment = agreement(predicted_base, wanted), agreement(predicted, wanted)
         if clip_model is not None:
             from .metrics import clip_score
 

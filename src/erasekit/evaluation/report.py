@@ -66,15 +66,16 @@ def evaluation_markdown(evaluation, metadata: dict | None, grid: str | None = "g
     if grid:
         lines += [f"![base vs erased, same seeds]({grid})", ""]
     lines += [
-        f"| suite | images | '{ev.concept}' detected, base → erased | alignment, base → erased | SSIM (25x25) to base |",
-        "|---|---:|---:|---|---:|",
+        f"| suite | images | '{ev.concept}' detected, base → erased | alignment, base → erased | same as the base image | SSIM (25x25) to base |",
+        "|---|---:|---:|---|---|---:|",
     ]
     for name, r in ev.suites.items():
         alignment = f"{_attributes(r.alignment_base)} → {_attributes(r.alignment)}" if r.alignment else (
             f"CLIP {r.clip_base:.2f} → {r.clip:.2f}" if r.clip is not None else "—")
-        lines.append(f"| {name} | {r.n_images} | {_pct(r.detected_base)} → **{_pct(r.detected)}** | {alignment} | {r.ssim:.3f} |")
+        kept = _attributes(r.kept) if r.kept else "—"
+        lines.append(f"| {name} | {r.n_images} | {_pct(r.detected_base)} → **{_pct(r.detected)}** | {alignment} | {kept} | {r.ssim:.3f} |")
         if r.replacement is not None:
-            lines.append(f"| {name}: replacement '{ev.settings['replacement']}' shown | | {_pct(r.replacement)} | | |")
+            lines.append(f"| {name}: replacement '{ev.settings['replacement']}' shown | | {_pct(r.replacement)} | | | |")
     if ev.distribution:
         d = ev.distribution
         base = d["base"]
