@@ -400,7 +400,7 @@ def bench(
     seeds: str = typer.Option("0,1", help="Evaluation seeds, e.g. 0,1 or 0-3."),
     steps: int = typer.Option(35, help="DDIM steps when generating for evaluation."),
     prompts: str = typer.Option("target,related,unrelated", help="Prompt suites evaluated for every cell."),
-    setting: Optional[List[str]] = typer.Option(None, "--set", help="Method settings: key=value for every trained method, or method.key=value for one (--set abo.steps=50 --set sld.preset=max)."),
+    setting: Optional[List[str]] = typer.Option(None, "--set", help="Method settings: key=value for every listed method that has the setting, or method.key=value for one (--set abo.steps=50 --set sld.preset=max)."),
     out: Path = typer.Option(Path("bench"), help="Folder for bench.md, bench.html, scatter.png, grids and the per-cell cache (cells/)."),
     device: str = device_option(),
     dtype: str = dtype_option(),
