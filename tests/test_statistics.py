@@ -1,13 +1,9 @@
-"""The interval the preservation benchmark reads its few-point bar against (benchmarks/preservation_precision.py)."""
-
-import sys
-from pathlib import Path
+"""The interval the preservation benchmark (benchmarks/preservation_precision.py) reads its few-point bar against."""
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from preservation_precision import points_below_interval  # noqa: E402
+from erasekit.evaluation.statistics import points_below_interval
 
 
 def test_an_erasure_that_loses_every_image_reads_100_points_exactly():
