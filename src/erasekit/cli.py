@@ -16,6 +16,8 @@ from typing import List, Optional
 
 import typer
 
+from .io import check_not_under_a_file  # stdlib only: --help stays fast
+
 app = typer.Typer(
     help="Erase concepts from text-to-image diffusion models, measure the erasure, attack it.\n\n"
     "Models: 'builtin' (the shipped shapes-world model), a diffusers folder, a .safetensors file, or a hub id.",
@@ -69,11 +71,10 @@ def friendly_errors(command):
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
-        import errno
         import warnings
 
         from .errors import ErasekitError, ErasekitWarning
-        from .io import new_folders_removed_on_failure
+        from .io import new_folders_removed_on_failure, out_of_space
 
         _quiet_libraries()
         show = warnings.showwarning
@@ -93,7 +94,7 @@ def friendly_errors(command):
             typer.echo(f"error: {e}", err=True)
             raise typer.Exit(2) from None
         except OSError as e:
-            if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            if not out_of_space(e):
                 raise
             typer.echo(f"error: no space left on the device of {e.filename or 'an output'}: free some and run again", err=True)
             raise typer.Exit(2) from None
@@ -162,7 +163,7 @@ def generate(
     check_generation(n, steps, guidance, batch_size)
     _check_precision(device, dtype)
     steering = get_method(method).make_config(preset) if method is not None else None
-    _check_not_under_a_file(out)
+    check_not_under_a_file(out)
     if out.is_file():
         raise ErasekitError(f"--out {out} is a file: give a folder")
     pipe = load_pipeline(model, device, dtype, config)
@@ -172,7 +173,7 @@ def generate(
         pipe = get_method(method).steer(pipe, concept.strip(), steering)
     ensure_writable_dir(out)
     images = generate_images(pipe, prompts, n=n, seed=seed, steps=steps, guidance=guidance, negative_prompt=negative_prompt, batch_size=batch_size)
-    named = {f"{slug(p)}_{seed + j}.png": image for (p, j), image in zip(((p, j) for p in prompts for j in range(n)), images)}
+    named = dict(zip([f"{slug(p)}_{seed + j}.png" for p in prompts for j in range(n)], images))
     named["grid.png"] = make_grid(images, columns=n, row_labels=prompts, scale=max(1, 128 // images[0].size[0]))
     save_images(named, out)
     typer.echo(f"wrote {len(images)} images and grid.png to {out}")
@@ -231,7 +232,7 @@ def erase(
     if out.is_dir():
         raise ErasekitError(f"--out {out} is an existing folder: give a file name, e.g. --out {out / 'erased.safetensors'}")
     for path in (out, save_pipeline, report):
-        _check_not_under_a_file(path)
+        check_not_under_a_file(path)
     if save_pipeline is not None and save_pipeline.is_file():
         raise ErasekitError(f"--save-pipeline {save_pipeline} is a file: give a folder")
     if report is not None:
@@ -266,17 +267,6 @@ def erase(
         typer.echo(f"wrote {path}")
         typer.echo(f"'{concept[0]}' detected: {100 * target.detected_base:.0f}% before, {100 * target.detected:.0f}% after; "
                    f"SSIM to base on related prompts {related.ssim:.3f}")
-
-
-def _check_not_under_a_file(path: Path | None) -> None:
-    """Refuse an output whose folder is an existing file, before mkdir would fail half-way."""
-    from .errors import ErasekitError
-
-    for parent in (path.parents if path is not None else []):
-        if parent.exists():
-            if not parent.is_dir():
-                raise ErasekitError(f"cannot write {path}: {parent} is a file, not a folder")
-            return
 
 
 def _parse_seeds(text: str) -> list[int]:
@@ -359,7 +349,7 @@ def evaluate(
         raise ErasekitError(f"--seeds names no seed: '{seeds}'")
     check_generation(len(seed_list), steps, guidance, batch_size)
     _check_precision(device, dtype)
-    _check_not_under_a_file(out / "report.md")
+    check_not_under_a_file(out / "report.md")
     ref = None if reference == "none" else ("auto" if reference == "auto" else _read_image_folder(Path(reference)))
     found = make_detector(detector, **({"threshold": threshold} if detector == "nudenet" else {}))
     extractor = feature_extractor(features) if ref is not None else None
@@ -410,10 +400,9 @@ def bench(
     Finished cells are cached under OUT/cells/ by a hash of their settings: re-running only
     computes what changed. Example: erasekit bench --methods esd-x,esd-u,abo --concepts circle,striped
     """
-    from .evaluation.bench import BenchSettings, check_bench
+    from .evaluation.bench import BenchSettings, check_bench, route_settings
     from .evaluation.bench import bench as run_bench
     from .evaluation.prompts import load_prompts
-    from .evaluation.bench import route_settings
     from .images import ensure_writable_dir
     from .methods.base import parse_settings
 
@@ -423,7 +412,7 @@ def bench(
     settings = BenchSettings(model=model, seeds=tuple(_parse_seeds(seeds)), steps=steps, prompts=prompts, device=device, dtype=dtype)
     check_bench(method_list, concept_list, settings, per_method)
     load_prompts(prompts, concept_list[0])
-    _check_not_under_a_file(out / "bench.md")
+    check_not_under_a_file(out / "bench.md")
     ensure_writable_dir(out)
     rows = run_bench(out, method_list, concept_list, settings, per_method)
     typer.echo(f"wrote {out / 'bench.md'} and {out / 'bench.html'} ({len(rows)} cells)")
@@ -501,7 +490,7 @@ def shapes_render(
         raise ErasekitError(f"--n must be at least 1, got {n}")
     if out.is_dir():
         raise ErasekitError(f"--out {out} is a folder: give an image file name, e.g. {out / 'shapes-world.png'}")
-    _check_not_under_a_file(out)
+    check_not_under_a_file(out)
     ensure_writable_dir(out.parent)
     images, _ = render_dataset(n, seed)
     atomic_save_image(make_grid([Image.fromarray(im) for im in images], scale=2), out)

@@ -15,7 +15,7 @@ import torch
 from . import __version__
 from .errors import ErasekitError, ErasekitWarning
 from .images import ensure_writable_dir
-from .io import output_lock
+from .io import check_not_under_a_file, output_lock
 from .methods import get_method
 from .model import hash_rounding, load_pipeline, unet_fingerprint, unet_norms
 from .erasure_file import load_erasure, save_erasure
@@ -159,8 +159,7 @@ def erase(
     if save_dtype is not None:
         save_dtype = _storage_dtype(save_dtype)
     for path in (out, checkpoint_dir):
-        if path is not None and Path(path).parent.exists() and not Path(path).parent.is_dir():
-            raise ErasekitError(f"cannot write {path}: {Path(path).parent} is a file")
+        check_not_under_a_file(path)
     if out is not None and Path(out).is_dir():
         raise ErasekitError(f"the erasure file {out} is an existing folder: give a file name, e.g. {Path(out) / 'erased.safetensors'}")
     if out is not None:

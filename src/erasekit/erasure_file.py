@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from .errors import ErasekitError
 from .io import atomic_path
@@ -63,8 +63,6 @@ def load_erasure(pipe, path: Path | str) -> dict:
     (erasekit's, with the base model's hash), the tensors (check_erasure), and the base model.
     Returns the erasure's metadata.
     """
-    from safetensors.torch import load_file
-
     path = Path(path)
     if not path.is_file():
         raise ErasekitError(f"erasure file not found: {path}")

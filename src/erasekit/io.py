@@ -23,7 +23,8 @@ def _no_space(target: Path) -> NoSpaceError:
     return NoSpaceError(f"no space left on the device of {target.parent}: {target.name} was not written (any earlier version is unchanged)")
 
 
-def _out_of_space(error: BaseException) -> bool:
+def out_of_space(error: BaseException) -> bool:
+    """Whether `error` means the disk (or quota) is full."""
     # torch.save reports a full disk as a RuntimeError from its zip writer, safetensors as its own
     # error type quoting the OS: only an OSError carries the errno.
     if isinstance(error, OSError):
@@ -47,7 +48,7 @@ def atomic_path(target: Path | str) -> Iterator[Path]:
         os.replace(tmp, target)
     except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
-        if _out_of_space(e):
+        if out_of_space(e):
             raise _no_space(target) from None
         raise
 
@@ -69,7 +70,7 @@ def atomic_dir(target: Path | str) -> Iterator[Path]:
             shutil.rmtree(old, ignore_errors=True)
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(e, NoSpaceError) or _out_of_space(e):  # name the folder, not the temporary one inside
+        if isinstance(e, NoSpaceError) or out_of_space(e):  # name the folder, not the temporary one inside
             raise _no_space(target) from None
         raise
 
@@ -108,6 +109,18 @@ def new_folders_removed_on_failure(*paths: Path | str | None) -> Iterator[None]:
             except OSError:
                 pass
         raise
+
+
+def check_not_under_a_file(path: Path | str | None) -> None:
+    """Refuse an output whose nearest existing folder is a file, before mkdir would fail half-way."""
+    if path is None:
+        return
+    path = Path(path)
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ErasekitError(f"cannot write {path}: {parent} is a file, not a folder")
+            return
 
 
 def read_utf8(path: Path | str) -> str:
