@@ -2,8 +2,8 @@
 
 Run from the repository root:
     .venv/bin/python benchmarks/abo_fast_vs_reference.py
-Each variant runs in its own process (so peak RSS is its own) and the side-by-side results go to
-benchmarks/results/abo_fast_vs_reference.{json,md}, with the command that made them:
+Its experiment is abo-fast-vs-reference (`python benchmarks/run.py abo-fast-vs-reference`). Each variant
+runs in its own process (so peak RSS is its own), side by side:
   * built-in model, AbO erasing "circle" for --steps steps: the reference, and the fast path with
     several bank sizes (trajectories); wall time of training, peak RSS, erasure and preservation,
     each trained with --train-seeds seeds, so that the reference's own spread over seeds shows
@@ -23,7 +23,7 @@ import time
 from statistics import mean
 from pathlib import Path
 
-from common import heading, run_meta, write_results
+from common import add_output_flags, heading, run_meta, write_results
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -87,6 +87,7 @@ def main() -> None:
     parser.add_argument("--sd14-steps", type=int, default=3)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="an AbO setting for every variant, e.g. --set warmup=0 (numbers are parsed as JSON)")
+    add_output_flags(parser)
     parser.add_argument("--one", help=argparse.SUPPRESS)
     parser.add_argument("--bank", default="auto", help=argparse.SUPPRESS)
     parser.add_argument("--train-seed", type=int, default=0, help=argparse.SUPPRESS)
@@ -107,7 +108,8 @@ def main() -> None:
     rows = []
     for variant, bank, seed in jobs:
         cmd = [sys.executable, __file__, "--one", variant, "--bank", bank, "--steps", str(args.steps), "--train-seed", str(seed),
-               "--seeds", str(args.seeds), "--concept", args.concept, "--sd14-steps", str(args.sd14_steps)]
+               "--seeds", str(args.seeds), "--concept", args.concept, "--sd14-steps", str(args.sd14_steps),
+               "--results-dir", str(args.results_dir)]
         cmd += [f"--set={pair}" for pair in args.set]
         print("running", variant, bank, "seed", seed, flush=True)
         done = subprocess.run(cmd, capture_output=True, text=True, check=True)
@@ -153,7 +155,7 @@ def main() -> None:
         f"| fast path (no copy) | {sd_fast['peak_rss_mb']:.0f} | {sd_fast['rss_after_load_mb']:.0f} |",
         "", f"Fast / reference peak RSS: **{sd_fast['peak_rss_mb'] / sd_ref['peak_rss_mb']:.2f}x**", "",
     ]
-    write_results("abo_fast_vs_reference", meta, rows, lines)
+    write_results(args.results_dir, meta, rows, lines)
     print("\n".join(lines))
 
 

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
 import sys
+import tomllib
 from datetime import datetime, timezone
 from pathlib import Path
-
-RESULTS = Path(__file__).resolve().parent / "results"
-# ESD-u's learning rate and bank until its default became lr 5e-5, 800 steps, 64 trajectories (2026-11-25):
-# rows that ran before then spell them out, so that they re-run as committed.
-ESD_U_FAST = {"lr": 2e-4, "bank_trajectories": 32}
 
 
 def run_meta() -> dict:
@@ -30,9 +27,28 @@ def heading(title: str, meta: dict) -> list[str]:
     return [f"# {title}", "", f"Command: `{meta['command']}`  ", f"Date: {meta['date']}; {meta['machine']}", ""]
 
 
-def write_results(name: str, meta: dict, rows: list[dict], markdown: list[str], directory: Path = RESULTS) -> None:
-    """<directory>/<name>.json (meta and rows) and <name>.md (the table a reader opens), each written whole."""
+def add_output_flags(parser: argparse.ArgumentParser, trains: bool = False) -> None:
+    """The flags every script shares: where results go, and (for scripts that train) the experiment's runs."""
+    parser.add_argument("--results-dir", type=Path, required=True,
+                        help="folder for results.json and results.md (benchmarks/run.py gives benchmarks/results/<experiment>/)")
+    if trains:
+        parser.add_argument("--experiment", type=Path, required=True,
+                            help="the experiment's data file (benchmarks/experiments/*.toml), whose [[runs]] this trains")
+
+
+def expand_runs(runs: list[dict]) -> list[tuple[str, dict, int]]:
+    """An experiment's [[runs]] as (method, settings, training seed), in the order they train."""
+    return [(r["method"], r.get("settings", {}), seed) for r in runs for seed in r.get("train_seeds", [0])]
+
+
+def load_runs(path: Path) -> list[tuple[str, dict, int]]:
+    return expand_runs(tomllib.loads(Path(path).read_text(encoding="utf-8"))["runs"])
+
+
+def write_results(directory: Path, meta: dict, rows: list[dict], markdown: list[str]) -> None:
+    """<directory>/results.json (meta and rows) and results.md (the table a reader opens), each written whole."""
     from erasekit.io import atomic_write_text  # here, not at the top: importing erasekit loads torch, and --help should not wait
 
-    atomic_write_text(directory / f"{name}.json", json.dumps({"meta": meta, "rows": rows}, indent=2))
-    atomic_write_text(directory / f"{name}.md", "\n".join(markdown) + "\n")
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    atomic_write_text(Path(directory) / "results.json", json.dumps({"meta": meta, "rows": rows}, indent=2))
+    atomic_write_text(Path(directory) / "results.md", "\n".join(markdown) + "\n")

@@ -1,31 +1,14 @@
 """Benchmark: the preservation bar on more images, and which images an erasure changes.
 
-Run from the repository root:
-    .venv/bin/python benchmarks/preservation_precision.py --concept square --eval-seeds 6
+Run through its experiments (benchmarks/experiments/preservation-*.toml, tuning-*.toml):
+    .venv/bin/python benchmarks/run.py preservation-square-abo
 The shape-erasure table judges "other shapes kept" on 60 images (30 related prompts x 2 seeds), where
-one image is 1.7 points. This script trains AbO's, ESD-x's and ESD-u's defaults with several
-training seeds, evaluates them on --eval-seeds seeds per prompt, and lists every image whose shape the
-erasure changed, beside the shapes classifier's confidence in the base model's image of the same prompt
-and seed: it tells an erasure that breaks shapes from one that tips images the base model itself drew
-on the edge. The points below the base come with a 95% bootstrap interval over the evaluation images
-(and, for a mean, the training seeds): a bar a few points wide is read against it. Results go to
-benchmarks/results/preservation_<concept>.{md,json}.
-
-With --sweep NAME it trains each of SWEEPS[NAME]'s settings instead (training seeds --train-seeds), to show
-where they sit between erasing and keeping (preservation_<concept>_sweep_<name>.*): `abo` changes AbO's
-defaults one at a time, `esd` tries the negative guidance η and the steps of ESD-x and ESD-u, `esd-u` goes
-on with ESD-u, `esd-u-bank` tries its teacher bank and learning rate, `abo-bank` AbO's bank and
-`abo-schedule` its learning rate and steps, `abo-bank-check` AbO's banks of 24 and 48 on held-out seeds, and
-`abo-defaults` AbO's defaults alone (for the other shapes), `esd-defaults` ESD-x's and ESD-u's:
-    .venv/bin/python benchmarks/preservation_precision.py --concept square --eval-seeds 6 --sweep abo
-    .venv/bin/python benchmarks/preservation_precision.py --concept square --eval-seeds 12 --sweep esd --train-seeds 0,1
-    .venv/bin/python benchmarks/preservation_precision.py --concept square --eval-seeds 12 --sweep esd-u --train-seeds 0,1
-    .venv/bin/python benchmarks/preservation_precision.py --concept square --eval-seeds 12 --sweep esd-u-bank --train-seeds 0,1
-    .venv/bin/python benchmarks/preservation_precision.py --concept square --eval-seeds 12 --sweep abo-bank --train-seeds 0,1,2
-    .venv/bin/python benchmarks/preservation_precision.py --concept square --eval-seeds 12 --sweep abo-schedule --train-seeds 0,1,2
-    .venv/bin/python benchmarks/preservation_precision.py --concept square --eval-seeds 12 --first-eval-seed 12 --sweep abo-bank-check --train-seeds 0,1,2
-    .venv/bin/python benchmarks/preservation_precision.py --concept circle --eval-seeds 12 --sweep abo-defaults --train-seeds 0,1,2
-    .venv/bin/python benchmarks/preservation_precision.py --concept circle --eval-seeds 12 --sweep esd-defaults --train-seeds 0
+one image is 1.7 points. This script trains each of the experiment's runs (method, settings, training
+seeds), evaluates it on --eval-seeds seeds per prompt, and lists every image whose shape the erasure
+changed, beside the shapes classifier's confidence in the base model's image of the same prompt and
+seed: it tells an erasure that breaks shapes from one that tips images the base model itself drew on
+the edge. The points below the base come with a 95% bootstrap interval over the evaluation images (and,
+for a mean, the training seeds): a bar a few points wide is read against it.
 """
 
 from __future__ import annotations
@@ -35,41 +18,9 @@ from collections import Counter
 from statistics import mean
 
 import numpy as np
-from common import ESD_U_FAST, heading, run_meta, write_results
+from common import add_output_flags, heading, load_runs, run_meta, write_results
 
 from erasekit.evaluation.statistics import points_below_interval
-
-# (method, settings, training seeds); settings not given are the method's defaults.
-RUNS = [("abo", {}, (0, 1, 2)), ("esd-x", {}, (0, 1)), ("esd-u", {}, (0, 1))]
-SWEEPS = {
-    # AbO's settings that move erasure against preservation, one at a time from the defaults: λ, the erasing
-    # instruction's scale g and percentile κ, δ's step window, the trained parameters, and the implicit δ.
-    "abo": [("abo", s) for s in ({}, {"lam": 300.0}, {"erase_scale": 7.5}, {"erase_scale": 11.0}, {"erase_scale": 12.5},
-                                 {"kappa": 0.3}, {"kappa": 0.7}, {"window_end": 22}, {"parameters": "attn2-kv"}, {"delta": "implicit"})],
-    # ESD's strength: η and steps, written out in full because they are what sets its defaults (and ESD-u's
-    # lr and bank, which changed after these sweeps).
-    "esd": [("esd-x", {"eta": 4.0, "steps": 400}), ("esd-x", {"eta": 5.0, "steps": 400}), ("esd-x", {"eta": 3.0, "steps": 800}),
-            ("esd-u", {"eta": 6.0, "steps": 400} | ESD_U_FAST)],
-    # ESD-u left 14 / 32% of squares with η 6 in that sweep: stronger η, or more steps.
-    "esd-u": [("esd-u", {"eta": 10.0, "steps": 400} | ESD_U_FAST),
-              ("esd-u", {"eta": 6.0, "steps": 800} | ESD_U_FAST)],
-    # Neither did; the training seeds' spread came from the bank. Its default since: lr 5e-5, 800 steps, 64
-    # trajectories, η 6. Beside it, a larger bank alone, and the slower schedule over the old bank:
-    "esd-u-bank": [("esd-u", {"eta": 6.0, "steps": 400, "lr": 2e-4, "bank_trajectories": 128}),
-                   ("esd-u", {"eta": 6.0, "steps": 800, "lr": 5e-5, "bank_trajectories": 32})],
-    # Does the bank matter for AbO too? Its default holds 24 trajectories (one per 25 of its 600 draws).
-    "abo-bank": [("abo", {"bank_trajectories": 48}), ("abo", {"bank_trajectories": 64})],
-    # ESD-u found its balance in a slower schedule; AbO's default is lr 3e-4 for 150 steps (bank: one trajectory per 25 draws).
-    "abo-schedule": [("abo", {"lr": 1e-4, "steps": 450}), ("abo", {"lr": 1.5e-4, "steps": 300})],
-    # The bank of 48 met both bars with every training seed on evaluation seeds 0-11, where it was picked: it and the
-    # default's 24 on other seeds (--first-eval-seed).
-    "abo-bank-check": [("abo", {"bank_trajectories": 24}), ("abo", {"bank_trajectories": 48})],
-    # AbO's defaults alone, to read its bars on the world's other shapes (--concept circle, triangle...): is square typical?
-    "abo-defaults": [("abo", {})],
-    # and ESD-x's and ESD-u's beside it, where AbO's defaults left a shape standing
-    "esd-defaults": [("esd-x", {}), ("esd-u", {})],
-}
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -77,8 +28,7 @@ def main() -> None:
     parser.add_argument("--eval-seeds", type=int, default=6, help="seeds per prompt: 0 .. N-1, or from --first-eval-seed")
     parser.add_argument("--first-eval-seed", type=int, default=0,
                         help="start the evaluation seeds here instead (held-out images for settings chosen on seeds 0 .. N-1)")
-    parser.add_argument("--sweep", nargs="?", const="abo", choices=sorted(SWEEPS), help="train SWEEPS[NAME]'s settings, not RUNS")
-    parser.add_argument("--train-seeds", default="0", help="training seeds of a sweep, e.g. 0,1")
+    add_output_flags(parser, trains=True)
     args = parser.parse_args()
 
     import torch
@@ -98,34 +48,31 @@ def main() -> None:
     base, detector = load_pipeline("builtin"), ShapesDetector()
     base_images, base_confidence, base_labels = None, None, None
     rows = []
-    sweep_seeds = tuple(int(s) for s in args.train_seeds.split(","))
-    runs = [(method, settings, sweep_seeds) for method, settings in SWEEPS[args.sweep]] if args.sweep else RUNS
-    for method, settings, train_seeds in runs:
-        for train_seed in train_seeds:
-            print("running", method, settings or "defaults", "training seed", train_seed, flush=True)
-            erased = load_pipeline("builtin")
-            erasure = erase(erased, method=method, concepts=args.concept, seed=train_seed, progress=False, **settings)
-            evaluation = evaluate(base, erased, args.concept, suites, detector, seeds=seeds, reference=None,
-                                  base_images=base_images, progress=True)
-            jobs = evaluation.jobs["related"]
-            if base_images is None:
-                base_images = {name: evaluation.images[name]["base"] for name in suites}
-                prediction = detector.classifier.predict(base_images["related"])
-                base_labels = prediction.labels[attribute]
-                # the probability the classifier gives the shape the prompt names
-                base_confidence = [float(prediction.probs[attribute][i, ATTRIBUTES[attribute].index(w)]) for i, w in enumerate(wanted)]
-            labels = detector.predict(evaluation.images["related"]["erased"])[attribute]
-            changed = [
-                {"prompt": jobs[i][0], "seed": jobs[i][1], "base": base_labels[i], "erased": labels[i],
-                 "base_confidence": round(base_confidence[i], 3), "base_rank": _rank(base_confidence, i)}
-                for i in range(len(jobs)) if labels[i] != base_labels[i]
-            ]
-            related, target = evaluation.suites["related"], evaluation.suites["target"]
-            rows.append({"method": method, "settings": settings, "resolved": erasure.metadata["hyperparameters"], "train_seed": train_seed, "eval_seeds": seeds,
-                         "n_related": len(jobs), "n_target": len(evaluation.jobs["target"]), "target_base": target.detected_base, "target": target.detected, "target_drawn_as": target.counts,
-                         "agreement_base": related.alignment_base[attribute], "agreement": related.alignment[attribute],
-                         "ssim_related": related.ssim, "changed": changed})
-            print(rows[-1], flush=True)
+    for method, settings, train_seed in load_runs(args.experiment):
+        print("running", method, settings or "defaults", "training seed", train_seed, flush=True)
+        erased = load_pipeline("builtin")
+        erasure = erase(erased, method=method, concepts=args.concept, seed=train_seed, progress=False, **settings)
+        evaluation = evaluate(base, erased, args.concept, suites, detector, seeds=seeds, reference=None,
+                              base_images=base_images, progress=True)
+        jobs = evaluation.jobs["related"]
+        if base_images is None:
+            base_images = {name: evaluation.images[name]["base"] for name in suites}
+            prediction = detector.classifier.predict(base_images["related"])
+            base_labels = prediction.labels[attribute]
+            # the probability the classifier gives the shape the prompt names
+            base_confidence = [float(prediction.probs[attribute][i, ATTRIBUTES[attribute].index(w)]) for i, w in enumerate(wanted)]
+        labels = detector.predict(evaluation.images["related"]["erased"])[attribute]
+        changed = [
+            {"prompt": jobs[i][0], "seed": jobs[i][1], "base": base_labels[i], "erased": labels[i],
+             "base_confidence": round(base_confidence[i], 3), "base_rank": _rank(base_confidence, i)}
+            for i in range(len(jobs)) if labels[i] != base_labels[i]
+        ]
+        related, target = evaluation.suites["related"], evaluation.suites["target"]
+        rows.append({"method": method, "settings": settings, "resolved": erasure.metadata["hyperparameters"], "train_seed": train_seed, "eval_seeds": seeds,
+                     "n_related": len(jobs), "n_target": len(evaluation.jobs["target"]), "target_base": target.detected_base, "target": target.detected, "target_drawn_as": target.counts,
+                     "agreement_base": related.alignment_base[attribute], "agreement": related.alignment[attribute],
+                     "ssim_related": related.ssim, "changed": changed})
+        print(rows[-1], flush=True)
     write_table(rows, jobs, base_confidence, base_labels, wanted, args, run_meta())
 
 
@@ -195,8 +142,7 @@ def write_table(rows, jobs, base_confidence, base_labels, wanted, args, meta) ->
     order = sorted(range(n), key=lambda i: base_confidence[i])[:10]
     lines += ["", "## The base model's 10 least confident images", "", "| rank | prompt / seed | base drew | confidence |", "|---:|---|---|---:|"]
     lines += [f"| {k + 1} | {jobs[i][0]} / {jobs[i][1]} | {base_labels[i]} | {base_confidence[i]:.2f} |" for k, i in enumerate(order)]
-    held_out = f"_seeds_{seeds[0]}-{seeds[-1]}" if seeds[0] else ""
-    write_results(f"preservation_{args.concept}" + (f"_sweep_{args.sweep}" if args.sweep else "") + held_out, meta, rows, lines)
+    write_results(args.results_dir, meta, rows, lines)
     print("\n".join(lines))
 
 

@@ -1,26 +1,26 @@
 """Benchmark: does suppressing a concept's tokens in cross-attention remove it from the built-in model?
 
-Run from the repository root:
-    .venv/bin/python benchmarks/ptp_token_scope.py --concept square --seeds 4
+Its experiment is ptp-token-scope (`python benchmarks/run.py ptp-token-scope`).
 AbO's implicit δ (paper 001, Eq. 11) is the frozen model's output with the target's cross-attention
 suppressed, Prompt-to-Prompt style, minus its plain output. It can only erase what suppression removes.
 This script samples the target prompts (AbO's T = 35 DDIM steps, guidance γ1 = 7.5) three ways: as
 usual; with the concept's own tokens suppressed (what the implicit δ does); and with those and every
 token after them suppressed (end and padding tokens, which a causal text encoder lets see the
-concept). The shapes classifier judges each image. Results: benchmarks/results/ptp_token_scope_<concept>.{md,json}.
+concept). The shapes classifier judges each image.
 """
 
 from __future__ import annotations
 
 import argparse
 
-from common import heading, run_meta, write_results
+from common import add_output_flags, heading, run_meta, write_results
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--concept", default="square")
     parser.add_argument("--seeds", type=int, default=4, help="seeds per prompt: 0 .. N-1")
+    add_output_flags(parser)
     args = parser.parse_args()
 
     import torch
@@ -75,7 +75,7 @@ def main() -> None:
         f"| tokens suppressed | {args.concept} detected |", "|---|---:|",
     ]
     lines += [f"| {r['suppressed']} | {100 * r['detected'] / r['images']:.0f}% ({r['detected']}/{r['images']}) |" for r in rows]
-    write_results(f"ptp_token_scope_{args.concept}", meta, rows, lines)
+    write_results(args.results_dir, meta, rows, lines)
     print("\n".join(lines))
 
 

@@ -3,8 +3,8 @@
 Run from the repository root:
     .venv/bin/python benchmarks/sd_cost.py          # on a GPU: SD 1.4 and SD 2.1 at 512 px, bf16 and fp16 (+ fp32 for SD 1.4)
     .venv/bin/python benchmarks/sd_cost.py --cpu    # on the CPU: SD 1.4 at 8x8 latents, fp32 and bf16
-Writes benchmarks/results/sd_cost_<gpu|cpu>.{json,md} with the command, the device, and the
-torch and diffusers versions.
+Its experiments are sd-cost-gpu and sd-cost-cpu (`python benchmarks/run.py sd-cost-gpu`); the results
+record the command, the device, and the torch and diffusers versions.
 
 The UNets are built from their configs with random weights (tests/data/*_unet_config.json): no
 download, and time and memory do not depend on the weights' values. The text encoder is a
@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 from statistics import median
 
-from common import RESULTS, heading, run_meta, write_results
+from common import add_output_flags, heading, run_meta, write_results
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = {"sd14": "sd14_unet_config.json", "sd21": "sd21_unet_config.json", "tiny": "tiny_unet_config.json"}
@@ -149,7 +149,7 @@ def main() -> None:
     parser.add_argument("--dtypes", help="comma-separated: fp32, fp16, bf16 (default: the mode's)")
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated, of: " + ", ".join(VARIANTS))
     parser.add_argument("--steps", type=int, help="training steps per cell (default: the mode's)")
-    parser.add_argument("--results-dir", type=Path, default=RESULTS, help="where the results files go")
+    add_output_flags(parser)
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
@@ -182,7 +182,7 @@ def main() -> None:
                 for variant in variants:
                     cell = dict(folder=str(folder), variant=variant, device=device, dtype=dtype, steps=steps, bank=mode["bank"],
                                 esd_ddim=mode["esd_ddim"], abo_ddim=mode["abo_ddim"])
-                    done = subprocess.run([sys.executable, __file__, "--one", json.dumps(cell)], capture_output=True, text=True)
+                    done = subprocess.run([sys.executable, __file__, "--one", json.dumps(cell), "--results-dir", str(args.results_dir)], capture_output=True, text=True)
                     if done.returncode != 0:
                         sys.exit(f"{model} {dtype} {variant} failed:\n{done.stderr[-3000:]}")
                     rows.append({"model": model, **json.loads(done.stdout.strip().splitlines()[-1])})
@@ -196,7 +196,7 @@ def main() -> None:
     ]
     for model in models:
         lines += [f"## {model}", ""] + table([r for r in rows if r["model"] == model], model, gpu) + [""]
-    write_results(f"sd_cost_{'gpu' if gpu else 'cpu'}", meta, rows, lines, args.results_dir)
+    write_results(args.results_dir, meta, rows, lines)
 
 
 if __name__ == "__main__":

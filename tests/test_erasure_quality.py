@@ -1,6 +1,6 @@
 """End to end on the built-in model: the erased concept is gone, the others are not (slow).
 
-A colour and a shape, with each method's defaults (tuned on square: benchmarks/results/shape_erasure_square.md).
+A colour and a shape, with each method's defaults (tuned on square: benchmarks/results/shape-erasure-square/results.md).
 """
 
 import pytest

@@ -1,4 +1,4 @@
-"""The interval the preservation benchmark (benchmarks/preservation_precision.py) reads its few-point bar against."""
+"""The interval the preservation experiments (benchmarks/preservation_precision.py) read their few-point bar against."""
 
 import numpy as np
 import pytest

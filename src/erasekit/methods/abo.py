@@ -14,7 +14,7 @@ Where x_t comes from. Algorithm 1 steps x_τ with the erased guidance (lines 6�
 learns at images from which the concept is already gone; on the built-in model that cost other
 concepts more than following the concept's own guided trajectory (line 6 alone, as ESD draws its
 x_t), which erased as well. A replacement, though, is learnt only where x_t shows it, i.e. along
-the erased trajectory (benchmarks/results/shape_erasure_square.md). So `trajectory="auto"` (the
+the erased trajectory (benchmarks/results/shape-erasure-square/results.md). So `trajectory="auto"` (the
 default) follows the concept's trajectory without a replacement and Algorithm 1's with one; the
 `paper` preset and `trajectory="erased"` always follow Algorithm 1.
 
@@ -22,7 +22,7 @@ Fast path: every x_τ of a trajectory and both targets at it are computed once, 
 teacher bank (the frozen outputs at x_t are the very ones that drew it); each step then runs only
 the student, [c, ∅] stacked in one forward. The bank holds one trajectory per 25 draws
 (`MethodConfig.bank_size`), the fewest that stayed inside Algorithm 1's own seed spread
-(benchmarks/results/abo_fast_vs_reference.md).
+(benchmarks/results/abo-fast-vs-reference/results.md).
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from .base import MethodConfig, TrajectoryBankMethod
 
 @dataclass
 class AboConfig(MethodConfig):
-    # Tuned on the built-in model (benchmarks/results/shape_erasure_square.md, docs/results.md).
+    # Tuned on the built-in model (benchmarks/results/shape-erasure-square/results.md, docs/tuning-log.md).
     # Steps x batch: fewer draws erased nothing. No warm-up: a colour is settled in the first
     # sampling steps, and with the paper's warm-up AbO left every red. λ 100: the penalty pins
     # ε(x_t, ∅), and with it the parts of cross-attention every prompt shares; the paper's 5 cost

@@ -24,7 +24,7 @@ from ..sampling import ddim_scheduler, embed, latent_shape
 
 
 # The fewest trajectories per training draw that kept AbO's erasure and preservation inside the seed
-# spread of Algorithm 1's fresh trajectory per draw (benchmarks/results/abo_fast_vs_reference.md).
+# spread of Algorithm 1's fresh trajectory per draw (benchmarks/results/abo-fast-vs-reference/results.md).
 DRAWS_PER_TRAJECTORY = 25
 
 

@@ -27,7 +27,7 @@ from .base import MethodConfig, TrajectoryBankMethod
 @dataclass
 class EsdConfig(MethodConfig):
     # Tuned on the built-in model, where the paper's η = 1 did not erase even in 1,000 steps
-    # (benchmarks/results/shape_erasure_square.md); the variants below set their own. The paper's
+    # (benchmarks/results/shape-erasure-square/results.md); the variants below set their own. The paper's
     # settings are the `paper` preset.
     steps: int = 400
     lr: float = 2e-4
@@ -114,7 +114,7 @@ class Esd(TrajectoryBankMethod):
 
 
 # The variants differ in what trains and in defaults measured on the built-in model. On 132 images
-# of square (benchmarks/results/preservation_square_sweep_esd.md, _sweep_esd-u.md, _sweep_esd-u-bank.md):
+# of square (benchmarks/results/tuning-esd-*/results.md):
 # esd-x needs η 5 to erase; esd-u needs its slower, longer schedule over a larger bank.
 
 
