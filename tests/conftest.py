@@ -1,4 +1,4 @@
-"""Shared fixtures (the shipped model and classifier, tiny SD 1.x / 2.x pipelines built from configs) and helpers."""
+"""Shared fixtures (the shipped model and classifier, tiny SD 1.x / 2.x / SDXL pipelines built from configs) and helpers."""
 
 from __future__ import annotations
 
@@ -33,6 +33,22 @@ def detector():
     return load_classifier()
 
 
+FAST = dict(steps=6, bank_trajectories=3, ddim_steps=6, progress=False)
+# A random tiny UNet under guidance 7.5 sends x_t off to huge values within a few DDIM steps (and
+# the CPU crawls through them): guide gently here, the paper's scales are tested on the real model.
+GENTLE = {
+    "abo": dict(gamma1=1.0, gamma2=1.0, erase_scale=1.0, replace_scale=1.0),
+    "esd": dict(start_guidance=1.0),
+    "sdd": dict(sample_guidance=1.0),
+    "ablating": dict(guidance=1.0, anchor_images=3),
+    "fmn": dict(guidance=1.0, concept_images=3),
+}
+
+
+def gentle(method: str) -> dict:
+    return {**FAST, **GENTLE["esd" if method.startswith("esd") else method]}
+
+
 TINY_UNET = json.loads((Path(__file__).parent / "data" / "tiny_unet_config.json").read_text())  # also the GPU benchmark's smallest model
 
 
@@ -43,6 +59,23 @@ def build_tiny_sd(version: str):
     sd2 = version == "2"
     attention = dict(attention_head_dim=(2, 4), use_linear_projection=True, upcast_attention=True) if sd2 else dict(attention_head_dim=4)
     return random_pipeline(TINY_UNET | attention, sd2=sd2)
+
+
+SDXL_UNET = json.loads((Path(__file__).parent / "data" / "sdxl_unet_config.json").read_text())  # stabilityai/stable-diffusion-xl-base-1.0
+
+
+def build_tiny_sdxl():
+    """A random-weight StableDiffusionXLPipeline: SDXL's real UNet config, scaled down (erasekit.testing)."""
+    from erasekit.testing import SDXL_SCALED_DOWN, random_sdxl_pipeline
+
+    return random_sdxl_pipeline(SDXL_UNET | SDXL_SCALED_DOWN)
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny-sdxl")
+    build_tiny_sdxl().save_pretrained(folder, safe_serialization=True)
+    return folder
 
 
 @pytest.fixture(scope="session", params=["1", "2"], ids=["sd1", "sd2"])

@@ -17,23 +17,7 @@ from erasekit.erase import check_concepts
 from erasekit.methods import get_method, method_names
 from erasekit.methods.base import parse_settings
 
-from .conftest import build_tiny_sd
-
-FAST = dict(steps=6, bank_trajectories=3, ddim_steps=6, progress=False)
-# A random tiny UNet under guidance 7.5 sends x_t off to huge values within a few DDIM steps (and
-# the CPU crawls through them): guide gently here, the paper's scales are tested on the real model.
-GENTLE = {
-    "abo": dict(gamma1=1.0, gamma2=1.0, erase_scale=1.0, replace_scale=1.0),
-    "esd": dict(start_guidance=1.0),
-    "sdd": dict(sample_guidance=1.0),
-    "ablating": dict(guidance=1.0, anchor_images=3),
-    "fmn": dict(guidance=1.0, concept_images=3),
-}
-
-
-def gentle(method: str) -> dict:
-    return {**FAST, **GENTLE["esd" if method.startswith("esd") else method]}
-
+from .conftest import GENTLE, build_tiny_sd, gentle
 
 @pytest.fixture(scope="module")
 def tiny_folder(tmp_path_factory):
@@ -214,7 +198,7 @@ def test_abo_steps_x_t_along_the_chosen_trajectory_with_the_same_targets(tiny_fo
     x, t, concept = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0)), method.scheduler.timesteps[1], torch.tensor([0, 0])
     with torch.no_grad():
         guided, targets = method.teacher_step(x, t, 1, concept)
-        eps_uncond, eps_concept = (method.unet(x, t, encoder_hidden_states=e.expand(2, -1, -1)).sample for e in (method.uncond, method.concept_emb[0]))
+        eps_uncond, eps_concept = (method.unet(x, t, **e.expand(2, -1, -1).unet_kwargs(x.dtype)).sample for e in (method.uncond, method.concept_emb[0]))
     gamma1 = method.config.gamma1
     # Line 11 of Algorithm 1: the target is γ1 guidance plus δ whichever way x_t was reached.
     assert not torch.allclose(targets["target"], gamma1 * (eps_concept - eps_uncond), atol=1e-4)

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from . import __version__
+from .families import family_of
 from .errors import ErasekitError, ErasekitWarning
 from .images import ensure_writable_dir
 from .io import check_not_under_a_file, output_lock
@@ -95,9 +96,10 @@ def _training_memory(pipe, gradient_checkpointing: bool):
     """While the UNet trains: on an accelerator the text encoder and VAE wait on the host (every
     method embeds its prompts before training), and the student may recompute its activations."""
     offload = pipe.unet.device.type != "cpu"
+    frozen = [*family_of(pipe).text_encoders(pipe), pipe.vae]
     if offload:
-        pipe.text_encoder.to("cpu")
-        pipe.vae.to("cpu")
+        for module in frozen:
+            module.to("cpu")
     if gradient_checkpointing:
         pipe.unet.enable_gradient_checkpointing()
     try:
@@ -106,8 +108,8 @@ def _training_memory(pipe, gradient_checkpointing: bool):
         if gradient_checkpointing:
             pipe.unet.disable_gradient_checkpointing()
         if offload:
-            pipe.text_encoder.to(pipe.unet.device)
-            pipe.vae.to(pipe.unet.device)
+            for module in frozen:
+                module.to(pipe.unet.device)
 
 
 def erase(
@@ -202,6 +204,7 @@ def _erase(model, model_config, method_cls, config, concepts, replacement, prese
 
     metadata = {
         "method": method_cls.name,
+        "family": family_of(pipe).name,
         "concepts": concepts,
         "replacement": replacement,
         "preset": preset,

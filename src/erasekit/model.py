@@ -1,8 +1,8 @@
 """Load a Stable Diffusion pipeline from anywhere a user keeps one, with errors that say what to do.
 
-One code path serves the built-in shapes world and Stable Diffusion 1.x/2.x: a diffusers folder,
-a single-file `.safetensors` checkpoint, or a hub id (local cache first). Weights load from
-safetensors only; pickled checkpoints are refused, never opened.
+One code path serves the built-in shapes world, Stable Diffusion 1.x/2.x and SDXL (families/): a
+diffusers folder, a single-file `.safetensors` checkpoint, or a hub id (local cache first). Weights
+load from safetensors only; pickled checkpoints are refused, never opened.
 """
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ import torch
 
 from .assets import builtin_pipeline_dir
 from .errors import ErasekitError
+from .families import Family, family_named, family_of_checkpoint, supported
 from .precision import resolve_device, resolve_dtype
 
 PICKLE_SUFFIXES = {".ckpt", ".bin", ".pt", ".pth", ".pkl", ".pickle"}
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-SUPPORTED_PIPELINES = {"StableDiffusionPipeline"}
 
 
 class ModelLoadError(ErasekitError):
@@ -28,11 +28,11 @@ class ModelLoadError(ErasekitError):
 
 
 def load_pipeline(source: str | os.PathLike = "builtin", device=None, dtype=None, config: str | None = None):
-    """Load a `StableDiffusionPipeline` on `device` in `dtype`.
+    """Load a `StableDiffusionPipeline` or `StableDiffusionXLPipeline` on `device` in `dtype`.
 
     source: "builtin" (the shapes world shipped with erasekit), a local diffusers folder, a
     single-file `.safetensors` checkpoint (`config`: a local diffusers folder giving its
-    configuration, needed offline), or a hub id such as "CompVis/stable-diffusion-v1-4".
+    configuration and family, needed offline), or a hub id such as "CompVis/stable-diffusion-v1-4".
     device: "auto" (default: CUDA if present), "cpu", "cuda", "cuda:N" or a torch.device.
     dtype: "auto" (default: bf16 on GPUs that support it, fp16 on other GPUs, fp32 on the CPU),
     "fp32", "fp16", "bf16" or a torch.dtype. Bad values are refused before anything loads.
@@ -55,7 +55,7 @@ def load_pipeline(source: str | os.PathLike = "builtin", device=None, dtype=None
     return pipe.to(device, silence_dtype_warnings=True)
 
 
-def _check_folder(path: Path) -> dict:
+def _check_folder(path: Path) -> type[Family]:
     index_file = path / "model_index.json"
     if not index_file.is_file():
         raise ModelLoadError(f"{path} is not a diffusers pipeline folder: model_index.json is missing")
@@ -63,38 +63,42 @@ def _check_folder(path: Path) -> dict:
         index = json.loads(index_file.read_text())
     except json.JSONDecodeError as e:
         raise ModelLoadError(f"{index_file} is not valid JSON ({e})") from None
-    if index.get("_class_name") not in SUPPORTED_PIPELINES:
-        raise ModelLoadError(f"{path} holds a {index.get('_class_name')}; erasekit supports {', '.join(sorted(SUPPORTED_PIPELINES))} (SD 1.x/2.x)")
-    for component in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
+    family = family_named(index.get("_class_name"))
+    if family is None:
+        raise ModelLoadError(f"{path} holds a {index.get('_class_name')}; erasekit supports {supported()}")
+    for component in family.components:
         sub = path / component
         if not isinstance(index.get(component), list) or index[component][0] is None:
             raise ModelLoadError(f"{path}: model_index.json lists no '{component}' component")
         if not sub.is_dir():
             raise ModelLoadError(f"{path}: component folder '{component}/' is missing")
-        if component in ("unet", "vae", "text_encoder"):
+        if component in family.weighted:
             if not any(sub.glob("*.safetensors")):
                 pickles = [p.name for p in sub.iterdir() if p.suffix in PICKLE_SUFFIXES]
                 detail = f" (found only pickled weights {pickles}: erasekit loads safetensors only; convert them first)" if pickles else ""
                 raise ModelLoadError(f"{path}: no .safetensors weights in '{component}/'{detail}")
-    return index
+    return family
 
 
 def _load_folder(path: Path, dtype):
-    from diffusers import StableDiffusionPipeline
-
-    _check_folder(path)
+    family = _check_folder(path)
     try:
-        return StableDiffusionPipeline.from_pretrained(
-            path, dtype=dtype, use_safetensors=True, local_files_only=True,
-            safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-        )
+        return family.pipeline_type().from_pretrained(path, dtype=dtype, use_safetensors=True, local_files_only=True, **family.pipeline_kwargs())
     except (OSError, ValueError, KeyError, RuntimeError) as e:
         raise ModelLoadError(f"could not load the pipeline in {path}: {_first_line(e)}") from None
 
 
-def _load_single_file(path: Path, dtype, config: str | None):
-    from diffusers import StableDiffusionPipeline
+def _single_file_family(path: Path, config: str | None) -> type[Family]:
+    """A single file's family: its --config folder's, else the one its key names show."""
+    if config and Path(config).is_dir():
+        return _check_folder(Path(config))
+    from safetensors import safe_open
 
+    with safe_open(str(path), "pt") as f:
+        return family_of_checkpoint(list(f.keys()))
+
+
+def _load_single_file(path: Path, dtype, config: str | None):
     if path.suffix.lower() in PICKLE_SUFFIXES:
         raise ModelLoadError(
             f"{path.name} is a pickle checkpoint: erasekit never unpickles weights (it can run code). "
@@ -103,22 +107,22 @@ def _load_single_file(path: Path, dtype, config: str | None):
     if path.suffix.lower() != ".safetensors":
         raise ModelLoadError(f"{path} is not a model: pass a diffusers folder, a .safetensors checkpoint or a hub id")
     try:
-        return StableDiffusionPipeline.from_single_file(
-            str(path), dtype=dtype, config=config, local_files_only=True,
-            safety_checker=None, requires_safety_checker=False,
-        )
+        family = _single_file_family(path, config)
+        return family.pipeline_type().from_single_file(str(path), dtype=dtype, config=config, local_files_only=True, **family.pipeline_kwargs())
+    except ModelLoadError:
+        raise
     except Exception as e:  # diffusers raises many types here; all mean "cannot open this file"
         hint = "" if config else " (offline, a single-file checkpoint needs --config: a local diffusers folder of the same architecture)"
         raise ModelLoadError(f"could not load single-file checkpoint {path.name}: {_first_line(e)}{hint}") from None
 
 
 def _load_hub(repo_id: str, dtype):
-    from diffusers import StableDiffusionPipeline
 
     offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
-    kwargs = dict(dtype=dtype, use_safetensors=True, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     try:
-        return StableDiffusionPipeline.from_pretrained(repo_id, local_files_only=True, **kwargs)
+        return _from_hub(repo_id, dtype, local_files_only=True)
+    except ModelLoadError:
+        raise
     except Exception:
         if offline:
             raise ModelLoadError(
@@ -126,12 +130,25 @@ def _load_hub(repo_id: str, dtype):
                 f"download it where the hub is reachable (`hf download {repo_id}`) or pass a local folder"
             ) from None
     try:
-        return StableDiffusionPipeline.from_pretrained(repo_id, **kwargs)
+        return _from_hub(repo_id, dtype, local_files_only=False)
+    except ModelLoadError:
+        raise
     except Exception as e:
         raise ModelLoadError(
             f"hub model '{repo_id}' is not in the local Hugging Face cache and could not be downloaded ({type(e).__name__}): "
             f"download it where the hub is reachable (`hf download {repo_id}`) or pass a local folder"
         ) from None
+
+
+def _from_hub(repo_id: str, dtype, local_files_only: bool):
+    """The hub model's family from its model_index.json, then the pipeline."""
+    from diffusers import DiffusionPipeline
+
+    index = DiffusionPipeline.load_config(repo_id, local_files_only=local_files_only)
+    family = family_named(index.get("_class_name"))
+    if family is None:
+        raise ModelLoadError(f"hub model '{repo_id}' is a {index.get('_class_name')}; erasekit supports {supported()}")
+    return family.pipeline_type().from_pretrained(repo_id, dtype=dtype, use_safetensors=True, local_files_only=local_files_only, **family.pipeline_kwargs())
 
 
 def _first_line(e: BaseException) -> str:

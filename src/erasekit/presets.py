@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from .errors import ErasekitError
-# ESD-u leaves out the final output layers and time embedding too, as esd_sd.py does ("out.", "time_embed").
-_ESD_U_EXCLUDED = ("attn2", "time_embedding", "conv_out", "conv_norm_out")
+# ESD-u leaves out the final output layers and time embedding too, as esd_sd.py does ("out.", "time_embed"),
+# and SDXL's embedding of the pooled text and image sizes (add_embedding), which is conditioning as well.
+_ESD_U_EXCLUDED = ("attn2", "time_embedding", "add_embedding", "conv_out", "conv_norm_out")
 
 PRESETS = {
     "attn2": lambda name: "attn2" in name,

@@ -12,6 +12,8 @@ from typing import Callable
 import torch
 from diffusers import DDIMScheduler
 
+from .families import Conditioning, family_of
+
 Guided = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
 
 
@@ -31,18 +33,16 @@ def ddim_sample(scheduler: DDIMScheduler, x: torch.Tensor, guided: Guided, stop:
     return x
 
 
-def unet_out(unet, x: torch.Tensor, t, embeddings: torch.Tensor) -> torch.Tensor:
+def unet_out(unet, x: torch.Tensor, t, conditioning: Conditioning) -> torch.Tensor:
     """One UNet call for a batch; `t` a scalar or per-sample timesteps."""
     if not torch.is_tensor(t) or t.dim() == 0:
         t = torch.full((x.shape[0],), int(t), device=x.device)
-    return unet(x, t.to(x.device), encoder_hidden_states=embeddings.to(x.dtype)).sample
+    return unet(x, t.to(x.device), **conditioning.unet_kwargs(x.dtype)).sample
 
 
-@torch.no_grad()
-def embed(pipe, prompts: list[str]) -> torch.Tensor:
-    """Text-encoder hidden states for prompts, exactly as the pipeline conditions its UNet."""
-    embeddings, _ = pipe.encode_prompt(prompts, pipe.device, 1, do_classifier_free_guidance=False)
-    return embeddings
+def embed(pipe, prompts: list[str]) -> Conditioning:
+    """The UNet's conditioning for prompts, exactly as the pipeline conditions it ("" is unconditional)."""
+    return family_of(pipe).embed(pipe, prompts)
 
 
 def initial_noise(n: int, shape: tuple[int, ...], generator: torch.Generator, scheduler: DDIMScheduler) -> torch.Tensor:

@@ -1,5 +1,5 @@
 """Random-weight Stable Diffusion pipelines built from configs alone: for tests and benchmarks that need
-a model of a given shape (even SD 1.4's full UNet) without downloading one."""
+a model of a given shape (even SD 1.4's or SDXL's full UNet) without downloading one."""
 
 from __future__ import annotations
 
@@ -13,31 +13,87 @@ def random_pipeline(unet_config: dict, *, sd2: bool = False, seed: int = 0):
     """A StableDiffusionPipeline around a random UNet of `unet_config`, with the shapes-world tokenizer, a
     one-layer CLIP text encoder as wide as the UNet's cross-attention, and a two-level VAE.
     sd2 selects SD 2.x conventions (v-prediction, GELU text encoder) instead of SD 1.x ones."""
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    from .shapes.tokenizer import save_tokenizer
+    from diffusers import StableDiffusionPipeline
+    from transformers import CLIPTextModel
 
     torch.manual_seed(seed)
-    tokenizer = save_tokenizer(Path(tempfile.mkdtemp()) / "tokenizer")
-    unet = UNet2DConditionModel(**{k: v for k, v in unet_config.items() if not k.startswith("_")})
-    width = unet.config.cross_attention_dim
-    vae = AutoencoderKL(
-        in_channels=3, out_channels=3, block_out_channels=(8, 16), norm_num_groups=8, latent_channels=4,
-        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2, sample_size=16,
-    )
-    text_encoder = CLIPTextModel(CLIPTextConfig(
-        vocab_size=len(tokenizer), hidden_size=width, intermediate_size=2 * width, num_hidden_layers=1,
-        num_attention_heads=width // 12, max_position_embeddings=77, bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, hidden_act="gelu" if sd2 else "quick_gelu",
-    ))
-    scheduler = DDIMScheduler(
-        beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False,
-        set_alpha_to_one=False, steps_offset=1, prediction_type="v_prediction" if sd2 else "epsilon",
-    )
+    tokenizer = _tokenizer()
+    unet, vae = _unet(unet_config), _vae()
+    text_encoder = CLIPTextModel(_text_config(tokenizer, unet.config.cross_attention_dim, 1, "gelu" if sd2 else "quick_gelu"))
     pipe = StableDiffusionPipeline(
-        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=_scheduler("v_prediction" if sd2 else "epsilon"),
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+# SDXL's UNet config scaled down: the same blocks, add-embedding and conditioning layout, narrower
+# (two 32-wide text encoders make the 64-wide cross-attention, as 768 + 1280 make SDXL's 2048) and shallower.
+SDXL_SCALED_DOWN = dict(
+    block_out_channels=[32, 64, 64], attention_head_dim=[2, 4, 4], transformer_layers_per_block=[1, 1, 2], layers_per_block=1,
+    cross_attention_dim=64, addition_time_embed_dim=8, projection_class_embeddings_input_dim=32 + 6 * 8, sample_size=8,
+)
+
+
+def random_sdxl_pipeline(unet_config: dict, *, seed: int = 0):
+    """A StableDiffusionXLPipeline around a random UNet of `unet_config` (SDXL's, scaled down with
+    SDXL_SCALED_DOWN), with two two-layer CLIP text encoders (the second with a projection, for the
+    pooled embedding) splitting the cross-attention width, the shapes-world tokenizer for both, and
+    a two-level VAE."""
+    from diffusers import StableDiffusionXLPipeline
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    torch.manual_seed(seed)
+    tokenizer = _tokenizer()
+    unet, vae = _unet(unet_config), _vae()
+    width = unet.config.cross_attention_dim
+    first = _text_config(tokenizer, width // 2, 2, "quick_gelu")
+    second = _text_config(tokenizer, width - width // 2, 2, "gelu")
+    second.projection_dim = unet.config.projection_class_embeddings_input_dim - 6 * unet.config.addition_time_embed_dim
+    pipe = StableDiffusionXLPipeline(
+        vae=vae, text_encoder=CLIPTextModel(first), text_encoder_2=CLIPTextModelWithProjection(second),
+        tokenizer=tokenizer, tokenizer_2=tokenizer, unet=unet, scheduler=_scheduler("epsilon"), force_zeros_for_empty_prompt=True,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _tokenizer():
+    from .shapes.tokenizer import save_tokenizer
+
+    return save_tokenizer(Path(tempfile.mkdtemp()) / "tokenizer")
+
+
+def _unet(config: dict):
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(**{k: v for k, v in config.items() if not k.startswith("_")})
+
+
+def _text_config(tokenizer, width: int, layers: int, act: str):
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=width, intermediate_size=2 * width, num_hidden_layers=layers,
+        num_attention_heads=max(1, width // 12), max_position_embeddings=77, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, hidden_act=act,
+    )
+
+
+def _vae():
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3, out_channels=3, block_out_channels=(8, 16), norm_num_groups=8, latent_channels=4,
+        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2, sample_size=16,
+    )
+
+
+def _scheduler(prediction_type: str):
+    from diffusers import DDIMScheduler
+
+    return DDIMScheduler(
+        beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False,
+        set_alpha_to_one=False, steps_offset=1, prediction_type=prediction_type,
+    )

@@ -80,6 +80,6 @@ class Sdd(TrajectoryBankMethod):
         eps_concept = unet_out(self.unet, x, t, self.concept_emb[batch["concept"]])
         with torch.no_grad():
             t_full = torch.as_tensor(t, device=x.device)
-            eps_teacher = functional_call(self.unet, self.ema, (x, t_full), {"encoder_hidden_states": self.uncond_like(x.shape[0])}, strict=False).sample
+            eps_teacher = functional_call(self.unet, self.ema, (x, t_full), self.uncond_like(x.shape[0]).unet_kwargs(x.dtype), strict=False).sample
         loss = sdd_loss(eps_concept, eps_teacher)
         return loss, {"sdd": loss.item()}

@@ -66,10 +66,11 @@ class SldPipeline:
     def __call__(self, prompt, generator, num_inference_steps, guidance_scale, negative_prompt=None, output_type="pil"):
         pipe, s = self.pipe, self.settings
         n = len(prompt)
-        cond, uncond = pipe.encode_prompt(prompt, pipe.device, 1, True, negative_prompt)
+        negatives = [negative_prompt] * n if isinstance(negative_prompt, str) else (negative_prompt or [""] * n)
+        cond, uncond = embed(pipe, prompt), embed(pipe, negatives)
         embeddings = torch.cat([uncond, cond, self.safety.expand(n, -1, -1)])
         scheduler = ddim_scheduler(pipe, num_inference_steps)
-        x = torch.cat([torch.randn((1, *latent_shape(pipe)), generator=g, dtype=cond.dtype) for g in generator]).to(pipe.device) * scheduler.init_noise_sigma
+        x = torch.cat([torch.randn((1, *latent_shape(pipe)), generator=g, dtype=pipe.unet.dtype) for g in generator]).to(pipe.device) * scheduler.init_noise_sigma
         momentum = torch.zeros_like(x)
 
         def guided(x, t, i):

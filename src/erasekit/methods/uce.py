@@ -62,7 +62,7 @@ class Uce(ClosedFormMethod):
         """Embeddings of `old` from its last word token on, and of `new` at the aligned positions."""
         from ..sampling import embed
 
-        emb = embed(self.pipe, [old, new]).float()
+        emb = embed(self.pipe, [old, new]).hidden.float()  # the keys and values are linear in these states
         length = emb.shape[1]
         last = [len(self.pipe.tokenizer(t).input_ids) - 2 for t in (old, new)]  # BOS, words..., EOS
         farthest = max(last)

@@ -1,0 +1,139 @@
+"""Model families: the one place that knows how SD 1.x/2.x, SDXL and later families differ.
+
+A family says which diffusers pipeline it is, which component folders it needs, how prompts become
+the UNet's conditioning (`Conditioning`), what the unconditional prompt is, and which modules
+encode text (moved off the accelerator while the UNet trains). Methods, the bank, sampling,
+evaluation and generation call these and never ask which family a model is.
+
+A new family (SD3, FLUX: a transformer denoiser and flow matching) is one new module here with a
+`Family` subclass, listed in FAMILIES. It would also have to bring its own denoiser call and
+scheduler step, which `Family.denoise` and the DDIM sampling in sampling.py assume today.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class Conditioning:
+    """What a batch of prompts conditions the UNet with: cross-attention states and, for families that
+    have them, extra inputs (SDXL: the pooled text embedding and the size `time_ids`).
+
+    It indexes, expands, moves and concatenates (`torch.cat`) like the hidden-state tensor it wraps,
+    so code that batches prompts works the same for every family.
+    """
+
+    hidden: torch.Tensor  # (batch, tokens, width): encoder_hidden_states
+    added: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> (batch, ...): added_cond_kwargs
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.hidden.shape
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.hidden.dtype
+
+    def __len__(self) -> int:
+        return self.hidden.shape[0]
+
+    def _map(self, fn) -> "Conditioning":
+        return Conditioning(fn(self.hidden), {k: fn(v) for k, v in self.added.items()})
+
+    def __getitem__(self, index) -> "Conditioning":
+        """Rows of the batch (an int keeps the batch dimension, like a one-element slice)."""
+        index = [index] if isinstance(index, int) else index
+        return self._map(lambda t: t[index])
+
+    def expand(self, n: int, *_) -> "Conditioning":
+        """A batch of one repeated n times (`expand(n, -1, -1)`, as for a tensor)."""
+        return self._map(lambda t: t.expand(n, *t.shape[1:]))
+
+    def to(self, *args, **kwargs) -> "Conditioning":
+        return self._map(lambda t: t.to(*args, **kwargs))
+
+    def float(self) -> "Conditioning":
+        return self._map(lambda t: t.float())
+
+    def unet_kwargs(self, dtype: torch.dtype) -> dict:
+        """The UNet's keyword arguments for this conditioning, in the UNet's compute dtype."""
+        kwargs = {"encoder_hidden_states": self.hidden.to(dtype)}
+        if self.added:
+            kwargs["added_cond_kwargs"] = {k: v.to(dtype) for k, v in self.added.items()}
+        return kwargs
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        if func is torch.cat:
+            parts, dim = args[0], (kwargs or {}).get("dim", args[1] if len(args) > 1 else 0)
+            if dim != 0:
+                raise NotImplementedError("a Conditioning concatenates along the batch only")
+            return Conditioning(torch.cat([p.hidden for p in parts]), {k: torch.cat([p.added[k] for p in parts]) for k in parts[0].added})
+        return NotImplemented
+
+
+class Family:
+    """A model family. Subclasses fill in the class attributes and `embed`."""
+
+    name: str
+    label: str  # for messages: "SD 1.x/2.x"
+    pipeline_class: str  # the diffusers pipeline's class name, as model_index.json spells it
+    components: tuple[str, ...]  # component folders a diffusers folder must have
+    weighted: tuple[str, ...]  # those that hold weights (safetensors required)
+    checkpoint_marker: str | None = None  # a key prefix only this family's single-file checkpoints have
+
+    @classmethod
+    def pipeline_type(cls):
+        import diffusers
+
+        return getattr(diffusers, cls.pipeline_class)
+
+    @classmethod
+    def pipeline_kwargs(cls) -> dict:
+        """Extra keyword arguments for from_pretrained / from_single_file."""
+        return {}
+
+    @classmethod
+    def embed(cls, pipe, prompts: list[str]) -> Conditioning:
+        """The conditioning the pipeline gives its UNet for `prompts`; "" is the unconditional prompt,
+        as the pipeline conditions on it when no negative prompt is given."""
+        raise NotImplementedError
+
+    @classmethod
+    def text_encoders(cls, pipe) -> list[torch.nn.Module]:
+        return [pipe.text_encoder]
+
+
+def _families():
+    from .sd import StableDiffusion
+    from .sdxl import StableDiffusionXL
+
+    return (StableDiffusion, StableDiffusionXL)
+
+
+def family_named(pipeline_class: str | None) -> type[Family] | None:
+    """The family of a diffusers pipeline class name (model_index.json's `_class_name`), or None."""
+    return next((f for f in _families() if f.pipeline_class == pipeline_class), None)
+
+
+def family_of(pipe) -> type[Family]:
+    """The family of a loaded pipeline."""
+    family = family_named(type(pipe).__name__)
+    if family is None:
+        from ..errors import ErasekitError
+
+        raise ErasekitError(f"erasekit supports {supported()}, not a {type(pipe).__name__}")
+    return family
+
+
+def family_of_checkpoint(keys: list[str]) -> type[Family]:
+    """The family of a single-file checkpoint in the original layout, from its key names."""
+    marked = [f for f in _families() if f.checkpoint_marker and any(k.startswith(f.checkpoint_marker) for k in keys)]
+    return marked[0] if marked else _families()[0]
+
+
+def supported() -> str:
+    return ", ".join(f"{f.pipeline_class} ({f.label})" for f in _families())

@@ -1,0 +1,24 @@
+"""Stable Diffusion 1.x and 2.x: one CLIP text encoder, whose hidden states are all the UNet's conditioning."""
+
+from __future__ import annotations
+
+import torch
+
+from . import Conditioning, Family
+
+
+class StableDiffusion(Family):
+    name, label = "sd", "SD 1.x/2.x"
+    pipeline_class = "StableDiffusionPipeline"
+    components = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+    weighted = ("unet", "vae", "text_encoder")
+
+    @classmethod
+    def pipeline_kwargs(cls):
+        return dict(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+
+    @classmethod
+    @torch.no_grad()
+    def embed(cls, pipe, prompts):
+        hidden, _ = pipe.encode_prompt(prompts, pipe.device, 1, do_classifier_free_guidance=False)
+        return Conditioning(hidden)
