@@ -50,6 +50,8 @@ def cases(files: Path) -> dict[str, tuple[list[str], str]]:
         "--set steps=2.5": (["erase", "-c", "square", "--set", "steps=2.5", "--out", "out/e.safetensors"], "setting steps takes int"),
         "--checkpoint-every 0": (["erase", "-c", "square", "--checkpoint-every", "0", "--out", "out/e.safetensors"], "--checkpoint-every must be a positive"),
         "--checkpoint-every -1": (["erase", "-c", "square", "--checkpoint-every", "-1", "--out", "out/e.safetensors"], "--checkpoint-every must be a positive"),
+        "--lora-rank 0": (["erase", "-c", "square", "--save-lora", "out/l.safetensors", "--lora-rank", "0", "--out", "out/e.safetensors"], "--lora-rank must be at least 1"),
+        "--lora-format unknown": (["erase", "-c", "square", "--save-lora", "out/l.safetensors", "--lora-format", "ckpt", "--out", "out/e.safetensors"], "unknown --lora-format 'ckpt'"),
         "--report-seeds 0": (["erase", "-c", "square", "--report", "out/r", "--report-seeds", "0", "--out", "out/e.safetensors"], "--report-seeds must be at least 1"),
         "--out a folder": (["erase", "-c", "square", "--out", str(files)], "is an existing folder"),
         "concept of punctuation": (["erase", "-c", "!!!???", *FAST_ESD, "--out", "out/e.safetensors"], "has no letter or digit"),

@@ -194,6 +194,9 @@ def erase(
     seed: int = typer.Option(0, help="Seed: the same seed and settings give the same weights."),
     out: Path = typer.Option(Path("erased.safetensors"), help="Erasure file: the changed parameters plus metadata (safetensors)."),
     save_pipeline: Optional[Path] = typer.Option(None, help="Also write the whole erased pipeline as a diffusers folder."),
+    save_lora: Optional[Path] = typer.Option(None, help="Also write the change as a LoRA (truncated SVD of each weight's delta): pipe.load_lora_weights(FILE) loads it."),
+    lora_rank: int = typer.Option(16, help="The LoRA's rank: lower is smaller and coarser (the report says how close it is)."),
+    lora_format: str = typer.Option("peft", help="peft (diffusers' keys) or kohya (lora_unet_* keys, for A1111 and ComfyUI)."),
     checkpoint_every: int = typer.Option(50, help="Checkpoint every N steps into OUT.ckpt/ (removed when done)."),
     resume: bool = typer.Option(False, help="Continue from OUT.ckpt/ exactly where an interrupted run stopped."),
     report: Optional[Path] = typer.Option(None, help="Write a before/after report (grid.png, report.md, metrics.json) to this folder."),
@@ -229,9 +232,17 @@ def erase(
         raise ErasekitError(f"--checkpoint-every must be a positive number of steps, got {checkpoint_every}")
     if report_seeds < 1:
         raise ErasekitError(f"--report-seeds must be at least 1, got {report_seeds}")
+    if lora_rank < 1:
+        raise ErasekitError(f"--lora-rank must be at least 1, got {lora_rank}")
+    from .lora import FORMATS
+
+    if lora_format not in FORMATS:
+        raise ErasekitError(f"unknown --lora-format '{lora_format}': use {' or '.join(FORMATS)}")
+    if save_lora is not None and save_lora.is_dir():
+        raise ErasekitError(f"--save-lora {save_lora} is an existing folder: give a file name")
     if out.is_dir():
         raise ErasekitError(f"--out {out} is an existing folder: give a file name, e.g. --out {out / 'erased.safetensors'}")
-    for path in (out, save_pipeline, report):
+    for path in (out, save_pipeline, report, save_lora):
         check_not_under_a_file(path)
     if save_pipeline is not None and save_pipeline.is_file():
         raise ErasekitError(f"--save-pipeline {save_pipeline} is a file: give a folder")
@@ -241,7 +252,7 @@ def erase(
         if report.is_file():
             raise ErasekitError(f"--report {report} is a file: give a folder")
         attribute_of(concept[0].strip())  # the report measures shapes-world concepts: refuse others before training
-    for folder in [out.parent] + [p for p in (save_pipeline, report) if p is not None]:
+    for folder in [out.parent] + [p for p in (save_pipeline, report) if p is not None] + ([save_lora.parent] if save_lora else []):
         ensure_writable_dir(folder)
     erasure = erase_concepts(
         model, method=method, concepts=concept, replacement=replacement, preset=preset, seed=seed, out=out,
@@ -251,6 +262,17 @@ def erase(
     )
     meta = erasure.metadata
     typer.echo(f"wrote {out} ({len(erasure.names)} changed tensors, trained in {meta['base_dtype']} on {meta['device']}, final loss {meta['final_loss']})")
+    if save_lora is not None:
+        from .lora import save_lora as write_lora
+
+        lora = erasure.lora(lora_rank)
+        write_lora(lora, save_lora, lora_format, {"erasekit.method": method, "erasekit.concepts": ",".join(concept), "erasekit.rank": lora_rank})
+        worst = max(lora.error.values(), default=0.0)
+        typer.echo(f"wrote {save_lora} ({lora_format} LoRA of rank {lora_rank} over {len(lora.up)} layers; "
+                   f"largest relative error of a weight's change {worst:.3f})")
+        if lora.dropped:
+            typer.echo(f"warning: a LoRA holds weight matrices only; {len(lora.dropped)} changed bias or norm tensor(s) left out, "
+                       f"e.g. {lora.dropped[0]} (the erasure file keeps them)", err=True)
     if save_pipeline is not None:
         from .model import load_pipeline
         from .erasure_file import load_erasure

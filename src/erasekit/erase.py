@@ -35,6 +35,7 @@ class Erasure:
     tensors: dict[str, torch.Tensor]  # the changed parameters as trained: float32 masters, on the CPU
     unet: torch.nn.Module  # the erased UNet (the pipeline's own, changed in place, in its own dtype)
     history: list[dict[str, float]]
+    base: dict[str, torch.Tensor]  # the same parameters before erasing, on the CPU: what a LoRA is the change from
 
     def save(self, path: Path | str, dtype: str | torch.dtype | None = None) -> Path:
         """Write the changed parameters and the metadata to a safetensors file, atomically.
@@ -44,6 +45,12 @@ class Erasure:
         dtype = _storage_dtype(self.metadata["base_dtype"] if dtype is None else dtype)
         save_erasure(path, self.tensors, self.metadata | {"saved_dtype": dtype_name(dtype)}, dtype)
         return Path(path)
+
+    def lora(self, rank: int):
+        """The change as a rank-`rank` LoRA (lora.Lora: truncated SVD of each weight's delta)."""
+        from .lora import erasure_lora
+
+        return erasure_lora(self.base, self.tensors, rank)
 
 
 def _storage_dtype(dtype: str | torch.dtype) -> torch.dtype:
@@ -193,6 +200,8 @@ def _erase(model, model_config, method_cls, config, concepts, replacement, prese
     generator = torch.Generator().manual_seed(seed)
     instance = method_cls(pipe, concepts, config, replacement)
     ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    params = dict(pipe.unet.named_parameters())
+    base = {name: params[name].detach().to("cpu", copy=True) for name in names}
     masters = hold_in_float32(pipe.unet, names)
     try:
         with _training_memory(pipe, gradient_checkpointing):
@@ -221,4 +230,4 @@ def _erase(model, model_config, method_cls, config, concepts, replacement, prese
         "erasekit_version": __version__,
         "final_loss": history[-1] if history else None,
     }
-    return Erasure(metadata=metadata, names=names, tensors=tensors, unet=pipe.unet, history=history)
+    return Erasure(metadata=metadata, names=names, tensors=tensors, unet=pipe.unet, history=history, base=base)
