@@ -1,7 +1,7 @@
 """Benchmark: the cost of erasing from full-size Stable Diffusion UNets, erasekit against two references.
 
 Run from the repository root:
-    .venv/bin/python benchmarks/sd_cost.py          # on a GPU: SD 1.4 and SD 2.1 at 512 px, bf16 and fp16 (+ fp32 for SD 1.4)
+    .venv/bin/python benchmarks/sd_cost.py          # on a GPU: SD 1.4 and SD 2.1 at 512 px, SDXL at 1024 px, bf16 and fp16 (+ fp32 for SD 1.4)
     .venv/bin/python benchmarks/sd_cost.py --cpu    # on the CPU: SD 1.4 at 8x8 latents, fp32 and bf16
 Its experiments are sd-cost-gpu and sd-cost-cpu (`python benchmarks/run.py sd-cost-gpu`); the results
 record the command, the device, and the torch and diffusers versions.
@@ -40,20 +40,21 @@ from statistics import median
 from common import add_output_flags, heading, run_meta, write_results
 
 ROOT = Path(__file__).resolve().parent.parent
-CONFIGS = {"sd14": "sd14_unet_config.json", "sd21": "sd21_unet_config.json", "tiny": "tiny_unet_config.json"}
+CONFIGS = {"sd14": "sd14_unet_config.json", "sd21": "sd21_unet_config.json", "sdxl": "sdxl_unet_config.json", "tiny": "tiny_unet_config.json"}
 VARIANTS = ("esd-x", "esd-x+gc", "abo", "abo+gc", "uce", "ref-esd", "ref-abo")
 MODES = {  # what a plain run measures, per device
-    "gpu": dict(models="sd14,sd21", dtypes="bf16,fp16", fp32_models="sd14", latent=64, steps=10, bank=2, esd_ddim=50, abo_ddim=35),
-    "cpu": dict(models="sd14", dtypes="fp32,bf16", fp32_models="", latent=8, steps=3, bank=1, esd_ddim=4, abo_ddim=4),
+    "gpu": dict(models="sd14,sd21,sdxl", dtypes="bf16,fp16", fp32_models="sd14", latent=64, sdxl_latent=128, steps=10, bank=2, esd_ddim=50, abo_ddim=35),
+    "cpu": dict(models="sd14", dtypes="fp32,bf16", fp32_models="", latent=8, sdxl_latent=8, steps=3, bank=1, esd_ddim=4, abo_ddim=4),
 }
 
 
 def build_model(name: str, latent: int, folder: Path) -> None:
     """Save a random-weight pipeline with the `name` UNet config at `latent` x `latent` latents (float32)."""
-    from erasekit.testing import random_pipeline
+    from erasekit.testing import random_pipeline, random_sdxl_pipeline
 
-    config = json.loads((ROOT / "tests" / "data" / CONFIGS[name]).read_text())
-    random_pipeline(config | {"sample_size": latent}, sd2=name == "sd21").save_pretrained(folder, safe_serialization=True)
+    config = json.loads((ROOT / "tests" / "data" / CONFIGS[name]).read_text()) | {"sample_size": latent}
+    pipe = random_sdxl_pipeline(config) if name == "sdxl" else random_pipeline(config, sd2=name == "sd21")
+    pipe.save_pretrained(folder, safe_serialization=True)
 
 
 def run_cell(folder: str, variant: str, device: str, dtype: str, steps: int, bank: int, esd_ddim: int, abo_ddim: int) -> dict:
@@ -145,7 +146,7 @@ def table(rows: list[dict], model: str, gpu: bool) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cpu", action="store_true", help="CPU mode (default when no CUDA GPU is present)")
-    parser.add_argument("--models", help="comma-separated: sd14, sd21, tiny (default: the mode's)")
+    parser.add_argument("--models", help="comma-separated: sd14, sd21, sdxl, tiny (default: the mode's)")
     parser.add_argument("--dtypes", help="comma-separated: fp32, fp16, bf16 (default: the mode's)")
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated, of: " + ", ".join(VARIANTS))
     parser.add_argument("--steps", type=int, help="training steps per cell (default: the mode's)")
@@ -174,9 +175,9 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as work:
         for model in models:
-            folder = Path(work) / model
-            print(f"building a random {model} pipeline at {mode['latent']}x{mode['latent']} latents", flush=True)
-            build_model(model, mode["latent"], folder)
+            folder, latent = Path(work) / model, mode["sdxl_latent" if model == "sdxl" else "latent"]
+            print(f"building a random {model} pipeline at {latent}x{latent} latents", flush=True)
+            build_model(model, latent, folder)
             model_dtypes = dtypes + (["fp32"] if model in fp32_models and "fp32" not in dtypes else [])
             for dtype in model_dtypes:
                 for variant in variants:
@@ -185,17 +186,17 @@ def main() -> None:
                     done = subprocess.run([sys.executable, __file__, "--one", json.dumps(cell), "--results-dir", str(args.results_dir)], capture_output=True, text=True)
                     if done.returncode != 0:
                         sys.exit(f"{model} {dtype} {variant} failed:\n{done.stderr[-3000:]}")
-                    rows.append({"model": model, **json.loads(done.stdout.strip().splitlines()[-1])})
+                    rows.append({"model": model, "latent": latent, **json.loads(done.stdout.strip().splitlines()[-1])})
                     print(json.dumps(rows[-1]), flush=True)
 
     title = f"Erasing from full-size SD UNets: time and peak memory ({'GPU' if gpu else 'CPU'})"
     lines = heading(title, meta) + [
-        f"Device: {meta['device']}; torch {meta['torch']}, diffusers {meta['diffusers']}. Random weights, {mode['latent']}x{mode['latent']} "
-        f"latents ({8 * mode['latent']} px), batch 1, {steps} training steps, teacher banks of {mode['bank']} trajectories, "
+        f"Device: {meta['device']}; torch {meta['torch']}, diffusers {meta['diffusers']}. Random weights, batch 1, {steps} training steps, teacher banks of {mode['bank']} trajectories, "
         f"DDIM steps: ESD {mode['esd_ddim']}, AbO {mode['abo_ddim']}. One run per cell, each in its own process; ratios are of peak memory.", "",
     ]
     for model in models:
-        lines += [f"## {model}", ""] + table([r for r in rows if r["model"] == model], model, gpu) + [""]
+        latent = mode["sdxl_latent" if model == "sdxl" else "latent"]
+        lines += [f"## {model}, {latent}x{latent} latents ({8 * latent} px)", ""] + table([r for r in rows if r["model"] == model], model, gpu) + [""]
     write_results(args.results_dir, meta, rows, lines)
 
 

@@ -84,14 +84,12 @@ def save_lora(lora: Lora, path: Path | str, fmt: str = "peft", metadata: dict | 
         raise ErasekitError(f"unknown LoRA format '{fmt}'; choose from {', '.join(FORMATS)}")
     tensors = {}
     for module in lora.up:
-        if fmt == "peft":
-            tensors[f"unet.{module}.lora_A.weight"] = lora.down[module]
-            tensors[f"unet.{module}.lora_B.weight"] = lora.up[module]
-        else:
-            key = "lora_unet_" + module.replace(".", "_")
-            tensors[f"{key}.lora_down.weight"] = lora.down[module]
-            tensors[f"{key}.lora_up.weight"] = lora.up[module]
-            tensors[f"{key}.alpha"] = torch.tensor(float(lora.down[module].shape[0]))  # alpha = rank: scale 1
+        tensors[f"unet.{module}.lora_A.weight"] = lora.down[module]
+        tensors[f"unet.{module}.lora_B.weight"] = lora.up[module]
+    if fmt == "kohya":
+        from diffusers.utils.state_dict_utils import convert_state_dict_to_kohya
+
+        tensors = convert_state_dict_to_kohya(tensors)  # diffusers' own conversion; alpha = rank, so scale 1
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata={k: str(v) for k, v in (metadata or {}).items()})
 

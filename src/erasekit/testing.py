@@ -74,9 +74,12 @@ def _unet(config: dict):
 def _text_config(tokenizer, width: int, layers: int, act: str):
     from transformers import CLIPTextConfig
 
+    heads = max(1, width // 12)
+    while width % heads:  # heads must divide the width (1024 = SD 2.1's: 64 heads, not 85)
+        heads -= 1
     return CLIPTextConfig(
         vocab_size=len(tokenizer), hidden_size=width, intermediate_size=2 * width, num_hidden_layers=layers,
-        num_attention_heads=max(1, width // 12), max_position_embeddings=77, bos_token_id=tokenizer.bos_token_id,
+        num_attention_heads=heads, max_position_embeddings=77, bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, hidden_act=act,
     )
 
