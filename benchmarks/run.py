@@ -211,8 +211,12 @@ def _runs_differ(runs: list[tuple[str, dict, int]], rows: list[dict]) -> list[st
 
     from erasekit.methods import get_method
 
+    def trained(row):
+        return row["method"], row["train_seed"], json.dumps(row.get("settings", row.get("method_settings", {})), sort_keys=True)
+
+    rows = [r for i, r in enumerate(rows) if i == 0 or trained(r) != trained(rows[i - 1])]  # one training, several rows (lora-rank)
     if len(runs) != len(rows):
-        return [f"{len(runs)} runs in the data file, {len(rows)} rows in the results"]
+        return [f"{len(runs)} runs in the data file, {len(rows)} trainings in the results"]
     problems = []
     for (method, settings, seed), row in zip(runs, rows):
         asked = row.get("settings", row.get("method_settings", {}))

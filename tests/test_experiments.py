@@ -33,6 +33,7 @@ def test_the_check_catches_a_run_that_is_not_the_data_files():
     today = asdict(get_method("abo").make_config())
     row = {"method": "abo", "settings": {}, "train_seed": 0, "resolved": today}
     assert run._runs_differ([("abo", {}, 0)], [row]) == []
+    assert run._runs_differ([("abo", {}, 0)], [row, row | {"variant": "LoRA rank 4"}]) == []  # one training, two rows
     assert run._runs_differ([("abo", {}, 1)], [row]), "another training seed"
     assert run._runs_differ([("abo", {"lam": 5.0}, 0)], [row]), "another lambda than the row trained with"
     assert run._runs_differ([("abo", {}, 0), ("abo", {}, 1)], [row]), "a run the results lack"

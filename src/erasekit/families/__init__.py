@@ -6,8 +6,8 @@ encode text (moved off the accelerator while the UNet trains). Methods, the bank
 evaluation and generation call these and never ask which family a model is.
 
 A new family (SD3, FLUX: a transformer denoiser and flow matching) is one new module here with a
-`Family` subclass, listed in FAMILIES. It would also have to bring its own denoiser call and
-scheduler step, which `Family.denoise` and the DDIM sampling in sampling.py assume today.
+`Family` subclass, listed in `_families()`. A transformer denoiser with flow matching would also
+have to bring its own denoiser call and sampler step, where sampling.py assumes a UNet and DDIM.
 """
 
 from __future__ import annotations
