@@ -194,6 +194,7 @@ def erase(
     seed: int = typer.Option(0, help="Seed: the same seed and settings give the same weights."),
     out: Path = typer.Option(Path("erased.safetensors"), help="Erasure file: the changed parameters plus metadata (safetensors)."),
     save_pipeline: Optional[Path] = typer.Option(None, help="Also write the whole erased pipeline as a diffusers folder."),
+    save_checkpoint: Optional[Path] = typer.Option(None, help="Also write the whole erased model as one .safetensors checkpoint in the original Stable Diffusion layout (A1111, ComfyUI)."),
     save_lora: Optional[Path] = typer.Option(None, help="Also write the change as a LoRA (truncated SVD of each weight's delta): pipe.load_lora_weights(FILE) loads it."),
     lora_rank: int = typer.Option(16, help="The LoRA's rank: lower is smaller and coarser (the report says how close it is)."),
     lora_format: str = typer.Option("peft", help="peft (diffusers' keys) or kohya (lora_unet_* keys, for A1111 and ComfyUI)."),
@@ -238,11 +239,12 @@ def erase(
 
     if lora_format not in FORMATS:
         raise ErasekitError(f"unknown --lora-format '{lora_format}': use {' or '.join(FORMATS)}")
-    if save_lora is not None and save_lora.is_dir():
-        raise ErasekitError(f"--save-lora {save_lora} is an existing folder: give a file name")
+    for flag, path in (("--save-lora", save_lora), ("--save-checkpoint", save_checkpoint)):
+        if path is not None and path.is_dir():
+            raise ErasekitError(f"{flag} {path} is an existing folder: give a file name")
     if out.is_dir():
         raise ErasekitError(f"--out {out} is an existing folder: give a file name, e.g. --out {out / 'erased.safetensors'}")
-    for path in (out, save_pipeline, report, save_lora):
+    for path in (out, save_pipeline, report, save_lora, save_checkpoint):
         check_not_under_a_file(path)
     if save_pipeline is not None and save_pipeline.is_file():
         raise ErasekitError(f"--save-pipeline {save_pipeline} is a file: give a folder")
@@ -252,7 +254,7 @@ def erase(
         if report.is_file():
             raise ErasekitError(f"--report {report} is a file: give a folder")
         attribute_of(concept[0].strip())  # the report measures shapes-world concepts: refuse others before training
-    for folder in [out.parent] + [p for p in (save_pipeline, report) if p is not None] + ([save_lora.parent] if save_lora else []):
+    for folder in [out.parent] + [p for p in (save_pipeline, report) if p is not None] + [p.parent for p in (save_lora, save_checkpoint) if p]:
         ensure_writable_dir(folder)
     erasure = erase_concepts(
         model, method=method, concepts=concept, replacement=replacement, preset=preset, seed=seed, out=out,
@@ -273,14 +275,20 @@ def erase(
         if lora.dropped:
             typer.echo(f"warning: a LoRA holds weight matrices only; {len(lora.dropped)} changed bias or norm tensor(s) left out, "
                        f"e.g. {lora.dropped[0]} (the erasure file keeps them)", err=True)
-    if save_pipeline is not None:
-        from .model import load_pipeline
+    if save_pipeline is not None or save_checkpoint is not None:
         from .erasure_file import load_erasure
+        from .model import load_pipeline
 
         pipe = load_pipeline(model, device, dtype, config)
         load_erasure(pipe, out)
-        pipe.save_pretrained(save_pipeline, safe_serialization=True)
-        typer.echo(f"wrote the erased pipeline to {save_pipeline}")
+        if save_pipeline is not None:
+            pipe.save_pretrained(save_pipeline, safe_serialization=True)
+            typer.echo(f"wrote the erased pipeline to {save_pipeline}")
+        if save_checkpoint is not None:
+            from .single_file import save_checkpoint as write_checkpoint
+
+            count = write_checkpoint(pipe, save_checkpoint)
+            typer.echo(f"wrote {save_checkpoint} ({count} tensors in the original single-file layout)")
     if report is not None:
         from .evaluation.report import erasure_report
 

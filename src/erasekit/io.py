@@ -45,12 +45,19 @@ def atomic_path(target: Path | str) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; the result gets a normal file's mode
         os.replace(tmp, target)
     except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
         if out_of_space(e):
             raise _no_space(target) from None
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 @contextmanager
@@ -61,6 +68,7 @@ def atomic_dir(target: Path | str) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
     try:
         yield tmp
+        os.chmod(tmp, 0o777 & ~_umask())  # as for atomic_path: a normal folder's mode, not mkdtemp's private one
         old = None
         if target.exists():
             old = target.with_name(f".{target.name}.old-{os.getpid()}")

@@ -29,7 +29,7 @@ def random_pipeline(unet_config: dict, *, sd2: bool = False, seed: int = 0):
 
 
 # SDXL's UNet config scaled down: the same blocks, add-embedding and conditioning layout, narrower
-# (two 32-wide text encoders make the 64-wide cross-attention, as 768 + 1280 make SDXL's 2048) and shallower.
+# (text encoders 24 and 40 wide make the 64-wide cross-attention, as 768 + 1280 make SDXL's 2048) and shallower.
 SDXL_SCALED_DOWN = dict(
     block_out_channels=[32, 64, 64], attention_head_dim=[2, 4, 4], transformer_layers_per_block=[1, 1, 2], layers_per_block=1,
     cross_attention_dim=64, addition_time_embed_dim=8, projection_class_embeddings_input_dim=32 + 6 * 8, sample_size=8,
@@ -39,7 +39,7 @@ SDXL_SCALED_DOWN = dict(
 def random_sdxl_pipeline(unet_config: dict, *, seed: int = 0):
     """A StableDiffusionXLPipeline around a random UNet of `unet_config` (SDXL's, scaled down with
     SDXL_SCALED_DOWN), with two two-layer CLIP text encoders (the second with a projection, for the
-    pooled embedding) splitting the cross-attention width, the shapes-world tokenizer for both, and
+    pooled embedding) splitting the cross-attention width 3:5 as SDXL's do, the shapes-world tokenizer for both, and
     a two-level VAE."""
     from diffusers import StableDiffusionXLPipeline
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
@@ -48,8 +48,8 @@ def random_sdxl_pipeline(unet_config: dict, *, seed: int = 0):
     tokenizer = _tokenizer()
     unet, vae = _unet(unet_config), _vae()
     width = unet.config.cross_attention_dim
-    first = _text_config(tokenizer, width // 2, 2, "quick_gelu")
-    second = _text_config(tokenizer, width - width // 2, 2, "gelu")
+    first = _text_config(tokenizer, 3 * width // 8, 2, "quick_gelu")  # 768 and 1280 of SDXL's 2048, scaled
+    second = _text_config(tokenizer, width - 3 * width // 8, 2, "gelu")
     second.projection_dim = unet.config.projection_class_embeddings_input_dim - 6 * unet.config.addition_time_embed_dim
     pipe = StableDiffusionXLPipeline(
         vae=vae, text_encoder=CLIPTextModel(first), text_encoder_2=CLIPTextModelWithProjection(second),

@@ -106,6 +106,11 @@ class Family:
     def text_encoders(cls, pipe) -> list[torch.nn.Module]:
         return [pipe.text_encoder]
 
+    @classmethod
+    def checkpoint_text_encoders(cls, pipe) -> list[tuple[str, str, torch.nn.Module]]:
+        """Where each text encoder goes in a single-file checkpoint: (key prefix, "hf" or "openclip", encoder)."""
+        raise NotImplementedError
+
 
 def _families():
     from .sd import StableDiffusion

@@ -18,6 +18,13 @@ class StableDiffusion(Family):
         return dict(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
 
     @classmethod
+    def checkpoint_text_encoders(cls, pipe):
+        # SD 2.x's encoder is OpenCLIP's (GELU); SD 1.x's is OpenAI's CLIP (quick GELU), kept in transformers' names
+        if pipe.text_encoder.config.hidden_act == "gelu":
+            return [("cond_stage_model.model.", "openclip", pipe.text_encoder)]
+        return [("cond_stage_model.transformer.", "hf", pipe.text_encoder)]
+
+    @classmethod
     @torch.no_grad()
     def embed(cls, pipe, prompts):
         hidden, _ = pipe.encode_prompt(prompts, pipe.device, 1, do_classifier_free_guidance=False)

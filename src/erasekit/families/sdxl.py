@@ -32,3 +32,7 @@ class StableDiffusionXL(Family):
     @classmethod
     def text_encoders(cls, pipe):
         return [pipe.text_encoder, pipe.text_encoder_2]
+
+    @classmethod
+    def checkpoint_text_encoders(cls, pipe):
+        return [("conditioner.embedders.0.transformer.", "hf", pipe.text_encoder), ("conditioner.embedders.1.model.", "openclip", pipe.text_encoder_2)]
