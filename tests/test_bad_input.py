@@ -3,12 +3,14 @@ leaves no file behind. Then the guarantees behind them: erasure files checked on
 identity on resume, one writer per output, and a full disk."""
 
 import errno
+import json
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -17,6 +19,7 @@ from typer.testing import CliRunner
 from erasekit import ErasekitError, erase, load_erasure, load_pipeline
 from erasekit.cli import app
 from erasekit.erasure_file import read_metadata
+from erasekit.shapes.world import Labels, render
 
 runner = CliRunner()
 FAST_ESD = ["--method", "esd-x", "--steps", "2", "--set", "bank_trajectories=1", "--set", "ddim_steps=4"]
@@ -40,6 +43,9 @@ def erasure_files(tmp_path_factory):
     (folder / "latin1.txt").write_bytes("a red circle\ncaf\xe9 au lait\n".encode("latin-1"))
     (folder / "latin1.csv").write_bytes("prompt,evaluation_seed\ncaf\xe9,0\n".encode("latin-1"))
     (folder / "not-a-model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}      ")
+    render(Labels("square", "red", "solid", "grey"), np.random.default_rng(0)).save(folder / "square.png")
+    other = {f"erasekit.{k}": json.dumps(v) for k, v in (read_metadata(good) | {"base_unet_sha256": "0" * 16}).items()}
+    save_file(tensors, str(folder / "other-base.safetensors"), metadata=other)
     return folder
 
 
@@ -73,6 +79,10 @@ def cases(files: Path) -> dict[str, tuple[list[str], str]]:
         "unknown method": (["erase", "-c", "square", "--method", "esd-z", "--out", "out/e.safetensors"], "unknown method 'esd-z'"),
         "pickle model": (["generate", "-p", "x", "--model", str(files / "weights.ckpt"), "--out", "out"], "pickle checkpoint"),
         "--dtype fp8": (["erase", "-c", "square", "--dtype", "fp8", "--out", "out/e.safetensors"], "unknown dtype 'fp8'"),
+        "purify: missing image": (["purify", "--erasure", str(files / "good.safetensors"), "--image", "nope.png", "--out", "out/p.png"], "image not found: nope.png"),
+        "purify: erasure for another model": (["purify", "--erasure", str(files / "other-base.safetensors"), "--image", str(files / "square.png"), "--out", "out/p.png"], "was made for base model"),
+        "purify: strength 0": (["purify", "--erasure", str(files / "good.safetensors"), "--image", str(files / "square.png"), "--strength", "0", "--out", "out/p.png"], "--strength must be in (0, 1]"),
+        "purify: not an image": (["purify", "--erasure", str(files / "good.safetensors"), "--image", str(files / "latin1.txt"), "--out", "out/p.png"], "cannot read"),
     }
 
 

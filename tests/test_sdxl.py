@@ -140,3 +140,10 @@ def test_sdxl_folders_get_the_same_one_line_errors(tiny_sdxl_folder, tmp_path):
     (folder / "model_index.json").write_text(json.dumps(index | {"_class_name": "StableDiffusion3Pipeline"}))
     with pytest.raises(ModelLoadError, match="holds a StableDiffusion3Pipeline; erasekit supports StableDiffusionPipeline .SD 1.x/2.x., StableDiffusionXLPipeline .SDXL."):
         load_pipeline(str(folder))
+
+
+def test_a_single_file_checkpoints_family_shows_in_its_key_names():
+    from erasekit.families import family_of_checkpoint
+
+    assert family_of_checkpoint(["model.diffusion_model.input_blocks.0.0.weight", "conditioner.embedders.1.model.positional_embedding"]).name == "sdxl"
+    assert family_of_checkpoint(["model.diffusion_model.input_blocks.0.0.weight", "cond_stage_model.transformer.text_model.final_layer_norm.weight"]).name == "sd"

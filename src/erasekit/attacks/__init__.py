@@ -1,0 +1,1 @@
+"""Robustness: what brings an erased concept back, and what takes it out of an image (purify)."""
