@@ -79,6 +79,8 @@ def cases(files: Path) -> dict[str, tuple[list[str], str]]:
         "unknown method": (["erase", "-c", "square", "--method", "esd-z", "--out", "out/e.safetensors"], "unknown method 'esd-z'"),
         "pickle model": (["generate", "-p", "x", "--model", str(files / "weights.ckpt"), "--out", "out"], "pickle checkpoint"),
         "--dtype fp8": (["erase", "-c", "square", "--dtype", "fp8", "--out", "out/e.safetensors"], "unknown dtype 'fp8'"),
+        "attack: unknown attack": (["attack", "-c", "square", "--attack", "gcg", "--out", "out"], "unknown attack 'gcg'"),
+        "attack: --steps 0": (["attack", "-c", "square", "--steps", "0", "--out", "out"], "--steps must be at least 1"),
         "purify: missing image": (["purify", "--erasure", str(files / "good.safetensors"), "--image", "nope.png", "--out", "out/p.png"], "image not found: nope.png"),
         "purify: erasure for another model": (["purify", "--erasure", str(files / "other-base.safetensors"), "--image", str(files / "square.png"), "--out", "out/p.png"], "was made for base model"),
         "purify: strength 0": (["purify", "--erasure", str(files / "good.safetensors"), "--image", str(files / "square.png"), "--strength", "0", "--out", "out/p.png"], "--strength must be in (0, 1]"),

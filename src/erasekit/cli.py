@@ -450,6 +450,69 @@ def bench(
 
 @app.command()
 @friendly_errors
+def attack(
+    concept: str = typer.Option(..., "--concept", "-c", help="The erased concept the attack tries to bring back."),
+    attack_name: str = typer.Option("paraphrase", "--attack", help="paraphrase (prompts that mean the concept without naming it)."),
+    erasure: Optional[Path] = typer.Option(None, help="The erasure file to attack; without it, the base model (the sanity check: an attack must reach the concept there)."),
+    model: str = typer.Option("builtin", help=MODEL_HELP),
+    paraphrases: Optional[Path] = typer.Option(None, help="paraphrase: a UTF-8 file of words or phrases, one per line, put in the concept's place (default on the built-in model: its synonyms)."),
+    seeds: str = typer.Option("0-3", help="Seeds per target prompt, e.g. 0,1,2 or 0-3."),
+    steps: int = typer.Option(35, help="DDIM steps when generating."),
+    out: Path = typer.Option(Path("attack"), help="Folder for attack.json (ASR, budget, and the prompts that succeeded, to replay)."),
+    device: str = device_option(),
+    dtype: str = dtype_option(),
+    config: Optional[str] = config_option(),
+):
+    """Attack an erasure: how often does the concept come back? Reports ASR before and after.
+
+    Example: erasekit attack --erasure square.safetensors --concept square --attack paraphrase
+    """
+    import dataclasses
+    import json
+
+    from .attacks import get_attack
+    from .erasure_file import load_erasure, read_metadata
+    from .errors import ErasekitError
+    from .evaluation.detectors import ShapesDetector
+    from .evaluation.prompts import load_prompts
+    from .images import ensure_writable_dir
+    from .io import atomic_write_text, read_utf8
+    from .model import load_pipeline
+
+    method = get_attack(attack_name)
+    targets = [p.text for p in load_prompts("target", concept.strip())["target"]]
+    seed_list = _parse_seeds(seeds)
+    if not seed_list:
+        raise ErasekitError("--seeds names no seed")
+    if steps < 1:
+        raise ErasekitError(f"--steps must be at least 1, got {steps}")
+    if erasure is not None:
+        if not erasure.is_file():
+            raise ErasekitError(f"erasure file not found: {erasure}")
+        read_metadata(erasure)
+    words = None
+    if paraphrases is not None:
+        if not paraphrases.is_file():
+            raise ErasekitError(f"paraphrases file not found: {paraphrases}")
+        words = [line.strip() for line in read_utf8(paraphrases).splitlines() if line.strip()]
+    _check_precision(device, dtype)
+    check_not_under_a_file(out / "attack.json")
+    if out.is_file():
+        raise ErasekitError(f"--out {out} is a file: give a folder")
+    pipe = load_pipeline(model, device, dtype, config)
+    if erasure is not None:
+        load_erasure(pipe, erasure)
+    result = method.run(pipe, concept.strip(), targets, seed_list, ShapesDetector(), paraphrases=words, steps=steps)
+    ensure_writable_dir(out)
+    atomic_write_text(out / "attack.json", json.dumps(dataclasses.asdict(result) | {"erasure": str(erasure) if erasure else None}, indent=2))
+    typer.echo(f"{attack_name} on {'erasure ' + str(erasure) if erasure else 'the base model'}: ASR {100 * result.asr_before:.1f}% before, "
+               f"{100 * result.asr_after:.1f}% after ({100 * result.asr_attack_only:.1f}% by the attack's prompts alone; "
+               f"{result.n_prompts} prompts x seeds, {result.budget['images']} images, {result.seconds:.0f} s)")
+    typer.echo(f"wrote {out / 'attack.json'} ({len(result.found)} successful attack prompts, to replay)")
+
+
+@app.command()
+@friendly_errors
 def purify(
     erasure: Path = typer.Option(..., help="The erasure file (from `erasekit erase`) whose model denoises the image."),
     image: Path = typer.Option(..., help="The image to purify (resized to the model's size if it differs)."),
