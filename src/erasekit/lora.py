@@ -35,11 +35,6 @@ class Lora:
     dropped: list[str] = field(default_factory=list)  # changed parameters that are not weight matrices
     error: dict[str, float] = field(default_factory=dict)  # module -> ||ΔW - up @ down|| / ||ΔW||
 
-    def delta(self, module: str) -> torch.Tensor:
-        """up @ down, in the weight's shape."""
-        up, down = self.up[module], self.down[module]
-        return (up.flatten(1) @ down.flatten(1)).reshape(up.shape[0], *down.shape[1:])
-
 
 def factor(delta: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor, float]:
     """The best rank-`rank` factors (up, down) of a linear or convolution weight's delta, and the relative error."""

@@ -16,10 +16,6 @@ from ..errors import ErasekitError
 ATTACKS = {"paraphrase": "paraphrase:Paraphrase"}  # name -> "module:class" in this package; the attacks to come join here
 
 
-def attack_names() -> list[str]:
-    return list(ATTACKS)
-
-
 def get_attack(name: str):
     if name not in ATTACKS:
         raise ErasekitError(f"unknown attack '{name}'; choose from {', '.join(ATTACKS)}")

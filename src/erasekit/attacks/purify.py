@@ -50,11 +50,12 @@ def _guided(unet, conditioning, guidance: float):
 
 
 @torch.no_grad()
-def invert(pipe, latents: torch.Tensor, prompt: str, steps: int, stop: int, guidance: float = 1.0) -> torch.Tensor:
-    """DDIM inversion of clean latents with `pipe` through the first `stop` of `steps` steps."""
+def invert(pipe, latents: torch.Tensor, conditioning, steps: int, stop: int, guidance: float = 1.0) -> torch.Tensor:
+    """DDIM inversion of clean latents with `pipe` through the first `stop` of `steps` steps
+    (`conditioning`: the null prompt's, then the prompt's)."""
     inverse = DDIMInverseScheduler.from_config(pipe.scheduler.config)
     inverse.set_timesteps(steps)
-    guided = _guided(pipe.unet, embed(pipe, ["", prompt]), guidance)
+    guided = _guided(pipe.unet, conditioning, guidance)
     x = latents
     for i, t in enumerate(inverse.timesteps[:stop]):
         x = inverse.step(guided(x, t, i), t, x).prev_sample
@@ -71,11 +72,12 @@ def purify(base, erased, images: list[Image.Image], prompt: str = "", strength: 
     if steps < 1:
         raise ErasekitError(f"steps must be at least 1, got {steps}")
     stop = max(1, round(strength * steps))
-    noisy = invert(base, encode(base, images), prompt, steps, stop, guidance)
+    conditioning = embed(base, ["", prompt])  # an erasure changes the UNet only: one embedding serves both models
+    noisy = invert(base, encode(base, images), conditioning, steps, stop, guidance)
     outputs = []
     for pipe in (erased, base):
         scheduler = ddim_scheduler(pipe, steps)
         scheduler.timesteps = scheduler.timesteps[steps - stop:]  # start where the inversion stopped
-        x = ddim_sample(scheduler, noisy.to(pipe.unet.device, pipe.unet.dtype), _guided(pipe.unet, embed(pipe, ["", prompt]), guidance))
+        x = ddim_sample(scheduler, noisy.to(pipe.unet.device, pipe.unet.dtype), _guided(pipe.unet, conditioning.to(pipe.unet.device), guidance))
         outputs.append(decode(pipe, x))
     return Purified(images=outputs[0], reconstructed=outputs[1])

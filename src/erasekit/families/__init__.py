@@ -29,14 +29,6 @@ class Conditioning:
     hidden: torch.Tensor  # (batch, tokens, width): encoder_hidden_states
     added: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> (batch, ...): added_cond_kwargs
 
-    @property
-    def shape(self) -> torch.Size:
-        return self.hidden.shape
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.hidden.dtype
-
     def __len__(self) -> int:
         return self.hidden.shape[0]
 
@@ -54,9 +46,6 @@ class Conditioning:
 
     def to(self, *args, **kwargs) -> "Conditioning":
         return self._map(lambda t: t.to(*args, **kwargs))
-
-    def float(self) -> "Conditioning":
-        return self._map(lambda t: t.float())
 
     def unet_kwargs(self, dtype: torch.dtype) -> dict:
         """The UNet's keyword arguments for this conditioning, in the UNet's compute dtype."""
