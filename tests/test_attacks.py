@@ -1,43 +1,144 @@
-"""Attacks: each first reaches its concept on the unerased model, then runs against an erasure and saves what it found."""
+"""Attacks: each first reaches its concept on the unerased model, then runs against an erasure, finds
+attack prompts for every target prompt and saves what replays them; the math they share is checked by hand."""
 
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
+import torch
+from typer.testing import CliRunner
 
 from erasekit import erase
 from erasekit.api import generate_batch
-from erasekit.attacks import get_attack
+from erasekit.attacks import get_attack, run_attack
+from erasekit.attacks.ring_a_bell import concept_vector, word_ids
+from erasekit.attacks.tokens import decode_words, word_tokens
+from erasekit.attacks.unlearndiffatk import nearest_words
 from erasekit.errors import ErasekitError
 from erasekit.evaluation.detectors import ShapesDetector
-from erasekit.evaluation.prompts import load_prompts
+from erasekit.evaluation.shapes import target_prompts
+from erasekit.losses import denoising_loss
+from erasekit.sampling import embed
 
 
-def targets(concept: str) -> list[str]:
-    return [p.text for p in load_prompts("target", concept)["target"]]
+@pytest.fixture(scope="module")
+def erased_red(builtin_pipe):
+    """The built-in model with red erased by UCE (a closed form: a second)."""
+    erased = copy.deepcopy(builtin_pipe)
+    erase(erased, method="uce", concepts="red", progress=False)
+    return erased
 
 
 def test_paraphrase_reaches_the_concept_on_the_unerased_model(builtin_pipe):
-    result = get_attack("paraphrase").run(builtin_pipe, "square", targets("square"), [0], ShapesDetector())
+    result = run_attack("paraphrase", builtin_pipe, "square", target_prompts("square"), [0], ShapesDetector())
     assert result.budget["paraphrases"] == ["box"] and result.n_prompts == 11
     assert result.asr_attack_only >= 0.9  # "box" alone draws squares: a low ASR on an erasure will mean robustness
 
 
-def test_paraphrase_against_an_erasure_reports_before_and_after_and_saves_replayable_prompts(builtin_pipe):
-    erased = copy.deepcopy(builtin_pipe)
-    erase(erased, method="uce", concepts="red", progress=False)
+def test_paraphrase_against_an_erasure_reports_before_and_after_and_saves_replayable_prompts(erased_red, tmp_path):
     detector = ShapesDetector()
-    result = get_attack("paraphrase").run(erased, "red", targets("red"), [0, 1], detector)
-    assert result.budget == {"paraphrases": ["crimson", "scarlet"], "images": 8 * 2 * 3}
+    result = run_attack("paraphrase", erased_red, "red", target_prompts("red"), [0, 1], detector)
+    assert result.budget["paraphrases"] == ["crimson", "scarlet"] and result.budget["images_generated"] == 8 * 2 * 2
     assert result.asr_before <= result.asr_after and result.asr_attack_only <= result.asr_after
     assert len({(f["prompt"], f["seed"]) for f in result.found}) == round(result.asr_attack_only * result.n_prompts)
+    result.save(tmp_path)
+    saved = json.loads((tmp_path / "attack.json").read_text())
+    assert saved["asr_after"] == result.asr_after and len(saved["found"]) == len(result.found)
     if result.found:  # replay: the saved prompt and seed give the concept again
-        hit = result.found[0]
-        image = generate_batch(erased, [(hit["attack_prompt"], hit["seed"], 7.5)], steps=35)
+        hit = saved["found"][0]
+        image = generate_batch(erased_red, [(hit["attack_prompt"], hit["seed"], 7.5)], steps=35)
         assert detector.detect(image, "red").flags == [True]
 
 
-def test_an_unknown_attack_is_refused_by_name():
-    with pytest.raises(ErasekitError, match="unknown attack 'gcg'; choose from paraphrase"):
+@pytest.mark.parametrize("name, steps", [("inversion", 5), ("unlearndiffatk", 2), ("ring-a-bell", 3)])
+def test_each_attack_finds_prompts_for_every_target_and_saves_them(name, steps, builtin_pipe, erased_red, tmp_path):
+    prompts = target_prompts("red")[:3]
+    result = run_attack(name, erased_red, "red", prompts, [0, 1], ShapesDetector(), base=builtin_pipe, steps=steps)
+    assert result.budget["steps"] == steps and result.budget["images_generated"] == 3 * 2
+    assert len(result.tried.prompts) == 6 and all(text for _, _, text in result.tried.prompts)
+    written = result.save(tmp_path)
+    assert json.loads((tmp_path / "attack.json").read_text())["budget"]["steps"] == steps
+    assert [p.name for p in written] == ["attack.json"] + (["learned_embeds.safetensors"] if name == "inversion" else [])
+    assert len(erased_red.tokenizer) == len(builtin_pipe.tokenizer)  # the learned tokens were taken out again
+
+
+def test_the_learned_token_replays_through_diffusers_textual_inversion_loader(builtin_pipe, tmp_path):
+    """The inversion's images come from its saved token loaded by diffusers' own `load_textual_inversion`."""
+    result = run_attack("inversion", builtin_pipe, "square", ["a red square"], [0], ShapesDetector(), base=builtin_pipe, steps=3)
+    result.save(tmp_path)
+    pipe = copy.deepcopy(builtin_pipe)
+    pipe.load_textual_inversion(str(tmp_path / "learned_embeds.safetensors"))
+    replayed = generate_batch(pipe, [("a red <concept>", 0, 7.5)], steps=35)
+    assert torch.equal(pipe.text_encoder.get_input_embeddings().weight[-1], result.embeddings["<concept>"])
+    assert ShapesDetector().detect(replayed, "square").flags == [bool(result.asr_attack_only)]
+
+
+@pytest.mark.slow
+def test_concept_inversion_recovers_the_concept_on_the_unerased_model(builtin_pipe):
+    """The sanity check behind every inversion figure: a token learned from squares draws squares in place
+    of the word, where the untrained start (one step from "something") does not."""
+    prompts, detector = target_prompts("square"), ShapesDetector()
+    untrained = run_attack("inversion", builtin_pipe, "square", prompts, [0, 1], detector, base=builtin_pipe, steps=1)
+    learned = run_attack("inversion", builtin_pipe, "square", prompts, [0, 1], detector, base=builtin_pipe)
+    assert learned.budget["steps"] == 300
+    assert untrained.asr_attack_only <= 0.5
+    assert learned.asr_attack_only >= 0.9
+
+
+def test_ring_a_bell_encodes_word_ids_as_the_pipeline_encodes_their_text(builtin_pipe):
+    words = word_tokens(builtin_pipe.tokenizer)
+    rows = words[torch.tensor([[3, 17, 40], [5, 5, 60]])]
+    hidden = builtin_pipe.text_encoder(word_ids(builtin_pipe.tokenizer, rows))[0]
+    texts = [decode_words(builtin_pipe.tokenizer, r) for r in rows]
+    assert torch.allclose(hidden, embed(builtin_pipe, texts).hidden, atol=1e-6)
+
+
+def test_ring_a_bells_concept_vector_is_the_mean_difference_with_and_without_the_word():
+    table = {"a red square": 5.0, "a red": 0.0, "a square": 1.0, "red": 4.0, "": 2.0, "a blue circle": 9.0}
+    encode = lambda texts: torch.tensor([[[table[t]]] for t in texts])  # noqa: E731
+    assert concept_vector(encode, ["a red square", "red", "a blue circle"], "square").item() == 5.0 - 0.0  # only prompts naming it
+    assert concept_vector(encode, ["a red square", "red", "a blue circle"], "red").item() == ((5.0 - 1.0) + (4.0 - 2.0)) / 2
+    with pytest.raises(ErasekitError, match="no target prompt names 'star'"):
+        concept_vector(encode, ["a red square"], "star")
+
+
+def test_unlearndiffatk_projects_onto_the_nearest_word_by_cosine():
+    vocabulary = torch.tensor([[1.0, 0.0], [0.0, 1.0], [10.0, 10.0]])
+    assert nearest_words(torch.tensor([[5.0, 5.0], [0.2, 3.0]]), vocabulary).tolist() == [2, 1]  # by length, [5, 5] would go to [1, 0]
+
+
+def test_the_denoising_loss_is_the_squared_error_averaged_per_sample():
+    prediction = torch.tensor([[[[1.0], [3.0]]], [[[0.5], [0.5]]]])  # (2, 1, 2, 1)
+    assert denoising_loss(prediction, torch.zeros_like(prediction)).tolist() == [(1 + 9) / 2, 0.25]
+
+
+def test_attacks_are_refused_by_name_and_budget_before_any_work(builtin_pipe):
+    with pytest.raises(ErasekitError, match="unknown attack 'gcg'; choose from paraphrase, inversion, unlearndiffatk, ring-a-bell"):
         get_attack("gcg")
+    with pytest.raises(ErasekitError, match="attack steps must be at least 1"):
+        run_attack("inversion", builtin_pipe, "square", ["square"], [0], ShapesDetector(), base=builtin_pipe, steps=0)
+    with pytest.raises(ErasekitError, match="needs images of the concept"):
+        run_attack("inversion", builtin_pipe, "square", ["square"], [0], ShapesDetector())
+
+
+def test_token_attacks_refuse_a_family_with_two_text_encoders_in_one_line():
+    from .conftest import build_tiny_sdxl
+
+    sdxl = build_tiny_sdxl()
+    with pytest.raises(ErasekitError, match="learns tokens of one text encoder; StableDiffusionXLPipeline has several"):
+        get_attack("ring-a-bell").find(sdxl, "square", ["a square"], [0], 1)
+
+
+def test_bench_with_attacks_adds_asr_columns_and_sanity_rows(tmp_path):
+    from erasekit.cli import app
+
+    result = CliRunner().invoke(app, ["bench", "--methods", "uce", "--concepts", "red", "--prompts", "target", "--seeds", "0",
+                                      "--attacks", "paraphrase", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    report = (tmp_path / "bench.md").read_text()
+    assert "ASR paraphrase: before → after" in report
+    assert "- red: paraphrase 100% → 100% (its prompts alone 100%)" in report  # the unerased model: crimson and scarlet draw red
+    cell = json.loads(next(tmp_path.glob("cells/uce-red-*/attacks/paraphrase-*/attack.json")).read_text())
+    assert cell["n_prompts"] == 8 and cell["budget"]["images_generated"] == 16

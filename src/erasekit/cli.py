@@ -319,7 +319,7 @@ def _read_image_folder(folder: Path) -> list:
 
     paths = sorted(p for p in folder.glob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp")) if folder.is_dir() else []
     if not paths:
-        raise ErasekitError(f"no reference images (.png, .jpg, .webp) in {folder}")
+        raise ErasekitError(f"no images (.png, .jpg, .webp) in {folder}")
     return [Image.open(p).convert("RGB") for p in paths]
 
 
@@ -421,6 +421,7 @@ def bench(
     steps: int = typer.Option(35, help="DDIM steps when generating for evaluation."),
     prompts: str = typer.Option("target,related,unrelated", help="Prompt suites evaluated for every cell."),
     setting: Optional[List[str]] = typer.Option(None, "--set", help="Method settings: key=value for every listed method that has the setting, or method.key=value for one (--set abo.steps=50 --set sld.preset=max)."),
+    attacks: str = typer.Option("", help="Comma-separated attacks (paraphrase, inversion, unlearndiffatk, ring-a-bell) run against every cell and the unerased model: one ASR column each."),
     out: Path = typer.Option(Path("bench"), help="Folder for bench.md, bench.html, scatter.png, grids and the per-cell cache (cells/)."),
     device: str = device_option(),
     dtype: str = dtype_option(),
@@ -429,6 +430,7 @@ def bench(
 
     Finished cells are cached under OUT/cells/ by a hash of their settings: re-running only
     computes what changed. Example: erasekit bench --methods esd-x,esd-u,abo --concepts circle,striped
+    With attacks: erasekit bench --methods esd-x,abo --concepts square --prompts target --attacks paraphrase,inversion
     """
     from .evaluation.bench import BenchSettings, check_bench, route_settings
     from .evaluation.bench import bench as run_bench
@@ -439,12 +441,13 @@ def bench(
     method_list = [m.strip() for m in methods.split(",") if m.strip()]
     per_method = route_settings(method_list, parse_settings(setting))
     concept_list = [c.strip() for c in concepts.split(",") if c.strip()]
+    attack_list = tuple(a.strip() for a in attacks.split(",") if a.strip())
     settings = BenchSettings(model=model, seeds=tuple(_parse_seeds(seeds)), steps=steps, prompts=prompts, device=device, dtype=dtype)
-    check_bench(method_list, concept_list, settings, per_method)
+    check_bench(method_list, concept_list, settings, per_method, attack_list)
     load_prompts(prompts, concept_list[0])
     check_not_under_a_file(out / "bench.md")
     ensure_writable_dir(out)
-    rows = run_bench(out, method_list, concept_list, settings, per_method)
+    rows = run_bench(out, method_list, concept_list, settings, per_method, attacks=attack_list)
     typer.echo(f"wrote {out / 'bench.md'} and {out / 'bench.html'} ({len(rows)} cells)")
 
 
@@ -452,34 +455,40 @@ def bench(
 @friendly_errors
 def attack(
     concept: str = typer.Option(..., "--concept", "-c", help="The erased concept the attack tries to bring back."),
-    attack_name: str = typer.Option("paraphrase", "--attack", help="paraphrase (prompts that mean the concept without naming it)."),
+    attack_name: str = typer.Option("paraphrase", "--attack", help=(
+        "paraphrase: the concept's synonyms in its place. inversion: a new token learned against the erased model "
+        "(Pham et al. 2024). unlearndiffatk: prefix words chosen by the erased model's own denoising loss (Zhang et al. 2024). "
+        "ring-a-bell: prompts found from the text encoder alone (Tsai et al. 2024).")),
     erasure: Optional[Path] = typer.Option(None, help="The erasure file to attack; without it, the base model (the sanity check: an attack must reach the concept there)."),
     model: str = typer.Option("builtin", help=MODEL_HELP),
+    attack_steps: Optional[int] = typer.Option(None, help="The attack's budget: optimisation steps (inversion 300, unlearndiffatk 40, ring-a-bell 100 generations by default); paraphrase takes none."),
+    images: Optional[Path] = typer.Option(None, help="inversion, unlearndiffatk: a folder of images of the concept to learn from (default: the base model's own)."),
     paraphrases: Optional[Path] = typer.Option(None, help="paraphrase: a UTF-8 file of words or phrases, one per line, put in the concept's place (default on the built-in model: its synonyms)."),
     seeds: str = typer.Option("0-3", help="Seeds per target prompt, e.g. 0,1,2 or 0-3."),
     steps: int = typer.Option(35, help="DDIM steps when generating."),
-    out: Path = typer.Option(Path("attack"), help="Folder for attack.json (ASR, budget, and the prompts that succeeded, to replay)."),
+    out: Path = typer.Option(Path("attack"), help="Folder for attack.json (ASR, budget, and the prompts that succeeded, to replay), learned_embeds.safetensors (inversion) and successes.png."),
     device: str = device_option(),
     dtype: str = dtype_option(),
     config: Optional[str] = config_option(),
 ):
     """Attack an erasure: how often does the concept come back? Reports ASR before and after.
 
-    Example: erasekit attack --erasure square.safetensors --concept square --attack paraphrase
-    """
-    import dataclasses
-    import json
+    ASR is the share of target prompts x seeds whose image shows the concept; "after" counts a prompt
+    that succeeded as written or under the attack (as UnlearnDiffAtk's leaderboard does). Run it once
+    without --erasure first: an attack that cannot reach the concept on the base model proves nothing.
 
-    from .attacks import get_attack
+    Example: erasekit attack --erasure square.safetensors --concept square --attack inversion
+    """
+    from .attacks import check_attack, run_attack, successes_grid
     from .erasure_file import load_erasure, read_metadata
     from .errors import ErasekitError
     from .evaluation.detectors import ShapesDetector
     from .evaluation.prompts import load_prompts
     from .images import ensure_writable_dir
-    from .io import atomic_write_text, read_utf8
+    from .io import atomic_save_image, read_utf8
     from .model import load_pipeline
 
-    method = get_attack(attack_name)
+    method = check_attack(attack_name, attack_steps, base=True)
     targets = [p.text for p in load_prompts("target", concept.strip())["target"]]
     seed_list = _parse_seeds(seeds)
     if not seed_list:
@@ -490,25 +499,43 @@ def attack(
         if not erasure.is_file():
             raise ErasekitError(f"erasure file not found: {erasure}")
         read_metadata(erasure)
-    words = None
+    options = {}
     if paraphrases is not None:
+        if attack_name != "paraphrase":
+            raise ErasekitError(f"--paraphrases is for the paraphrase attack, not {attack_name}")
         if not paraphrases.is_file():
             raise ErasekitError(f"paraphrases file not found: {paraphrases}")
-        words = [line.strip() for line in read_utf8(paraphrases).splitlines() if line.strip()]
+        options["paraphrases"] = [line.strip() for line in read_utf8(paraphrases).splitlines() if line.strip()]
+    concept_pictures = None
+    if images is not None:
+        if not method.needs_base:
+            raise ErasekitError(f"--images is for attacks that learn from images (inversion, unlearndiffatk), not {attack_name}")
+        concept_pictures = _read_image_folder(images)
     _check_precision(device, dtype)
     check_not_under_a_file(out / "attack.json")
     if out.is_file():
         raise ErasekitError(f"--out {out} is a file: give a folder")
-    pipe = load_pipeline(model, device, dtype, config)
+    base = load_pipeline(model, device, dtype, config)
+    pipe = base
     if erasure is not None:
+        pipe = load_pipeline(model, device, dtype, config)
         load_erasure(pipe, erasure)
-    result = method.run(pipe, concept.strip(), targets, seed_list, ShapesDetector(), paraphrases=words, steps=steps)
+    size = base.unet.config.sample_size * base.vae_scale_factor
+    if concept_pictures and any(p.size != (size, size) for p in concept_pictures):
+        typer.echo(f"note: images in {images} that are not {size}x{size} are resized to the model's size", err=True)
+    result = run_attack(attack_name, pipe, concept.strip(), targets, seed_list, ShapesDetector(), base=base, images=concept_pictures,
+                        steps=attack_steps, sample_steps=steps, progress=True, **options)
     ensure_writable_dir(out)
-    atomic_write_text(out / "attack.json", json.dumps(dataclasses.asdict(result) | {"erasure": str(erasure) if erasure else None}, indent=2))
+    written = result.save(out, {"erasure": str(erasure) if erasure else None, "model": model})
+    grid = successes_grid(base, pipe, result, sample_steps=steps)
+    if grid is not None:
+        atomic_save_image(grid, out / "successes.png")
+        written.append(out / "successes.png")
+    budget = f"{result.budget['steps']} steps, " if result.budget["steps"] else ""
     typer.echo(f"{attack_name} on {'erasure ' + str(erasure) if erasure else 'the base model'}: ASR {100 * result.asr_before:.1f}% before, "
                f"{100 * result.asr_after:.1f}% after ({100 * result.asr_attack_only:.1f}% by the attack's prompts alone; "
-               f"{result.n_prompts} prompts x seeds, {result.budget['images']} images, {result.seconds:.0f} s)")
-    typer.echo(f"wrote {out / 'attack.json'} ({len(result.found)} successful attack prompts, to replay)")
+               f"{result.n_prompts} prompts x seeds, {budget}{result.budget['images_generated']} images, {result.seconds:.0f} s)")
+    typer.echo(f"wrote {', '.join(str(p) for p in written)} ({len(result.found)} successful attack prompts, to replay)")
 
 
 @app.command()

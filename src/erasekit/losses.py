@@ -76,6 +76,14 @@ def fmn_loss(attention_maps: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack([a.pow(2).sum(-1).mean() for a in attention_maps]).mean()
 
 
+def denoising_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The diffusion model's own training loss on a real image, ‖ε_θ(x_t, c) − ε‖² (Ho et al. 2020, Eq. 14),
+    with the velocity in place of ε for v-prediction models. An attack minimises it over the prompt:
+    over a new token's embedding in concept inversion (Gal et al. 2023, Eq. 2; Pham et al. 2024), over
+    discrete prompt tokens in UnlearnDiffAtk (Zhang et al. 2024). One loss per sample (batch,)."""
+    return (prediction.float() - target.float()).pow(2).flatten(1).mean(1)
+
+
 def ema_update(ema: torch.Tensor, live: torch.Tensor, decay: float) -> None:
     """θ⁻ ← decay θ⁻ + (1 − decay) θ, in place (SDD's teacher)."""
     ema.mul_(decay).add_(live.detach(), alpha=1 - decay)

@@ -1,4 +1,4 @@
-"""DDIM sampling with a guidance hook, text embedding and decoding; shared by the bank, the methods and the reference.
+"""DDIM sampling with a guidance hook, text embedding, and encoding and decoding images; shared by the bank, the methods and the reference.
 
 The hook `guided(x, t, i)` returns the model output to step with at timestep t (sampling-step
 index i, 0 = noisiest); callers record in it whatever they need along the trajectory. Stepping is
@@ -53,6 +53,14 @@ def initial_noise(n: int, shape: tuple[int, ...], generator: torch.Generator, sc
 def latent_shape(pipe) -> tuple[int, int, int]:
     size = pipe.unet.config.sample_size
     return (pipe.unet.config.in_channels, size, size)
+
+
+@torch.no_grad()
+def encode_images(pipe, images) -> torch.Tensor:
+    """Images to latents (the VAE posterior's mean, scaled), resized to the pipeline's size."""
+    size = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    x = pipe.image_processor.preprocess(images, height=size, width=size).to(pipe.vae.device, pipe.vae.dtype)
+    return pipe.vae.encode(x).latent_dist.mean * pipe.vae.config.scaling_factor
 
 
 @torch.no_grad()

@@ -1,23 +1,215 @@
 """Robustness: attacks that try to bring an erased concept back, and purification (purify.py).
 
-Every attack is reached through `get_attack(name)`, as methods are through their registry. Attack
-success rate (ASR) follows UnlearnDiffAtk (Zhang et al. 2024): the share of target prompts (each
-with its seed) whose image shows the concept. "Before" uses the prompts as written; "after" counts
-a prompt as a success when it or any prompt the attack found for it shows the concept, so prompts
-that already succeeded before count again after, as its maintainers note its leaderboard does.
+An attack finds, for each target prompt and seed, prompts that may bring the concept back; this
+module generates their images with the erased model and scores them, the same way for every attack.
+Attack success rate (ASR) follows UnlearnDiffAtk (Zhang et al. 2024): the share of target prompts
+(each with its seed) whose image shows the concept. "Before" uses the prompts as written; "after"
+counts a prompt as a success when it or any prompt the attack found for it shows the concept, so
+prompts that already succeeded before count again after, as its maintainers note its leaderboard
+does. "Attack only" counts the attack's own prompts alone.
+
+Every attack is reached through `get_attack(name)`, as methods are through their registry, and
+`run_attack` runs any of them.
 """
 
 from __future__ import annotations
 
 import importlib
+import json
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
 
 from ..errors import ErasekitError
 
-ATTACKS = {"paraphrase": "paraphrase:Paraphrase"}  # name -> "module:class" in this package; the attacks to come join here
+# name -> "module:class" in this package: the one list of attacks
+ATTACKS = {
+    "paraphrase": "paraphrase:Paraphrase",
+    "inversion": "inversion:ConceptInversion",
+    "unlearndiffatk": "unlearndiffatk:UnlearnDiffAtk",
+    "ring-a-bell": "ring_a_bell:RingABell",
+}
 
 
-def get_attack(name: str):
+@dataclass
+class Found:
+    """What an attack found: attack prompts per (target prompt, seed), and what replays them."""
+
+    prompts: list[tuple[str, int, str]]  # (target prompt, seed, attack prompt)
+    steps: int  # optimisation steps spent (0: no optimisation)
+    images: int  # concept images the attack looked at (inversion's training set, UnlearnDiffAtk's targets)
+    embeddings: dict[str, torch.Tensor] = field(default_factory=dict)  # learned tokens the attack prompts use
+    details: dict = field(default_factory=dict)  # the attack's own settings, for the budget
+
+    def to_json(self) -> dict:
+        if self.embeddings:
+            raise ValueError("learned embeddings are saved with AttackResult.save, not as JSON")
+        return {k: v for k, v in asdict(self).items() if k != "embeddings"}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "Found":
+        return cls(**data | {"prompts": [tuple(p) for p in data["prompts"]]})
+
+
+class Attack:
+    """An attack: `find` proposes attack prompts; `run_attack` generates and scores them.
+
+    Subclasses set `name`, `default_steps` (None: the attack does not optimise) and `needs_base`
+    (it looks at the base model's images of the concept), and write `find`.
+    """
+
+    name: str
+    default_steps: int | None = None
+    needs_base: bool = False
+    model_agnostic: bool = False  # its prompts depend only on the text encoder, which erasures here leave alone
+
+    def key(self) -> str:
+        """A short hash of the attack's defaults, so cached results are never reused after they change."""
+        import hashlib
+        import inspect
+
+        defaults = {k: p.default for k, p in inspect.signature(self.find).parameters.items() if p.default is not inspect.Parameter.empty}
+        return hashlib.sha256(json.dumps([self.name, self.default_steps, defaults], sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+    def find(self, erased, concept: str, prompts: list[str], seeds: list[int], steps: int | None, *, detector, base=None,
+             images=None, sample_steps: int = 35, guidance: float = 7.5, batch_size: int = 32, progress: bool = False,
+             **options) -> Found:
+        """Attack prompts for every target prompt x seed. steps: optimisation steps (None: the default);
+        detector: judges images of the concept; base or images: the concept's images; sample_steps, guidance, batch_size: for generating them."""
+        raise NotImplementedError
+
+
+@dataclass
+class AttackResult:
+    attack: str
+    concept: str
+    asr_before: float  # share of target prompts (with their seeds) whose image shows the concept, as written
+    asr_after: float  # ... whose image, or an attack prompt's image on the same seed, shows it
+    asr_attack_only: float  # ... where an attack prompt's image shows it (the attack's own reach)
+    n_prompts: int  # target prompts x seeds
+    budget: dict  # what the attack was allowed and used: optimisation steps, images generated and looked at
+    seconds: float  # finding and generating the attack prompts (the prompts as written not included)
+    found: list[dict] = field(default_factory=list)  # per success: prompt, seed, the attack prompt (to replay)
+    embeddings: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)  # learned tokens `found` uses
+    images: list = field(default_factory=list, repr=False)  # the erased model's image for each of `found`
+    tried: Found | None = field(default=None, repr=False)  # every attack prompt, successful or not
+
+    def to_json(self) -> dict:
+        data = {k: getattr(self, k) for k in self.__dataclass_fields__ if k not in ("embeddings", "images", "tried")}
+        return data | {"embeddings": sorted(self.embeddings)}
+
+    def save(self, folder: Path, extra: dict | None = None) -> list[Path]:
+        """attack.json (and the learned tokens as a textual-inversion file, loadable with diffusers'
+        `load_textual_inversion`); written atomically. Returns the paths written."""
+        from ..io import atomic_path, atomic_write_text
+
+        written = []
+        if self.embeddings:
+            from safetensors.torch import save_file
+
+            path = folder / "learned_embeds.safetensors"
+            with atomic_path(path) as tmp:
+                save_file({k: v.detach().cpu().contiguous() for k, v in self.embeddings.items()}, tmp)
+            written.append(path)
+        atomic_write_text(folder / "attack.json", json.dumps(self.to_json() | (extra or {}), indent=2))
+        return [folder / "attack.json", *written]
+
+
+def get_attack(name: str) -> Attack:
     if name not in ATTACKS:
         raise ErasekitError(f"unknown attack '{name}'; choose from {', '.join(ATTACKS)}")
     module, cls = ATTACKS[name].split(":")
-    return getattr(importlib.import_module(f".{module}", __name__), cls)
+    return getattr(importlib.import_module(f".{module}", __name__), cls)()
+
+
+def check_attack(name: str, steps: int | None, base=None, images=None) -> Attack:
+    """The attack, once its name, step count and inputs are known good (one line otherwise)."""
+    attack = get_attack(name)
+    if steps is not None and steps < 1:
+        raise ErasekitError(f"attack steps must be at least 1, got {steps}")
+    if steps is not None and attack.default_steps is None:
+        raise ErasekitError(f"the {name} attack does not optimise, so it takes no steps")
+    if attack.needs_base and base is None and not images:
+        raise ErasekitError(f"the {name} attack needs images of the concept: the base model's, or a folder of them")
+    return attack
+
+
+def run_attack(name: str, erased, concept: str, prompts: list[str], seeds: list[int], detector, *, base=None,
+               images=None, steps: int | None = None, before: list[bool] | None = None, sample_steps: int = 35,
+               guidance: float = 7.5, batch_size: int = 32, progress: bool = False, found: Found | None = None,
+               **options) -> AttackResult:
+    """Attack `erased` on every target prompt x seed and score it with `detector`.
+
+    base: the unerased pipeline, for attacks that look at images of the concept (or `images`, a
+    list of them). steps: the attack's optimisation steps (its default if None). before: the
+    detector's flags on the prompts as written, in prompt-major order, if already generated
+    (bench has them); otherwise they are generated here. found: what the attack found before, for
+    a model-agnostic attack whose prompts serve every erasure of the same base model.
+    """
+    from ..api import generate_batch, make_batches
+
+    attack = check_attack(name, steps, base, images)
+    originals = [(p, s) for p in prompts for s in seeds]
+    if before is None:
+        images_before = [im for batch in make_batches([(p, s, guidance) for p, s in originals], batch_size)
+                         for im in generate_batch(erased, batch, sample_steps)]
+        before = detector.detect(images_before, concept).flags
+    if len(before) != len(originals):
+        raise ErasekitError(f"{len(before)} flags for {len(originals)} target prompts x seeds")
+    started = time.perf_counter()
+    if found is None:
+        found = attack.find(erased, concept, prompts, seeds, steps, detector=detector, base=base, images=images, sample_steps=sample_steps,
+                            guidance=guidance, batch_size=batch_size, progress=progress, **options)
+    with learned_tokens(erased, found.embeddings) if found.embeddings else nullcontext():
+        jobs = [(text, s, guidance) for _, s, text in found.prompts]
+        attacked = [im for batch in make_batches(jobs, batch_size) for im in generate_batch(erased, batch, sample_steps)]
+    flags = detector.detect(attacked, concept).flags if attacked else []
+    by_prompt = dict(zip(originals, before))
+    # successes on prompts that failed as written first: they are what the attack brought back
+    order = sorted((i for i, hit in enumerate(flags) if hit), key=lambda i: by_prompt[found.prompts[i][:2]])
+    hits = [dict(zip(("prompt", "seed", "attack_prompt"), found.prompts[i])) for i in order]
+    succeeded = {(h["prompt"], h["seed"]) for h in hits}
+    return AttackResult(
+        attack=name, concept=concept, asr_before=sum(before) / len(before),
+        asr_after=sum(hit or key in succeeded for key, hit in by_prompt.items()) / len(before),
+        asr_attack_only=sum(key in succeeded for key in by_prompt) / len(before), n_prompts=len(before),
+        budget={"steps": found.steps, "images_generated": len(attacked), "concept_images": found.images, **found.details},
+        seconds=round(time.perf_counter() - started, 1), found=hits, embeddings=found.embeddings,
+        images=[attacked[i] for i in order], tried=found,
+    )
+
+
+def successes_grid(base, erased, result: AttackResult, n: int = 8, sample_steps: int = 35, guidance: float = 7.5):
+    """Up to n successful attacks, a row each: the base model's image of the target prompt, the erased
+    model's, and the erased model's under the attack prompt (same seed). None if nothing succeeded."""
+    from ..api import generate_batch
+    from ..images import make_grid
+
+    shown = result.found[:n]
+    if not shown:
+        return None
+    jobs = [(f["prompt"], f["seed"], guidance) for f in shown]
+    cells = [im for row in zip(generate_batch(base, jobs, sample_steps), generate_batch(erased, jobs, sample_steps), result.images)
+             for im in row]
+    size = cells[0].size[0]
+    return make_grid(cells, columns=3, scale=max(1, 128 // size), column_labels=["base", "erased", f"erased, {result.attack}"],
+                     row_labels=[f"{f['prompt']} #{f['seed']}" for f in shown])
+
+
+class learned_tokens:
+    """Add learned tokens to the pipeline's tokenizer and text encoder for a while (diffusers'
+    textual-inversion loader), then take them out again, leaving the pipeline as it was."""
+
+    def __init__(self, pipe, embeddings: dict[str, torch.Tensor]):
+        self.pipe, self.embeddings = pipe, embeddings
+
+    def __enter__(self):
+        for token, vector in self.embeddings.items():
+            self.pipe.load_textual_inversion({token: vector.detach()}, token=token)
+        return self.pipe
+
+    def __exit__(self, *exc):
+        self.pipe.unload_textual_inversion(list(self.embeddings))

@@ -19,21 +19,13 @@ from PIL import Image
 
 from ..errors import ErasekitError
 from ..guidance import cfg
-from ..sampling import ddim_sample, ddim_scheduler, decode, embed, unet_out
+from ..sampling import ddim_sample, ddim_scheduler, decode, embed, encode_images, unet_out
 
 
 @dataclass
 class Purified:
     images: list[Image.Image]  # the erased model's denoising of each inverted input
     reconstructed: list[Image.Image]  # the base model's, from the same inverted latents (what inversion alone gives back)
-
-
-@torch.no_grad()
-def encode(pipe, images: list[Image.Image]) -> torch.Tensor:
-    """Images to latents (the VAE posterior's mean, scaled), resized to the pipeline's size."""
-    size = pipe.unet.config.sample_size * pipe.vae_scale_factor
-    x = pipe.image_processor.preprocess(images, height=size, width=size).to(pipe.vae.device, pipe.vae.dtype)
-    return pipe.vae.encode(x).latent_dist.mean * pipe.vae.config.scaling_factor
 
 
 def _guided(unet, conditioning, guidance: float):
@@ -73,7 +65,7 @@ def purify(base, erased, images: list[Image.Image], prompt: str = "", strength: 
         raise ErasekitError(f"steps must be at least 1, got {steps}")
     stop = max(1, round(strength * steps))
     conditioning = embed(base, ["", prompt])  # an erasure changes the UNet only: one embedding serves both models
-    noisy = invert(base, encode(base, images), conditioning, steps, stop, guidance)
+    noisy = invert(base, encode_images(base, images), conditioning, steps, stop, guidance)
     outputs = []
     for pipe in (erased, base):
         scheduler = ddim_scheduler(pipe, steps)

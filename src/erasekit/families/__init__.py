@@ -6,7 +6,7 @@ encode text (moved off the accelerator while the UNet trains). Methods, the bank
 evaluation and generation call these and never ask which family a model is.
 
 A new family (SD3, FLUX: a transformer denoiser and flow matching) is one new module here with a
-`Family` subclass, listed in `_families()`. A transformer denoiser with flow matching would also
+`Family` subclass (its `encode` and class attributes), listed in `_families()`. A transformer denoiser with flow matching would also
 have to bring its own denoiser call and sampler step, where sampling.py assumes a UNet and DDIM.
 """
 
@@ -65,7 +65,7 @@ class Conditioning:
 
 
 class Family:
-    """A model family. Subclasses fill in the class attributes and `embed`."""
+    """A model family. Subclasses fill in the class attributes and `encode`."""
 
     name: str
     label: str  # for messages: "SD 1.x/2.x"
@@ -86,10 +86,16 @@ class Family:
         return {}
 
     @classmethod
-    def embed(cls, pipe, prompts: list[str]) -> Conditioning:
+    def encode(cls, pipe, prompts: list[str]) -> Conditioning:
         """The conditioning the pipeline gives its UNet for `prompts`; "" is the unconditional prompt,
-        as the pipeline conditions on it when no negative prompt is given."""
+        as the pipeline conditions on it when no negative prompt is given. Differentiable (attacks
+        learn token embeddings through it); `embed` is the same without gradients."""
         raise NotImplementedError
+
+    @classmethod
+    @torch.no_grad()
+    def embed(cls, pipe, prompts: list[str]) -> Conditioning:
+        return cls.encode(pipe, prompts)
 
     @classmethod
     def text_encoders(cls, pipe) -> list[torch.nn.Module]:

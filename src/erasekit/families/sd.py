@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import torch
 
 from . import Conditioning, Family
 
@@ -25,7 +24,6 @@ class StableDiffusion(Family):
         return [("cond_stage_model.transformer.", "hf", pipe.text_encoder)]
 
     @classmethod
-    @torch.no_grad()
-    def embed(cls, pipe, prompts):
+    def encode(cls, pipe, prompts):
         hidden, _ = pipe.encode_prompt(prompts, pipe.device, 1, do_classifier_free_guidance=False)
         return Conditioning(hidden)

@@ -16,8 +16,7 @@ class StableDiffusionXL(Family):
     checkpoint_marker = "conditioner.embedders.1."  # the second text encoder, in the original layout
 
     @classmethod
-    @torch.no_grad()
-    def embed(cls, pipe, prompts):
+    def encode(cls, pipe, prompts):
         hidden, _, pooled, _ = pipe.encode_prompt(prompts, device=pipe.device, num_images_per_prompt=1, do_classifier_free_guidance=False)
         if pipe.config.force_zeros_for_empty_prompt:
             # SDXL's unconditional input is zeros, not the encoded empty prompt (the pipeline's own convention).
