@@ -19,6 +19,7 @@ from PIL import Image
 
 from ..errors import ErasekitError
 from ..images import make_grid
+from ..attacks import get_attack
 from ..methods import get_method
 from ..io import atomic_save_image, atomic_write_text
 from ..precision import dtype_name, resolve_device, resolve_dtype
@@ -110,8 +111,9 @@ class Base:
         return cls(pipe, unet_fingerprint(pipe.unet))
 
 
-def run_cell(out: Path, method: str, concept: str, method_settings: dict, settings: BenchSettings, detector, base: Base, progress: bool) -> dict:
-    """Train (unless inference-time), evaluate and store one cell; reuse it if it is already there."""
+def run_cell(out: Path, method: str, concept: str, method_settings: dict, settings: BenchSettings, detector, base: Base, progress: bool,
+             attacks: tuple[str, ...] = ()) -> dict:
+    """Train (unless inference-time), evaluate, attack and store one cell; reuse what is already there."""
     from ..model import load_pipeline
     from .evaluate import evaluate
 
@@ -119,7 +121,19 @@ def run_cell(out: Path, method: str, concept: str, method_settings: dict, settin
     base_folder = out / "cells" / f"base-{concept}-{cell_key('base', concept, {}, settings, base.fingerprint)}"
     result_file = folder / "result.json"
     if result_file.exists():
-        return json.loads(result_file.read_text())
+        result = json.loads(result_file.read_text())
+        if attacks:
+            def erased_again():
+                if (folder / "erasure.safetensors").exists():
+                    from ..erasure_file import load_erasure
+
+                    pipe = load_pipeline(settings.model, settings.device, settings.dtype)
+                    load_erasure(pipe, folder / "erasure.safetensors")
+                    return pipe
+                return get_method(method).sampler(base.pipe, None, concept, method_settings, settings.train_seed, None, progress)
+
+            result["attacks"] = attack_cell(out, folder, erased_again, concept, settings, base, attacks, None, progress)
+        return result
 
     started = time.perf_counter()
     erased = get_method(method).sampler(base.pipe, lambda: load_pipeline(settings.model, settings.device, settings.dtype), concept,
@@ -138,10 +152,54 @@ def run_cell(out: Path, method: str, concept: str, method_settings: dict, settin
     result = {"method": method, "concept": concept, "method_settings": method_settings, "train_s": round(train_s, 1),
               "cell": folder.name, "base_cell": base_folder.name, "evaluation": evaluation.as_dict()}
     atomic_write_text(result_file, json.dumps(result, indent=2))
+    if attacks:
+        target = evaluation.images["target"]["erased"] if "target" in suites else None
+        result["attacks"] = attack_cell(out, folder, lambda: erased, concept, settings, base, attacks, target, progress)
     return result
 
 
-def check_bench(methods: list[str], concepts: list[str], settings: BenchSettings, method_settings: dict[str, dict]) -> BenchSettings:
+def attack_cell(out: Path, folder: Path, erased, concept: str, settings: BenchSettings, base: Base, attacks: tuple[str, ...],
+                target_images: list | None, progress: bool) -> dict[str, dict]:
+    """Each attack against one cell's model (`erased()` builds it) on the target prompts and the bench's
+    seeds, cached per attack in <cell>/attacks/<attack>-<key>/ (attack.json, successes.png, learned
+    tokens). A model-agnostic attack's prompts are found once per concept and kept in out/cells/."""
+    from ..api import generate_batch, make_batches
+    from ..attacks import Found, get_attack, run_attack, successes_grid
+    from .detectors import ShapesDetector
+
+    detector = ShapesDetector()
+    prompts = [p.text for p in load_prompts("target", concept)["target"]]
+    results, pipe, before = {}, None, None
+    for name in attacks:
+        attack = get_attack(name)
+        where = folder / "attacks" / f"{name}-{attack.key()}"
+        if (where / "attack.json").exists():
+            results[name] = json.loads((where / "attack.json").read_text())
+            continue
+        pipe = pipe or erased()
+        if before is None:
+            jobs = [(p, s, settings.guidance) for p in prompts for s in settings.seeds]
+            images = target_images or [im for b in make_batches(jobs, settings.batch_size) for im in generate_batch(pipe, b, settings.steps)]
+            before = detector.detect(images, concept).flags
+        any_seed = cell_key("base", concept, {}, replace(settings, train_seed=0), base.fingerprint)
+        shared = out / "cells" / f"found-{name}-{concept}-{attack.key()}-{any_seed}.json"
+        found = Found.from_json(json.loads(shared.read_text())) if attack.model_agnostic and shared.exists() else None
+        result = run_attack(name, pipe, concept, prompts, list(settings.seeds), detector, base=base.pipe, before=before,
+                            sample_steps=settings.steps, guidance=settings.guidance, batch_size=settings.batch_size,
+                            progress=progress, found=found)
+        if attack.model_agnostic and found is None:
+            atomic_write_text(shared, json.dumps(result.tried.to_json()))
+        grid = successes_grid(base.pipe, pipe, result, n=4, sample_steps=settings.steps, guidance=settings.guidance)
+        if grid is not None:
+            atomic_save_image(grid, where / "successes.png")
+        shown = {"successes": str((where / "successes.png").relative_to(out))} if grid is not None else {}
+        result.save(where, {"detector": detector.name} | shown)
+        results[name] = json.loads((where / "attack.json").read_text())
+    return results
+
+
+def check_bench(methods: list[str], concepts: list[str], settings: BenchSettings, method_settings: dict[str, dict],
+                attacks: tuple[str, ...] = ()) -> BenchSettings:
     """Refuse any bad method, concept, setting or count in one line before any work; returns the
     settings with device and dtype resolved (so a cell computed on the CPU in fp32 is never
     reused for bf16 on a GPU)."""
@@ -157,26 +215,41 @@ def check_bench(methods: list[str], concepts: list[str], settings: BenchSettings
         _resolved(m, method_settings.get(m, {}))  # unknown methods and bad settings are refused here
     for c in concepts:
         attribute_of(c)
+    for a in attacks:
+        get_attack(a)
     device = resolve_device(settings.device)
     return replace(settings, device=str(device), dtype=dtype_name(resolve_dtype(settings.dtype, device)))
 
 
 def bench(out: Path | str, methods: list[str], concepts: list[str], settings: BenchSettings | None = None,
-          method_settings: dict[str, dict] | None = None, progress: bool = True) -> list[dict]:
-    """Run every method on every concept (cached per cell) and write bench.md, bench.html, plots and grids."""
+          method_settings: dict[str, dict] | None = None, progress: bool = True, attacks: tuple[str, ...] = ()) -> list[dict]:
+    """Run every method on every concept (cached per cell) and write bench.md, bench.html, plots and grids.
+
+    attacks: names of attacks (erasekit.attacks) to run against every cell on the target prompts, and
+    against the unerased model once per concept (the sanity rows, `base_attacks` in each row).
+    """
+    settings = check_bench(methods, concepts, settings or BenchSettings(), method_settings or {}, attacks)
+    rows = bench_rows(Path(out), methods, concepts, settings, method_settings or {}, progress, attacks)
+    write_bench_report(Path(out), rows, settings)
+    return rows
+
+
+def bench_rows(out: Path, methods: list[str], concepts: list[str], settings: BenchSettings, method_settings: dict[str, dict],
+               progress: bool = True, attacks: tuple[str, ...] = ()) -> list[dict]:
+    """bench's cells, computed or reused, without the report (settings as `check_bench` returns them)."""
     from .detectors import ShapesDetector
 
-    method_settings = method_settings or {}
-    settings = check_bench(methods, concepts, settings or BenchSettings(), method_settings)
-    out = Path(out)
     detector = ShapesDetector()
     base = Base.load(settings.model, settings.device, settings.dtype)
-    rows = [
-        run_cell(out, method, concept, method_settings.get(method, {}), settings, detector, base, progress)
-        for concept in concepts
-        for method in methods
-    ]
-    write_bench_report(out, rows, settings)
+    rows = []
+    for concept in concepts:
+        if attacks:  # first the sanity row: an attack must reach the concept on the unerased model
+            folder = out / "cells" / f"base-{concept}-{cell_key('base', concept, {}, replace(settings, train_seed=0), base.fingerprint)}"
+            sanity = attack_cell(out, folder, lambda: base.pipe, concept, settings, base, attacks, None, progress)
+        for method in methods:
+            rows.append(run_cell(out, method, concept, method_settings.get(method, {}), settings, detector, base, progress, attacks))
+            if attacks:
+                rows[-1]["base_attacks"] = sanity
     return rows
 
 
@@ -221,8 +294,32 @@ def table_rows(rows: list[dict]) -> list[list[str]]:
             _fid_kid(base, erased),
             f"{r['train_s']:.0f} s" if r["train_s"] else "none",
             f"{timing['images_per_s']:.2f}",
-        ])
+        ] + [_asr(a) for a in r.get("attacks", {}).values()])
     return table
+
+
+def _asr(attack: dict) -> str:
+    return f"{_pct(attack['asr_before'])} → {_pct(attack['asr_after'])}"
+
+
+def attack_lines(rows: list[dict]) -> list[str]:
+    """The report's attack section: budgets, the sanity rows, and pictures of successful attacks."""
+    if not rows or "attacks" not in rows[0]:
+        return []
+    lines = ["## Attacks", "", "ASR: share of target prompts x seeds whose image shows the concept (the shapes classifier's top-1, "
+             "as UnlearnDiffAtk judges objects); after counts a prompt that succeeded as written or under the attack.", ""]
+    first = rows[0]["attacks"]
+    lines += [f"- {name}: {', '.join(f'{k} {v}' for k, v in a['budget'].items() if k != 'paraphrases' or v)}" for name, a in first.items()]
+    lines += ["", "Against the unerased model (each attack must reach the concept here, or a low number elsewhere proves nothing):", ""]
+    for concept in dict.fromkeys(r["concept"] for r in rows):
+        sanity = next(r["base_attacks"] for r in rows if r["concept"] == concept)
+        lines.append(f"- {concept}: " + "; ".join(f"{n} {_asr(a)} (its prompts alone {_pct(a['asr_attack_only'])})" for n, a in sanity.items()))
+    lines.append("")
+    for r in rows:
+        for name, a in r["attacks"].items():
+            if a.get("successes"):
+                lines.append(f"![{r['method']}, {r['concept']}, {name}: base, erased, attacked]({a['successes']})")
+    return lines + [""]
 
 
 HEADER = ["method", "concept", "target detected, base → erased", "same-attribute prompts: alignment, base → erased",
@@ -273,6 +370,7 @@ def concept_grid(out: Path, concept: str, rows: list[dict]) -> Image.Image:
 
 def write_bench_report(out: Path, rows: list[dict], settings: BenchSettings) -> None:
     table = table_rows(rows)
+    header = HEADER + [f"ASR {name}: before → after" for name in rows[0].get("attacks", {})]
     scatter_plot(rows, out / "scatter.png")
     grids = []
     for concept in dict.fromkeys(r["concept"] for r in rows):
@@ -284,17 +382,19 @@ def write_bench_report(out: Path, rows: list[dict], settings: BenchSettings) -> 
              f"{settings.steps} DDIM steps, guidance {settings.guidance}; base and erased models from the same seeds. "
              "Alignment: the shapes classifier agrees with what the prompt names. FID/KID: shapes-classifier features "
              "against rendered ground truth for the non-target prompts.")
-    md = ["# erasekit bench", "", intro, "", "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+    md = ["# erasekit bench", "", intro, "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     md += ["| " + " | ".join(cells) + " |" for cells in table]
-    md += ["", "![erasure vs preservation](scatter.png)", ""]
+    md += ["", "![erasure vs preservation](scatter.png)", ""] + attack_lines(rows)
     md += [f"## {concept}\n\n![{concept}: base and each method, same seeds]({name})\n" for concept, name in grids]
     atomic_write_text(out / "bench.md", "\n".join(md))
 
     esc = html.escape
-    body = [f"<h1>erasekit bench</h1><p>{esc(intro)}</p>", "<table><thead><tr>" + "".join(f"<th>{esc(h)}</th>" for h in HEADER) + "</tr></thead><tbody>"]
+    body = [f"<h1>erasekit bench</h1><p>{esc(intro)}</p>", "<table><thead><tr>" + "".join(f"<th>{esc(h)}</th>" for h in header) + "</tr></thead><tbody>"]
     body += ["<tr>" + "".join(f"<td>{esc(c)}</td>" for c in cells) + "</tr>" for cells in table]
     body += ["</tbody></table>", '<h2>Erasure vs preservation</h2><img src="scatter.png" alt="erasure vs preservation">']
     body += [f'<h2>{esc(concept)}</h2><img src="{esc(name)}" alt="{esc(concept)}: base and each method">' for concept, name in grids]
+    body += [f'<h3>{esc(r["method"])}, {esc(r["concept"])}: {esc(name)}</h3><img src="{esc(a["successes"])}" alt="base, erased, attacked">'
+             for r in rows for name, a in r.get("attacks", {}).items() if a.get("successes")]
     style = "body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}"
     page = f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>erasekit bench</title><style>{style}</style></head><body>\n' + "\n".join(body) + "\n</body></html>\n"
     atomic_write_text(out / "bench.html", page)
