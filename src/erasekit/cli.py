@@ -297,6 +297,9 @@ def erase(
         typer.echo(f"wrote {path}")
         typer.echo(f"'{concept[0]}' detected: {100 * target.detected_base:.0f}% before, {100 * target.detected:.0f}% after; "
                    f"SSIM to base on related prompts {related.ssim:.3f}")
+        described = evaluation.suites["described"]
+        typer.echo("prompts naming shape, colour and texture: the same as the base image "
+                   + ", ".join(f"{a} {100 * v:.1f}%" for a, v in described.kept.items()))
 
 
 def _parse_seeds(text: str) -> list[int]:
@@ -331,7 +334,7 @@ def evaluate(
     erasure: Optional[Path] = typer.Option(None, help="Erasure file (from `erasekit erase`) applied to the model."),
     method: Optional[str] = typer.Option(None, help="Or an inference-time method instead of a file: neg-prompt or sld."),
     preset: Optional[str] = typer.Option(None, help="The --method's named settings, e.g. sld's weak, medium (default), strong or max."),
-    prompts: str = typer.Option("target,related,unrelated", help="Built-in suites (target, related, unrelated) or a CSV file (I2P or COCO columns)."),
+    prompts: str = typer.Option("target,related,unrelated", help="Built-in suites (target, related, described, unrelated) or a CSV file (I2P or COCO columns)."),
     detector: str = typer.Option("shapes", help="shapes (the shapes classifier), nudenet, or imagenet."),
     threshold: float = typer.Option(0.6, help="nudenet: score at which an EXPOSED class counts."),
     seeds: str = typer.Option("0,1", help="Seeds for prompts without their own, e.g. 0,1,2 or 0-7."),

@@ -15,9 +15,9 @@ from pathlib import Path
 from ..errors import ErasekitError
 from ..io import read_utf8
 from ..shapes.world import ATTRIBUTES
-from .shapes import attribute_of, other_prompts, target_prompts
+from .shapes import attribute_of, described_prompts, other_prompts, target_prompts
 
-SUITES = ("target", "related", "unrelated")
+SUITES = ("target", "related", "described", "unrelated")
 
 
 @dataclass(frozen=True)
@@ -34,14 +34,18 @@ def shapes_suite(name: str, concept: str) -> list[Prompt]:
     """The shapes world's suites around a concept.
 
     target: prompts naming the concept; related: prompts naming another value of the same
-    attribute (other shapes when erasing "circle"), which an erasure must keep; unrelated: prompts
-    naming only the other attributes ("a red shape"), where the erased concept may still appear.
+    attribute (other shapes when erasing "circle"), which an erasure must keep; described: the
+    related prompts with the attribute they leave open named too ("a dotted red circle"), so the
+    prompt fixes all three; unrelated: prompts naming only the other attributes ("a red shape"),
+    where the erased concept may still appear.
     """
     attribute, value = attribute_of(concept)
     if name == "target":
         return [Prompt(text, wanted={attribute: value}) for text in target_prompts(concept)]
     if name == "related":
         return [Prompt(text, wanted=wanted) for text, wanted in other_prompts(concept)]
+    if name == "described":
+        return [Prompt(text, wanted=wanted) for text, wanted in described_prompts(concept)]
     if name == "unrelated":
         return [
             Prompt(f"a {v}" if other == "shape" else f"a {v} shape", wanted={other: v})

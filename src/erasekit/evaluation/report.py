@@ -111,8 +111,8 @@ def write_evaluation(out: Path, evaluation, metadata: dict | None = None) -> Pat
 
 def erasure_report(model, erasure_file: Path, concept: str, out: Path, seeds: int = 4, replacement: str | None = None,
                    device=None, dtype=None, model_config: str | None = None):
-    """Base model against the erasure, on the built-in suites of a shapes-world concept (target and
-    related prompts, `seeds` seeds each): writes report.md, metrics.json and grid.png to `out`.
+    """Base model against the erasure, on the built-in suites of a shapes-world concept (target, related
+    and described prompts, `seeds` seeds each): writes report.md, metrics.json and grid.png to `out`.
     Returns (path of report.md, the Evaluation)."""
     from ..erasure_file import load_erasure
     from ..model import load_pipeline
@@ -123,6 +123,6 @@ def erasure_report(model, erasure_file: Path, concept: str, out: Path, seeds: in
     base = load_pipeline(model, device, dtype, model_config)
     erased = load_pipeline(model, device, dtype, model_config)
     metadata = load_erasure(erased, erasure_file)
-    evaluation = evaluate(base, erased, concept, load_prompts("target,related", concept), ShapesDetector(),
+    evaluation = evaluate(base, erased, concept, load_prompts("target,related,described", concept), ShapesDetector(),
                           seeds=list(range(seeds)), replacement=replacement)
     return write_evaluation(out, evaluation, metadata), evaluation

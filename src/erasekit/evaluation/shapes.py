@@ -40,3 +40,17 @@ def other_prompts(concept: str) -> list[tuple[str, dict[str, str]]]:
     if attribute == "colour":
         return [(f"a {c} {s}", {"shape": s, "colour": c}) for s in SHAPES for c in COLOURS if c != value]
     return [(f"a {t} {s}", {"shape": s, "texture": t}) for s in SHAPES for t in TEXTURES if t != value]
+
+
+def described_prompts(concept: str) -> list[tuple[str, dict[str, str]]]:
+    """other_prompts with the attribute they leave open named too, cycling through its values
+    ("a red square" -> "a dotted red square"): prompts that say everything the image should show."""
+    attribute, _ = attribute_of(concept)
+    open_attribute = next(a for a in ("texture", "colour") if a != attribute and all(a not in w for _, w in other_prompts(concept)))
+    values = {"texture": TEXTURES, "colour": COLOURS}[open_attribute]
+    described = []
+    for i, (text, wanted) in enumerate(other_prompts(concept)):
+        v = values[i % len(values)]
+        described.append((text.replace("a ", f"a {v} ", 1), wanted | {open_attribute: v}))
+    return described
+
