@@ -16,7 +16,7 @@ from erasekit.errors import ErasekitError
 from erasekit.evaluation.metrics import ClassifierFeatures, clip_score, fid_kid, ssim
 from erasekit.evaluation.prompts import load_csv, load_prompts, shapes_suite
 from erasekit.shapes.score import agreement
-from erasekit.shapes.world import COLOURS, SHAPES, render_dataset
+from erasekit.shapes.world import COLOURS, SHAPES, TEXTURES, render_dataset
 
 
 def _renders(n, seed):
@@ -106,6 +106,17 @@ def test_shapes_suites_name_the_concept_or_avoid_it():
         load_prompts("target,nonsense", "circle")
     with pytest.raises(ErasekitError, match="concept"):
         load_prompts("target")
+
+
+@pytest.mark.parametrize("concept, named", [("red", "texture"), ("circle", "texture"), ("striped", "colour")])
+def test_described_prompts_are_the_related_ones_with_the_open_attribute_named_in_turn(concept, named):
+    related, described = shapes_suite("related", concept), shapes_suite("described", concept)
+    assert len(described) == len(related)
+    values = {"texture": TEXTURES, "colour": COLOURS}[named]
+    for i, (r, d) in enumerate(zip(related, described)):
+        assert d.wanted == r.wanted | {named: values[i % len(values)]}
+        assert d.text.split() == [r.text.split()[0], values[i % len(values)], *r.text.split()[1:]]
+        assert concept not in d.text.split()
 
 
 def test_i2p_and_coco_csv_files_load(tmp_path):
