@@ -49,7 +49,7 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(2)
-    from erasekit.evaluation.bench import BenchSettings, bench_rows, check_bench
+    from erasekit.evaluation.bench import BenchSettings, check_bench
 
     lo, hi = (int(x) for x in args.seeds.split("-"))
     concepts, attacks = args.concepts.split(","), tuple(args.attacks.split(","))
@@ -60,14 +60,23 @@ def main() -> None:
         per_method = {m: settings for m, settings, seed in runs if seed == train_seed}
         settings = check_bench(methods, concepts, BenchSettings(prompts="target", seeds=tuple(range(lo, hi + 1)), train_seed=train_seed),
                                per_method, attacks)
-        for cell in bench_rows(args.results_dir, methods, concepts, settings, per_method, progress=True, attacks=attacks):
+        for cell in bench_cells(args.results_dir, methods, concepts, settings, per_method, attacks):
             rows.append({"method": cell["method"], "settings": cell["method_settings"], "train_seed": train_seed, "concept": cell["concept"],
                          "images": cell["evaluation"]["suites"]["target"]["n_images"],
                          "attacks": {n: {k: a[k] for k in ("asr_before", "asr_after", "asr_attack_only", "budget")} | {"successes": a.get("successes")}
                                      for n, a in cell["attacks"].items()},
                          "base_attacks": {n: {k: a[k] for k in ("asr_before", "asr_after", "asr_attack_only")} for n, a in cell["base_attacks"].items()}})
             print(rows[-1]["method"], rows[-1]["concept"], train_seed, {n: a["asr_after"] for n, a in rows[-1]["attacks"].items()}, flush=True)
-        write(rows, args, concepts)  # after every training seed, so an interrupted run leaves what it finished
+            write(rows, args, concepts)  # after every cell, so an interrupted run leaves what it finished
+
+
+def bench_cells(out, methods, concepts, settings, per_method, attacks):
+    """bench's cells one at a time (each computed or reused), so each can be written as it comes."""
+    from erasekit.evaluation.bench import bench_rows
+
+    for concept in concepts:
+        for method in methods:
+            yield from bench_rows(out, [method], [concept], settings, per_method, progress=True, attacks=attacks)
 
 
 def write(rows: list[dict], args, concepts: list[str]) -> None:
