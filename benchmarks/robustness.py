@@ -90,7 +90,9 @@ def write(rows: list[dict], args, concepts: list[str]) -> None:
             atomic_save_image(first_rows(shown), args.results_dir / f"successes-{concept}.png")
             pictures.append(concept)
     meta = run_meta()
-    write_results(args.results_dir, meta, rows, table(rows, args, meta, pictures))
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    by_training = sorted(rows, key=lambda r: (r["train_seed"], methods.index(r["method"]), concepts.index(r["concept"])))
+    write_results(args.results_dir, meta, by_training, table(rows, args, meta, pictures))  # one training per method and seed, its concepts together
 
 
 def _pct(v: float) -> str:

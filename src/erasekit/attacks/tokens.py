@@ -21,11 +21,9 @@ def single_text_encoder(pipe, attack: str) -> None:
 
 
 def word_tokens(tokenizer) -> torch.Tensor:
-    """Ids of the vocabulary's whole words (BPE tokens that end a word), which decode to text that
-    tokenises back to the same ids; word pieces and the special tokens are left out."""
-    special = set(tokenizer.all_special_tokens)
-    return torch.tensor(sorted(i for t, i in tokenizer.get_vocab().items() if t.endswith("</w>") and t not in special
-                               and re.fullmatch(r"[a-z]+</w>", t)))
+    """Ids of the vocabulary's whole words (BPE tokens of letters that end a word), which decode to text
+    that tokenises back to the same ids; word pieces, punctuation and the special tokens are left out."""
+    return torch.tensor(sorted(i for t, i in tokenizer.get_vocab().items() if re.fullmatch(r"[a-z]+</w>", t)))
 
 
 def decode_words(tokenizer, ids) -> str:
