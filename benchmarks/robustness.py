@@ -40,7 +40,7 @@ def first_rows(paths: list[tuple[str, Path]]):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--concepts", default="square")
+    parser.add_argument("--concepts", default="square,red")
     parser.add_argument("--attacks", default="paraphrase,inversion,unlearndiffatk,ring-a-bell")
     parser.add_argument("--seeds", default="0-12", help="evaluation seeds per target prompt (first-last)")
     add_output_flags(parser, trains=True)
