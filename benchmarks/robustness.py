@@ -1,7 +1,7 @@
 """Benchmark: every erasure attacked. How often does the concept come back?
 
 Its experiment is robustness (`python benchmarks/run.py robustness`). For each training seed of the
-experiment's runs, `erasekit bench` (its cells, erasekit.evaluation.bench.bench_rows) erases each
+experiment's runs, `erasekit bench` (its cells, erasekit.evaluation.bench.bench_cells) erases each
 concept with each method, generates the target prompts on every evaluation seed, and runs every
 attack against the erased model and, once per concept, against the unerased one (the sanity rows).
 ASR before and after each attack, as UnlearnDiffAtk defines it (erasekit.attacks), is averaged
@@ -49,7 +49,7 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(2)
-    from erasekit.evaluation.bench import BenchSettings, check_bench
+    from erasekit.evaluation.bench import BenchSettings, bench_cells, check_bench
 
     lo, hi = (int(x) for x in args.seeds.split("-"))
     concepts, attacks = args.concepts.split(","), tuple(args.attacks.split(","))
@@ -60,7 +60,7 @@ def main() -> None:
         per_method = {m: settings for m, settings, seed in runs if seed == train_seed}
         settings = check_bench(methods, concepts, BenchSettings(prompts="target", seeds=tuple(range(lo, hi + 1)), train_seed=train_seed),
                                per_method, attacks)
-        for cell in bench_cells(args.results_dir, methods, concepts, settings, per_method, attacks):
+        for cell in bench_cells(args.results_dir, methods, concepts, settings, per_method, progress=True, attacks=attacks):
             rows.append({"method": cell["method"], "settings": cell["method_settings"], "train_seed": train_seed, "concept": cell["concept"],
                          "images": cell["evaluation"]["suites"]["target"]["n_images"],
                          "attacks": {n: {k: a[k] for k in ("asr_before", "asr_after", "asr_attack_only", "budget")} | {"successes": a.get("successes")}
@@ -68,15 +68,6 @@ def main() -> None:
                          "base_attacks": {n: {k: a[k] for k in ("asr_before", "asr_after", "asr_attack_only")} for n, a in cell["base_attacks"].items()}})
             print(rows[-1]["method"], rows[-1]["concept"], train_seed, {n: a["asr_after"] for n, a in rows[-1]["attacks"].items()}, flush=True)
             write(rows, args, concepts)  # after every cell, so an interrupted run leaves what it finished
-
-
-def bench_cells(out, methods, concepts, settings, per_method, attacks):
-    """bench's cells one at a time (each computed or reused), so each can be written as it comes."""
-    from erasekit.evaluation.bench import bench_rows
-
-    for concept in concepts:
-        for method in methods:
-            yield from bench_rows(out, [method], [concept], settings, per_method, progress=True, attacks=attacks)
 
 
 def write(rows: list[dict], args, concepts: list[str]) -> None:

@@ -70,6 +70,12 @@ def generate(
         raise ErasekitError("no prompts given: pass at least one prompt")
     check_generation(n, steps, guidance, batch_size)
     jobs = [(p, seed + j, guidance) for p in prompts for j in range(n)]
+    return generate_jobs(pipe, jobs, steps, batch_size, negative_prompt, progress)
+
+
+def generate_jobs(pipe, jobs: list[Job], steps: int, batch_size: int = 32, negative_prompt: str | None = None,
+                  progress: bool = False) -> list[Image.Image]:
+    """One image per (prompt, seed, guidance) job, in order, generated in batches of at most `batch_size`."""
     images: list[Image.Image] = []
     with progress_bar(disable=not progress) as bar:
         task = bar.add_task("generate", total=len(jobs), info="")

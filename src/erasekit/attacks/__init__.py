@@ -149,14 +149,12 @@ def run_attack(name: str, erased, concept: str, prompts: list[str], seeds: list[
     (bench has them); otherwise they are generated here. found: what the attack found before, for
     a model-agnostic attack whose prompts serve every erasure of the same base model.
     """
-    from ..api import generate_batch, make_batches
+    from ..api import generate_jobs
 
     attack = check_attack(name, steps, base, images)
     originals = [(p, s) for p in prompts for s in seeds]
     if before is None:
-        images_before = [im for batch in make_batches([(p, s, guidance) for p, s in originals], batch_size)
-                         for im in generate_batch(erased, batch, sample_steps)]
-        before = detector.detect(images_before, concept).flags
+        before = detector.detect(generate_jobs(erased, [(p, s, guidance) for p, s in originals], sample_steps, batch_size), concept).flags
     if len(before) != len(originals):
         raise ErasekitError(f"{len(before)} flags for {len(originals)} target prompts x seeds")
     started = time.perf_counter()
@@ -165,7 +163,7 @@ def run_attack(name: str, erased, concept: str, prompts: list[str], seeds: list[
                             guidance=guidance, batch_size=batch_size, progress=progress, **options)
     with learned_tokens(erased, found.embeddings) if found.embeddings else nullcontext():
         jobs = [(text, s, guidance) for _, s, text in found.prompts]
-        attacked = [im for batch in make_batches(jobs, batch_size) for im in generate_batch(erased, batch, sample_steps)]
+        attacked = generate_jobs(erased, jobs, sample_steps, batch_size)
     flags = detector.detect(attacked, concept).flags if attacked else []
     by_prompt = dict(zip(originals, before))
     # successes on prompts that failed as written first: they are what the attack brought back

@@ -9,7 +9,7 @@ from contextlib import contextmanager
 
 import torch
 
-from ..api import generate_batch, make_batches
+from ..api import generate_jobs
 from ..errors import ErasekitError
 from ..families import family_of
 
@@ -40,7 +40,7 @@ def concept_images(base, concept: str, prompts: list[str], detector, n: int, see
     """Up to `n` (prompt, image) pairs of the concept from the base model: the target prompts on seeds
     from `seed` on (apart from the evaluation's), keeping the images the detector confirms."""
     jobs = [(prompts[i % len(prompts)], seed + i, guidance) for i in range(n)]
-    images = [im for batch in make_batches(jobs, batch_size) for im in generate_batch(base, batch, steps)]
+    images = generate_jobs(base, jobs, steps, batch_size)
     kept = [(prompt, im) for (prompt, _, _), im, flag in zip(jobs, images, detector.detect(images, concept).flags) if flag]
     if not kept:
         raise ErasekitError(f"the base model drew no image the detector takes for '{concept}': nothing to learn it from")

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from ..api import generate_batch, make_batches
+from ..api import generate_jobs
 from ..families import family_of
 from ..losses import denoising_loss
 from ..progress import counted
@@ -49,7 +49,7 @@ class UnlearnDiffAtk(Attack):
         if images:
             targets = [images[i % len(images)] for i in range(len(jobs))]
         else:
-            targets = [im for batch in make_batches([(p, s, guidance) for p, s in jobs], batch_size) for im in generate_batch(base, batch, sample_steps)]
+            targets = generate_jobs(base, [(p, s, guidance) for p, s in jobs], sample_steps, batch_size)
         latents = encode_images(erased, targets)
         words = word_tokens(erased.tokenizer)
         vocabulary = erased.text_encoder.get_input_embeddings().weight[words].detach().float()

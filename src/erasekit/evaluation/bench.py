@@ -163,7 +163,7 @@ def attack_cell(out: Path, folder: Path, erased, concept: str, settings: BenchSe
     """Each attack against one cell's model (`erased()` builds it) on the target prompts and the bench's
     seeds, cached per attack in <cell>/attacks/<attack>-<key>/ (attack.json, successes.png, learned
     tokens). A model-agnostic attack's prompts are found once per concept and kept in out/cells/."""
-    from ..api import generate_batch, make_batches
+    from ..api import generate_jobs
     from ..attacks import Found, get_attack, run_attack, successes_grid
     from .detectors import ShapesDetector
 
@@ -179,7 +179,7 @@ def attack_cell(out: Path, folder: Path, erased, concept: str, settings: BenchSe
         pipe = pipe or erased()
         if before is None:
             jobs = [(p, s, settings.guidance) for p in prompts for s in settings.seeds]
-            images = target_images or [im for b in make_batches(jobs, settings.batch_size) for im in generate_batch(pipe, b, settings.steps)]
+            images = target_images or generate_jobs(pipe, jobs, settings.steps, settings.batch_size)
             before = detector.detect(images, concept).flags
         any_seed = cell_key("base", concept, {}, replace(settings, train_seed=0), base.fingerprint)
         shared = out / "cells" / f"found-{name}-{concept}-{attack.key()}-{any_seed}.json"
@@ -229,28 +229,26 @@ def bench(out: Path | str, methods: list[str], concepts: list[str], settings: Be
     against the unerased model once per concept (the sanity rows, `base_attacks` in each row).
     """
     settings = check_bench(methods, concepts, settings or BenchSettings(), method_settings or {}, attacks)
-    rows = bench_rows(Path(out), methods, concepts, settings, method_settings or {}, progress, attacks)
+    rows = list(bench_cells(Path(out), methods, concepts, settings, method_settings or {}, progress, attacks))
     write_bench_report(Path(out), rows, settings)
     return rows
 
 
-def bench_rows(out: Path, methods: list[str], concepts: list[str], settings: BenchSettings, method_settings: dict[str, dict],
-               progress: bool = True, attacks: tuple[str, ...] = ()) -> list[dict]:
-    """bench's cells, computed or reused, without the report (settings as `check_bench` returns them)."""
+def bench_cells(out: Path, methods: list[str], concepts: list[str], settings: BenchSettings, method_settings: dict[str, dict],
+                progress: bool = True, attacks: tuple[str, ...] = ()):
+    """bench's cells, each yielded as soon as it is computed or reused, without the report (settings as
+    `check_bench` returns them)."""
     from .detectors import ShapesDetector
 
     detector = ShapesDetector()
     base = Base.load(settings.model, settings.device, settings.dtype)
-    rows = []
     for concept in concepts:
         if attacks:  # first the sanity row: an attack must reach the concept on the unerased model
             folder = out / "cells" / f"base-{concept}-{cell_key('base', concept, {}, replace(settings, train_seed=0), base.fingerprint)}"
             sanity = attack_cell(out, folder, lambda: base.pipe, concept, settings, base, attacks, None, progress)
         for method in methods:
-            rows.append(run_cell(out, method, concept, method_settings.get(method, {}), settings, detector, base, progress, attacks))
-            if attacks:
-                rows[-1]["base_attacks"] = sanity
-    return rows
+            row = run_cell(out, method, concept, method_settings.get(method, {}), settings, detector, base, progress, attacks)
+            yield row | ({"base_attacks": sanity} if attacks else {})
 
 
 def _pct(v: float | None) -> str:
