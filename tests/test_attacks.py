@@ -20,6 +20,7 @@ from erasekit.errors import ErasekitError
 from erasekit.evaluation.detectors import ShapesDetector
 from erasekit.evaluation.shapes import target_prompts
 from erasekit.losses import denoising_loss
+from erasekit.methods import get_method
 from erasekit.sampling import embed
 
 
@@ -73,6 +74,20 @@ def test_the_learned_token_replays_through_diffusers_textual_inversion_loader(bu
     replayed = generate_batch(pipe, [("a red <concept>", 0, 7.5)], steps=35)
     assert torch.equal(pipe.text_encoder.get_input_embeddings().weight[-1], result.embeddings["<concept>"])
     assert ShapesDetector().detect(replayed, "square").flags == [bool(result.asr_attack_only)]
+
+
+def test_an_inference_time_method_is_attacked_through_its_steered_sampling(builtin_pipe, tmp_path):
+    """SLD shares the base model's parts: the token attack learns on its UNet (the base's), and every
+    image it is judged on, before and under attack, comes from SLD's steered sampling."""
+    sld = get_method("sld")
+    steered = sld.steer(builtin_pipe, "red", sld.make_config("max"))
+    prompts, detector, vocabulary = target_prompts("red")[:3], ShapesDetector(), len(builtin_pipe.tokenizer)
+    unsteered = run_attack("paraphrase", builtin_pipe, "red", prompts, [0, 1], detector)
+    result = run_attack("inversion", steered, "red", prompts, [0, 1], detector, base=builtin_pipe, steps=3)
+    assert result.asr_before < unsteered.asr_before  # SLD's max preset draws less red: the figure is the steered model's
+    assert len(result.tried.prompts) == 6 and result.budget["images_generated"] == 6
+    assert [p.name for p in result.save(tmp_path)] == ["attack.json", "learned_embeds.safetensors"]
+    assert len(builtin_pipe.tokenizer) == vocabulary  # the learned token was taken out of the shared tokenizer again
 
 
 @pytest.mark.slow

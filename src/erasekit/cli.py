@@ -162,7 +162,7 @@ def generate(
         raise ErasekitError(f"erasure file not found: {erasure}")
     check_generation(n, steps, guidance, batch_size)
     _check_precision(device, dtype)
-    steering = get_method(method).make_config(preset) if method is not None else None
+    steering = get_method(method).steering(preset) if method is not None else None
     check_not_under_a_file(out)
     if out.is_file():
         raise ErasekitError(f"--out {out} is a file: give a folder")
@@ -373,7 +373,7 @@ def evaluate(
 
     if (erasure is None) == (method is None):
         raise ErasekitError("give exactly one of --erasure FILE or --method NAME (inference-time: neg-prompt, sld)")
-    steering = get_method(method).make_config(preset) if method is not None else None
+    steering = get_method(method).steering(preset) if method is not None else None
     if erasure is not None and not erasure.is_file():
         raise ErasekitError(f"erasure file not found: {erasure}")
     suites = load_prompts(prompts, concept)
@@ -462,7 +462,9 @@ def attack(
         "paraphrase: the concept's synonyms in its place. inversion: a new token learned against the erased model "
         "(Pham et al. 2024). unlearndiffatk: prefix words chosen by the erased model's own denoising loss (Zhang et al. 2024). "
         "ring-a-bell: prompts found from the text encoder alone (Tsai et al. 2024).")),
-    erasure: Optional[Path] = typer.Option(None, help="The erasure file to attack; without it, the base model (the sanity check: an attack must reach the concept there)."),
+    erasure: Optional[Path] = typer.Option(None, help="The erasure file to attack; without it and --method, the base model (the sanity check: an attack must reach the concept there)."),
+    method: Optional[str] = typer.Option(None, help="Or attack an inference-time method steering the base model: neg-prompt or sld (the token attacks optimise on its UNet, which is the base's)."),
+    preset: Optional[str] = typer.Option(None, help="The --method's named settings, e.g. sld's weak, medium (default), strong or max."),
     model: str = typer.Option("builtin", help=MODEL_HELP),
     attack_steps: Optional[int] = typer.Option(None, help="The attack's budget: optimisation steps (inversion 300, unlearndiffatk 40, ring-a-bell 100 generations by default); paraphrase takes none."),
     images: Optional[Path] = typer.Option(None, help="inversion, unlearndiffatk: a folder of images of the concept to learn from (default: the base model's own)."),
@@ -489,9 +491,13 @@ def attack(
     from .evaluation.prompts import load_prompts
     from .images import ensure_writable_dir
     from .io import atomic_save_image, read_utf8
+    from .methods import get_method
     from .model import load_pipeline
 
-    method = check_attack(attack_name, attack_steps, base=True)
+    attack_method = check_attack(attack_name, attack_steps, base=True)
+    if erasure is not None and method is not None:
+        raise ErasekitError("give --erasure FILE (a weight edit) or --method (inference-time), not both")
+    steering = get_method(method).steering(preset) if method is not None else None
     targets = [p.text for p in load_prompts("target", concept.strip())["target"]]
     seed_list = _parse_seeds(seeds)
     if not seed_list:
@@ -511,7 +517,7 @@ def attack(
         options["paraphrases"] = [line.strip() for line in read_utf8(paraphrases).splitlines() if line.strip()]
     concept_pictures = None
     if images is not None:
-        if not method.needs_base:
+        if not attack_method.needs_base:
             raise ErasekitError(f"--images is for attacks that learn from images (inversion, unlearndiffatk), not {attack_name}")
         concept_pictures = _read_image_folder(images)
     _check_precision(device, dtype)
@@ -523,19 +529,22 @@ def attack(
     if erasure is not None:
         pipe = load_pipeline(model, device, dtype, config)
         load_erasure(pipe, erasure)
+    elif method is not None:
+        pipe = get_method(method).steer(base, concept.strip(), steering)
     size = base.unet.config.sample_size * base.vae_scale_factor
     if concept_pictures and any(p.size != (size, size) for p in concept_pictures):
         typer.echo(f"note: images in {images} that are not {size}x{size} are resized to the model's size", err=True)
     result = run_attack(attack_name, pipe, concept.strip(), targets, seed_list, ShapesDetector(), base=base, images=concept_pictures,
                         steps=attack_steps, sample_steps=steps, progress=True, **options)
     ensure_writable_dir(out)
-    written = result.save(out, {"erasure": str(erasure) if erasure else None, "model": model})
+    attacked = f"erasure {erasure}" if erasure else f"{method} (inference-time)" if method else "the base model"
+    written = result.save(out, {"erasure": str(erasure) if erasure else None, "method": method, "preset": preset, "model": model})
     grid = successes_grid(base, pipe, result, sample_steps=steps)
     if grid is not None:
         atomic_save_image(grid, out / "successes.png")
         written.append(out / "successes.png")
     budget = f"{result.budget['steps']} steps, " if result.budget["steps"] else ""
-    typer.echo(f"{attack_name} on {'erasure ' + str(erasure) if erasure else 'the base model'}: ASR {100 * result.asr_before:.1f}% before, "
+    typer.echo(f"{attack_name} on {attacked}: ASR {100 * result.asr_before:.1f}% before, "
                f"{100 * result.asr_after:.1f}% after ({100 * result.asr_attack_only:.1f}% by the attack's prompts alone; "
                f"{result.n_prompts} prompts x seeds, {budget}{result.budget['images_generated']} images, {result.seconds:.0f} s)")
     typer.echo(f"wrote {', '.join(str(p) for p in written)} ({len(result.found)} successful attack prompts, to replay)")

@@ -120,8 +120,10 @@ def family_named(pipeline_class: str | None) -> type[Family] | None:
 
 
 def family_of(pipe) -> type[Family]:
-    """The family of a loaded pipeline."""
+    """The family of a loaded pipeline, or of the one an inference-time method steers (its `.pipe`)."""
     family = family_named(type(pipe).__name__)
+    if family is None and hasattr(pipe, "pipe"):
+        return family_of(pipe.pipe)
     if family is None:
         from ..errors import ErasekitError
 

@@ -114,9 +114,14 @@ class Method:
         """erase() asks before any work: can this method be written into weights?"""
 
     @classmethod
+    def steering(cls, preset: str | None = None):
+        """The settings to steer with (`steer`), refused before any work unless the method acts at inference time."""
+        raise ErasekitError(f"'{cls.name}' changes the model's weights: erase with it first (erasekit erase --method {cls.name} ...) and pass its file with --erasure")
+
+    @classmethod
     def steer(cls, pipe, concept: str, config):
         """A sampler of `pipe` that avoids `concept` at inference time (InferenceMethod)."""
-        raise ErasekitError(f"'{cls.name}' changes the model's weights: erase with it first (erasekit erase --method {cls.name} ...) and pass its file with --erasure")
+        cls.steering()
 
     @classmethod
     def sampler(cls, base, load_model: Callable[[], object], concept: str, settings: dict, seed: int, out: Path, progress: bool):
@@ -245,13 +250,31 @@ class ClosedFormMethod(WeightEditingMethod):
         return self.edit(names, progress)
 
 
+class SteeredPipeline:
+    """What `InferenceMethod.steer` returns: called like the pipeline it wraps (`.pipe`), whose parts
+    (UNet, tokenizer, text encoder, scheduler) it shares. So the family layer and the attacks read
+    them as they are, and an attack is judged through the steered sampling."""
+
+    def __init__(self, pipe):
+        self.pipe = pipe
+
+    def __getattr__(self, name):  # called only for what the wrapper does not define itself
+        if name == "pipe":
+            raise AttributeError(name)
+        return getattr(self.pipe, name)
+
+
 class InferenceMethod(Method):
-    """Changes how the model is sampled, not its weights: `steer` wraps a pipeline."""
+    """Changes how the model is sampled, not its weights: `steer` wraps a pipeline (a SteeredPipeline)."""
 
     @classmethod
     def check_erasable(cls) -> None:
         raise ErasekitError(f"'{cls.name}' acts at inference time and changes no weights: use it with "
                             f"`erasekit generate --method {cls.name}` or `erasekit evaluate --method {cls.name}`")
+
+    @classmethod
+    def steering(cls, preset=None):
+        return cls.make_config(preset)
 
     @classmethod
     def steer(cls, pipe, concept, config):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .base import InferenceMethod
+from .base import InferenceMethod, SteeredPipeline
 
 
 @dataclass
@@ -13,11 +13,12 @@ class NegativePromptConfig:
         pass
 
 
-class NegativePromptPipeline:
+class NegativePromptPipeline(SteeredPipeline):
     """Call it like a StableDiffusionPipeline: the concept joins any negative prompt given."""
 
     def __init__(self, pipe, concept: str):
-        self.pipe, self.concept = pipe, concept
+        super().__init__(pipe)
+        self.concept = concept
 
     def __call__(self, prompt, negative_prompt=None, **kwargs):
         negative = [", ".join(filter(None, (n, self.concept))) for n in negative_prompt] if negative_prompt else [self.concept] * len(prompt)

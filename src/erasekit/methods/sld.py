@@ -16,7 +16,7 @@ import torch
 from ..errors import ErasekitError
 from ..guidance import sld_safety_term
 from ..sampling import ddim_sample, ddim_scheduler, decode, embed, latent_shape, unet_out
-from .base import InferenceMethod
+from .base import InferenceMethod, SteeredPipeline
 
 
 @dataclass
@@ -51,7 +51,7 @@ class Sld(InferenceMethod):
         return SldPipeline(pipe, concept, config)
 
 
-class SldPipeline:
+class SldPipeline(SteeredPipeline):
     """Call it like a StableDiffusionPipeline (prompt, generator list, steps, guidance): SLD-guided DDIM.
 
     Initial noise is drawn per image from its generator exactly as diffusers does, so an image
@@ -59,7 +59,8 @@ class SldPipeline:
     """
 
     def __init__(self, pipe, concept: str, settings: SldConfig):
-        self.pipe, self.settings = pipe, settings
+        super().__init__(pipe)
+        self.settings = settings
         self.safety = embed(pipe, [concept])
 
     @torch.no_grad()
