@@ -82,8 +82,8 @@ def write(rows: list[dict], args, concepts: list[str]) -> None:
             pictures.append(concept)
     meta = run_meta()
     methods = list(dict.fromkeys(r["method"] for r in rows))
-    by_training = sorted(rows, key=lambda r: (r["train_seed"], methods.index(r["method"]), concepts.index(r["concept"])))
-    write_results(args.results_dir, meta, by_training, table(rows, args, meta, pictures))  # one training per method and seed, its concepts together
+    by_training = sorted(rows, key=lambda r: (methods.index(r["method"]), r["train_seed"], concepts.index(r["concept"])))
+    write_results(args.results_dir, meta, by_training, table(rows, args, meta, pictures))  # trainings in the data file's order, each one's concepts together
 
 
 def _pct(v: float) -> str:

@@ -168,9 +168,12 @@ def headline_table() -> str:
         if r["concept"] == concept:
             after.setdefault(r["method"], []).append([r["attacks"][a]["asr_after"] for a in names])
     cells = {m: " / ".join(f"{100 * sum(v) / len(v):.0f}%" for v in zip(*runs)) for m, runs in after.items()}
+    shown = [line.split("|")[1].strip() for line in lines[2:]]
+    if any(m not in cells for m in shown):  # no method is shown erased without its attacked figure beside it
+        raise SystemExit(f"the robustness results lack {', '.join(m for m in shown if m not in cells)} on {concept}: "
+                         f"add them to benchmarks/experiments/{ROBUSTNESS}.toml and run `python benchmarks/run.py {ROBUSTNESS}`")
     head = f"{concept} after attack: {' / '.join(names)}"
-    return "\n".join([lines[0] + f" {head} |", lines[1] + "---|"]
-                     + [line + f" {cells.get(line.split('|')[1].strip(), 'not attacked yet')} |" for line in lines[2:]])
+    return "\n".join([lines[0] + f" {head} |", lines[1] + "---|"] + [line + f" {cells[m]} |" for line, m in zip(lines[2:], shown)])
 
 
 def readme_with_headline(readme: str, table: str) -> str:
