@@ -50,6 +50,21 @@ def _check_precision(device: str, dtype: str) -> None:
     resolve_dtype(dtype, resolve_device(device))
 
 
+def _erasure_or_method(erasure: Optional[Path], method: Optional[str], preset: Optional[str], required: bool = False):
+    """Check --erasure FILE and --method NAME [--preset] before any work: not both (nor neither, if
+    `required`), a file that exists, an inference-time method. Returns its settings to steer with, or None."""
+    from .errors import ErasekitError
+    from .methods import get_method
+
+    if required and erasure is None and method is None:
+        raise ErasekitError("give exactly one of --erasure FILE or --method NAME (inference-time: neg-prompt, sld)")
+    if erasure is not None and method is not None:
+        raise ErasekitError("give --erasure FILE (a weight edit) or --method (inference-time), not both")
+    if erasure is not None and not erasure.is_file():
+        raise ErasekitError(f"erasure file not found: {erasure}")
+    return get_method(method).steering(preset) if method is not None else None
+
+
 def _quiet_libraries() -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
@@ -156,13 +171,9 @@ def generate(
     prompts = _read_prompts(prompt, prompt_file)
     if (method is None) != (concept is None or not concept.strip()):
         raise ErasekitError("--method and --concept go together: erasekit generate --method sld --concept red ...")
-    if method is not None and erasure is not None:
-        raise ErasekitError("give --erasure FILE (a weight edit) or --method (inference-time), not both")
-    if erasure is not None and not erasure.is_file():
-        raise ErasekitError(f"erasure file not found: {erasure}")
+    steering = _erasure_or_method(erasure, method, preset)
     check_generation(n, steps, guidance, batch_size)
     _check_precision(device, dtype)
-    steering = get_method(method).steering(preset) if method is not None else None
     check_not_under_a_file(out)
     if out.is_file():
         raise ErasekitError(f"--out {out} is a file: give a folder")
@@ -371,11 +382,7 @@ def evaluate(
     from .model import load_pipeline
     from .erasure_file import load_erasure
 
-    if (erasure is None) == (method is None):
-        raise ErasekitError("give exactly one of --erasure FILE or --method NAME (inference-time: neg-prompt, sld)")
-    steering = get_method(method).steering(preset) if method is not None else None
-    if erasure is not None and not erasure.is_file():
-        raise ErasekitError(f"erasure file not found: {erasure}")
+    steering = _erasure_or_method(erasure, method, preset, required=True)
     suites = load_prompts(prompts, concept)
     seed_list = _parse_seeds(seeds)
     if not seed_list:
@@ -495,9 +502,7 @@ def attack(
     from .model import load_pipeline
 
     attack_method = check_attack(attack_name, attack_steps, base=True)
-    if erasure is not None and method is not None:
-        raise ErasekitError("give --erasure FILE (a weight edit) or --method (inference-time), not both")
-    steering = get_method(method).steering(preset) if method is not None else None
+    steering = _erasure_or_method(erasure, method, preset)
     targets = [p.text for p in load_prompts("target", concept.strip())["target"]]
     seed_list = _parse_seeds(seeds)
     if not seed_list:
@@ -505,8 +510,6 @@ def attack(
     if steps < 1:
         raise ErasekitError(f"--steps must be at least 1, got {steps}")
     if erasure is not None:
-        if not erasure.is_file():
-            raise ErasekitError(f"erasure file not found: {erasure}")
         read_metadata(erasure)
     options = {}
     if paraphrases is not None:
