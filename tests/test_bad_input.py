@@ -5,6 +5,8 @@ identity on resume, one writer per output, and a full disk."""
 import errno
 import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -14,9 +16,11 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from PIL import Image
 from typer.testing import CliRunner
 
 from erasekit import ErasekitError, erase, load_erasure, load_pipeline
+from erasekit.assets import builtin_pipeline_dir
 from erasekit.cli import app
 from erasekit.erasure_file import read_metadata
 from erasekit.shapes.world import Labels, render
@@ -46,6 +50,26 @@ def erasure_files(tmp_path_factory):
     render(Labels("square", "red", "solid", "grey"), np.random.default_rng(0)).save(folder / "square.png")
     other = {f"erasekit.{k}": json.dumps(v) for k, v in (read_metadata(good) | {"base_unet_sha256": "0" * 16}).items()}
     save_file(tensors, str(folder / "other-base.safetensors"), metadata=other)
+    # Round 2: values that overflow half precision, damaged metadata, float8, a model folder of one's
+    # own, images that cannot be read or would not fit, a file where OUT.ckpt goes, a named pipe.
+    save_file(tensors | {key: torch.full_like(tensors[key], 1e6)}, str(folder / "overflow.safetensors"), metadata=header)
+    save_file(tensors | {key: torch.full_like(tensors[key], 3e38)}, str(folder / "huge.safetensors"), metadata=header)
+    for name, change in {"rounding-bogus": {"base_unet_hash_rounding": "bogus"}, "rounding-list": {"base_unet_hash_rounding": ["fp16"]},
+                         "norms-number": {"base_unet_norms": 3.0}}.items():
+        meta = {f"erasekit.{k}": json.dumps(v) for k, v in (read_metadata(good) | change).items()}
+        save_file(tensors, str(folder / f"{name}.safetensors"), metadata=meta)
+    save_file({k: v.to(torch.float8_e4m3fn) for k, v in tensors.items()}, str(folder / "float8.safetensors"), metadata=header)
+    shutil.copytree(builtin_pipeline_dir(), folder / "mymodel")
+    (folder / "broken-images").mkdir()
+    render(Labels("circle", "red", "solid", "grey"), np.random.default_rng(1)).save(folder / "broken-images" / "good.png")
+    (folder / "broken-images" / "bad.png").write_bytes((folder / "square.png").read_bytes()[:60])
+    Image.new("1", (20000, 20000)).save(folder / "bomb.png")
+    Image.new("1", (12000, 12000)).save(folder / "big.png")
+    shutil.copy(folder / "square.png", folder / "p-compare.png")
+    (folder / "link-to-model").symlink_to(folder / "mymodel")
+    (folder / "taken.safetensors.ckpt").write_text("the user's own file")
+    os.mkfifo(folder / "fifo")
+    (folder / "coco.csv").write_text("case_number,prompt,evaluation_seed\n0,a red square,0\n")
     return folder
 
 
@@ -93,6 +117,58 @@ def cases(files: Path) -> dict[str, tuple[list[str], str]]:
         "purify: erasure for another model": (["purify", "--erasure", str(files / "other-base.safetensors"), "--image", str(files / "square.png"), "--out", "out/p.png"], "was made for base model"),
         "purify: strength 0": (["purify", "--erasure", str(files / "good.safetensors"), "--image", str(files / "square.png"), "--strength", "0", "--out", "out/p.png"], "--strength must be in (0, 1]"),
         "purify: not an image": (["purify", "--erasure", str(files / "good.safetensors"), "--image", str(files / "latin1.txt"), "--out", "out/p.png"], "cannot read"),
+        # Round 2 (issue #30), numbered as filed. Data loss: an output over an input or another output.
+        "#1 --save-lora = --out": (["erase", "-c", "square", "--method", "uce", "--out", "out/same.safetensors", "--save-lora", "out/same.safetensors"],
+                                   "--save-lora out/same.safetensors is also --out out/same.safetensors"),
+        "#1 --save-checkpoint = --out": (["erase", "-c", "square", "--method", "uce", "--out", "out/same.safetensors", "--save-checkpoint", "./out/same.safetensors"],
+                                         "two outputs cannot share a path"),
+        "#2 --save-pipeline = --model": (["erase", "-c", "square", "--method", "uce", "--model", str(files / "mymodel"), "--out", "out/e.safetensors",
+                                          "--save-pipeline", str(files / "mymodel")], "is the input --model"),
+        "#2 --out inside --model": (["erase", "-c", "square", "--method", "uce", "--model", str(files / "mymodel"),
+                                     "--out", str(files / "mymodel" / "unet" / "diffusion_pytorch_model.safetensors")], "is part of the input --model"),
+        "#2 --save-pipeline holding --model": (["erase", "-c", "square", "--method", "uce", "--model", str(files / "mymodel"), "--out", "out/e.safetensors",
+                                                "--save-pipeline", str(files)], "holds the input --model"),
+        "#2 generate --out a link to --model": (["generate", "-p", "x", "--model", str(files / "mymodel"), "--out", str(files / "link-to-model")],
+                                                "is the input --model"),
+        "shapes train: --out holds other files": (["shapes", "train", "--quick", "--out", str(files)], "holds other files and no training run"),
+        "#3 purify --out = --image": (["purify", "--erasure", str(files / "good.safetensors"), "--image", str(files / "square.png"), "--out", str(files / "square.png")],
+                                      "is the input --image"),
+        "#3 purify's comparison = --image": (["purify", "--erasure", str(files / "good.safetensors"), "--image", str(files / "p-compare.png"),
+                                              "--out", str(files / "p.png")], "--out's comparison " + str(files / "p-compare.png") + " is the input --image"),
+        "#4 --out a named pipe": (["erase", "-c", "square", "--method", "uce", "--out", str(files / "fifo")], "is a named pipe, not a regular file"),
+        "#4 generate --out a named pipe": (["generate", "-p", "a red circle", "--out", str(files / "fifo")], "is a named pipe"),
+        "#6 a file where OUT.ckpt goes": (["erase", "-c", "square", "--method", "uce", "--out", str(files / "taken.safetensors")],
+                                         "checkpoint folder " + str(files / "taken.safetensors.ckpt") + " is a file"),
+        "#8 1e6 loaded in fp16": (["generate", "-p", "a red circle", "--dtype", "fp16", "--erasure", str(files / "overflow.safetensors"), "--out", "out"],
+                                  "values too large for fp16"),
+        "#8 3e38 loaded in fp16": (["generate", "-p", "a red circle", "--dtype", "fp16", "--erasure", str(files / "huge.safetensors"), "--out", "out"],
+                                   "values too large for fp16"),
+        "#9 replacement = concept": (["erase", "-c", "red", "--replacement", "Red", "--method", "uce", "--out", "out/e.safetensors"],
+                                     "the replacement 'Red' is the concept 'red' itself"),
+        "#9 concept past 77 tokens": (["erase", "-c", " ".join(["red"] * 80), "--method", "uce", "--out", "out/e.safetensors"],
+                                      "is 80 tokens; the text encoder reads at most 75"),
+        "#10 hash rounding 'bogus'": (["generate", "-p", "x", "--erasure", str(files / "rounding-bogus.safetensors"), "--out", "out"], "base_unet_hash_rounding is 'bogus'"),
+        "#10 hash rounding a list": (["generate", "-p", "x", "--erasure", str(files / "rounding-list.safetensors"), "--out", "out"], "base_unet_hash_rounding is list"),
+        "#10 norms a number, fp16": (["generate", "-p", "x", "--dtype", "fp16", "--erasure", str(files / "norms-number.safetensors"), "--out", "out"],
+                                     "base_unet_norms is float"),
+        "#11 float8 tensors": (["generate", "-p", "x", "--erasure", str(files / "float8.safetensors"), "--out", "out"], "is float8_e4m3fn, not a tensor of fp32"),
+        "#12 attack --images unreadable": (["attack", "-c", "square", "--attack", "inversion", "--images", str(files / "broken-images"), "--out", "out"],
+                                           "cannot read " + str(files / "broken-images" / "bad.png")),
+        "#12 evaluate --reference unreadable": (["evaluate", "-c", "square", "--method", "neg-prompt", "--reference", str(files / "broken-images"), "--out", "out"],
+                                                "cannot read " + str(files / "broken-images" / "bad.png")),
+        "#13 purify a decompression bomb": (["purify", "--erasure", str(files / "good.safetensors"), "--image", str(files / "bomb.png"), "--out", "out/p.png"],
+                                            "refused before decoding"),
+        "#13 purify 12000x12000": (["purify", "--erasure", str(files / "good.safetensors"), "--image", str(files / "big.png"), "--out", "out/p.png"],
+                                   "is 12000x12000, more than 67,108,864 pixels: refused before decoding"),
+        "#14 generate --steps 1001": (["generate", "-p", "x", "--steps", "1001", "--out", "out"], "--steps 1001 is more than the model's scheduler has timesteps (1000)"),
+        "#14 purify --steps 1001": (["purify", "--erasure", str(files / "good.safetensors"), "--image", str(files / "square.png"), "--steps", "1001", "--out", "out/p.png"],
+                                    "--steps 1001 is more than"),
+        "#14 attack --steps 1001": (["attack", "-c", "square", "--steps", "1001", "--out", "out"], "--steps 1001 is more than"),
+        "#15 evaluate --seeds 0-2000000000": (["evaluate", "-c", "square", "--method", "neg-prompt", "--seeds", "0-2000000000", "--out", "out"],
+                                              "images of 64x64 in memory"),
+        "#15 generate --n 1000000000": (["generate", "-p", "x", "--n", "1000000000", "--out", "out"], "would hold 2,000,000,000 images of 64x64"),
+        "#17 evaluate: CSV, concept not in the world": (["evaluate", "-c", "dog", "--method", "neg-prompt", "--prompts", str(files / "coco.csv"), "--out", "out"],
+                                                        "'dog' is not a concept of the shapes world"),
     }
 
 
@@ -104,14 +180,19 @@ def test_bad_input_is_one_line_exit_2_and_leaves_nothing(case, erasure_files, tm
     (erasure_files / "weights.ckpt").write_bytes(b"x")
     args, message = cases(erasure_files)[case]
     monkeypatch.chdir(tmp_path)
-    before = set(erasure_files.rglob("*"))
+    before = _snapshot(erasure_files)
     result = runner.invoke(app, args)
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert result.exit_code == 2, result.output
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.output
     assert "Traceback" not in result.output
     assert not list(tmp_path.rglob("*")), "left behind: " + ", ".join(str(p) for p in tmp_path.rglob("*"))
-    assert set(erasure_files.rglob("*")) == before
+    assert _snapshot(erasure_files) == before, "an input was changed"
+
+
+def _snapshot(folder: Path) -> dict:
+    """Every entry under `folder` with its type, size and modification time: what a write would change."""
+    return {p: (p.lstat().st_mode, p.lstat().st_size, p.lstat().st_mtime_ns) for p in [folder, *folder.rglob("*")]}
 
 
 def test_an_unknown_word_is_a_warning_naming_its_pieces_without_strict(tmp_path):
@@ -258,3 +339,189 @@ def test_the_package_never_calls_torch_load_without_weights_only():
     assert calls, "the pattern found no torch.load at all: it is broken"
     unsafe = [f"{p.relative_to(root)}: {call}" for p, call in calls if "weights_only=True" not in call]
     assert not unsafe, unsafe
+
+
+# Round 2 (issue #30): the cases whose right answer is behaviour, not a refusal.
+
+
+def test_5_distinct_prompts_get_distinct_files_and_a_repeated_one_is_generated_once(tmp_path):
+    prompts = ["a red circle", "A RED CIRCLE!", "🔴", "🟦", "a red circle"]
+    result = runner.invoke(app, ["generate", *[a for p in prompts for a in ("-p", p)], "--n", "1", "--steps", "3", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    pngs = sorted(p.name for p in tmp_path.glob("*.png") if p.name != "grid.png")
+    assert len(pngs) == 4 and "a-red-circle_0.png" not in pngs, pngs  # the two 'a red circle' spellings are told apart by a hash
+    assert "wrote 4 images" in result.output and "1 repeated prompt(s) generated once" in result.output
+
+
+def test_9_an_erasure_that_changes_nothing_is_refused_after_training_and_nothing_is_written(tmp_path):
+    out = tmp_path / "e.safetensors"
+    result = runner.invoke(app, ["erase", "-c", "square", *FAST_ESD, "--lr", "1e-30", "--out", str(out)])
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]  # after the training's progress bars
+    assert result.exit_code == 2 and len(errors) == 1 and "the erasure changes nothing: its 35 tensors equal the base model's in fp32" in errors[0], result.output
+    assert not list(tmp_path.iterdir())  # no erasure, checkpoint or lock
+
+
+def test_7_resuming_with_fewer_steps_than_done_is_refused_and_with_as_many_finishes_at_that_step(tmp_path):
+    out = tmp_path / "e.safetensors"
+    ckpt = tmp_path / "e.safetensors.ckpt"
+    run = dict(method="esd-x", concepts="square", bank_trajectories=1, ddim_steps=4, progress=False)
+    whole = erase("builtin", steps=4, checkpoint_dir=tmp_path / "whole.ckpt", checkpoint_every=2, **run)
+    erase("builtin", steps=4, checkpoint_dir=ckpt, checkpoint_every=2, keep_checkpoint=True, **run)  # as if stopped after step 4
+    result = runner.invoke(app, ["erase", "-c", "square", *FAST_ESD[:2], "--steps", "2", "--set", "bank_trajectories=1", "--set", "ddim_steps=4",
+                                 "--resume", "--out", str(out)])
+    assert result.exit_code == 2 and "has done 4 steps, more than the 2 asked for" in result.output, result.output
+    assert not out.exists() and (ckpt / "state.pt").is_file()
+    resumed = erase("builtin", steps=4, checkpoint_dir=ckpt, resume=True, **run)
+    assert resumed.metadata["final_loss"] == whole.metadata["final_loss"] is not None
+    assert resumed.history == whole.history
+    assert all(torch.equal(resumed.tensors[n], whole.tensors[n]) for n in whole.names)
+
+
+def test_16_a_long_legal_out_name_is_written_with_its_lock_and_checkpoint(tmp_path):
+    out = tmp_path / ("e" * 236 + ".safetensors")  # 248 characters: legal, though '.NAME.lock' beside it would not be
+    assert len(out.name) == 248
+    result = runner.invoke(app, ["erase", "-c", "square", *FAST_ESD, "--checkpoint-every", "1", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert [p.name for p in tmp_path.iterdir()] == [out.name]  # no lock, checkpoint or temporary file left
+    purified = tmp_path / ("p" * 240 + ".png")
+    image = _a_png(tmp_path / "in")
+    result = runner.invoke(app, ["purify", "--erasure", str(out), "--image", str(image), "--steps", "4", "--out", str(purified)])
+    assert result.exit_code == 0, result.output
+    assert purified.is_file() and len([p for p in tmp_path.iterdir() if p.name.endswith("-compare.png")]) == 1
+
+
+def _a_png(folder: Path) -> Path:
+    folder.mkdir()
+    path = folder / "in.png"
+    render(Labels("circle", "red", "solid", "grey"), np.random.default_rng(0)).save(path)
+    return path
+
+
+def test_18_report_md_escapes_what_comes_from_files_paths_and_metadata(erasure_files, tmp_path):
+    tensors, meta = load_file(str(erasure_files / "good.safetensors")), read_metadata(erasure_files / "good.safetensors")
+    meta |= {"method": "<img src=x onerror=alert(1)>", "concepts": ["<script>alert(1)</script>"]}
+    hostile = tmp_path / "hostile.safetensors"
+    save_file(tensors, str(hostile), metadata={f"erasekit.{k}": json.dumps(v) for k, v in meta.items()})
+    model = tmp_path / "<b>model<i>"
+    model.symlink_to(builtin_pipeline_dir())
+    prompts = tmp_path / "<i>prompts<b>.csv"
+    shutil.copy(erasure_files / "coco.csv", prompts)
+    result = runner.invoke(app, ["evaluate", "-c", "square", "--model", str(model), "--erasure", str(hostile), "--prompts", str(prompts),
+                                 "--steps", "2", "--reference", "none", "--out", str(tmp_path / "eval")])
+    assert result.exit_code == 0, result.output
+    report = (tmp_path / "eval" / "report.md").read_text()
+    for raw in ("<b>", "<i>", "<script>", "<img"):
+        assert raw not in report, raw
+    assert "&lt;img src=x onerror=alert(1)&gt;" in report and "&lt;i&gt;prompts&lt;b&gt;" in report and "&lt;b&gt;model&lt;i&gt;" in report
+
+
+def test_a_named_pipe_or_device_as_an_output_is_refused_by_the_writers_themselves(tmp_path):
+    """The guarantee below the CLI: atomic writes refuse a target that is not a regular file (a
+    rename would replace the device node or pipe), and leave it as it was."""
+    from erasekit.io import atomic_dir, atomic_write_text
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    targets = [fifo]
+    if os.geteuid() == 0:  # a character device: only root may make one
+        device = tmp_path / "null"
+        os.mknod(device, 0o666 | __import__("stat").S_IFCHR, os.makedev(1, 3))
+        targets.append(device)
+    for target in targets:
+        mode = target.lstat().st_mode
+        with pytest.raises(ErasekitError, match="not a regular file"):
+            atomic_write_text(target, "x")
+        with pytest.raises(ErasekitError, match="not a regular file"):
+            with atomic_dir(target):
+                pass
+        assert target.lstat().st_mode == mode
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(t.name for t in targets)
+    if len(targets) == 2:
+        result = runner.invoke(app, ["erase", "-c", "square", "--method", "uce", "--out", str(targets[1])])
+        assert result.exit_code == 2 and "is a device, not a regular file" in result.output, result.output
+
+
+def test_ctrl_c_in_erase_says_where_the_checkpoint_is_and_how_to_resume(tmp_path):
+    out = tmp_path / "e.safetensors"
+    proc = _spawn("erase", "-c", "square", "--method", "esd-x", "--steps", "400", "--checkpoint-every", "5",
+                  "--set", "bank_trajectories=1", "--set", "ddim_steps=4", "--out", str(out))
+    _wait_for(tmp_path / "e.safetensors.ckpt" / "state.pt", proc)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    line = [x for x in stderr.splitlines() if x.startswith("interrupted")]
+    assert line and str(tmp_path / "e.safetensors.ckpt") in line[0] and "--resume" in line[0], stderr
+    assert not out.exists()
+
+
+def test_the_built_in_models_own_words_are_known_and_concepts_are_checked_before_the_model_loads(monkeypatch):
+    import warnings
+
+    from erasekit.erase import check_concepts
+    from erasekit.model import peek_tokenizer
+
+    tokenizer = peek_tokenizer("builtin")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert check_concepts(tokenizer, ["purple", "cyan", "hexagon", "solid", "striped"], strict=True)
+    with pytest.raises(ErasekitError, match="knows no word 'zzqxv'"):
+        check_concepts(tokenizer, ["zzqxv"], strict=True)
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the model was loaded before the concept was checked")
+
+    monkeypatch.setattr(sys.modules["erasekit.erase"], "load_pipeline", no_loading)
+    with pytest.raises(ErasekitError, match="has no letter or digit"):
+        erase("builtin", method="uce", concepts="!!!", progress=False)
+
+
+def test_the_lora_rank_reported_is_the_rank_stored(tmp_path):
+    lora = tmp_path / "l.safetensors"
+    result = runner.invoke(app, ["erase", "-c", "square", "--method", "uce", "--out", str(tmp_path / "e.safetensors"),
+                                 "--save-lora", str(lora), "--lora-rank", "100000"])
+    assert result.exit_code == 0, result.output
+    stored = max(t.shape[1] for k, t in load_file(str(lora)).items() if k.endswith("lora_B.weight"))
+    assert f"LoRA of rank {stored}, the most any changed weight has; --lora-rank 100000 asked" in result.output
+    assert stored < 100000
+
+
+@pytest.mark.parametrize("command", ["erase", "generate", "evaluate", "attack", "purify"])
+def test_no_output_of_a_command_may_be_one_of_its_inputs_or_another_output(command, erasure_files, tmp_path, monkeypatch):
+    """The class of guarantee behind rows #1-#4: every output flag of a command pointed at every
+    input it reads, and at every other output, is refused in one line, and nothing changes."""
+    files, good = erasure_files, str(erasure_files / "good.safetensors")
+    paraphrases = tmp_path / "attack.json"
+    paraphrases.write_text("box\n")
+    inputs = {
+        "erase": {"--model": str(files / "mymodel")},
+        "generate": {"--model": str(files / "mymodel"), "--erasure": good, "--prompt-file": str(files / "coco.csv")},
+        "evaluate": {"--model": str(files / "mymodel"), "--erasure": good, "--prompts": str(files / "coco.csv"), "--reference": str(files / "broken-images")},
+        "attack": {"--model": str(files / "mymodel"), "--erasure": good, "--paraphrases": str(paraphrases)},
+        "purify": {"--model": str(files / "mymodel"), "--erasure": good, "--image": str(files / "square.png")},
+    }[command]
+    outputs = {"erase": ["--out", "--save-lora", "--save-checkpoint", "--save-pipeline", "--report"]}.get(command, ["--out"])
+    valid = {  # a command that would run; each try below changes only paths in it
+        "erase": {"-c": "square", "--method": "uce", "--out": str(tmp_path / "e.safetensors")},
+        "generate": {"-p": "x", "--out": str(tmp_path / "g")},
+        "evaluate": {"-c": "square", "--erasure": good, "--out": str(tmp_path / "ev")},
+        "attack": {"-c": "square", "--erasure": good, "--paraphrases": str(paraphrases), "--out": str(tmp_path / "at")},
+        "purify": {"--erasure": good, "--image": str(files / "square.png"), "--out": str(tmp_path / "p.png")},
+    }[command]
+    tries = [{in_flag: path, out_flag: path} for out_flag in outputs for in_flag, path in inputs.items()]
+    tries += [{a: str(tmp_path / "same"), b: str(tmp_path / "same")} for a in outputs for b in outputs if a < b]
+    if command == "attack":  # an input with the name of a file the command writes into its folder
+        tries.append({"--out": str(tmp_path)})
+    monkeypatch.chdir(tmp_path)
+    before = _snapshot(files)
+    for flags in tries:
+        args = [command] + [a for flag, value in (valid | flags).items() for a in (flag, value)]
+        result = runner.invoke(app, args)
+        lines = [line for line in result.output.splitlines() if line.strip()]
+        assert result.exit_code == 2 and len(lines) == 1 and lines[0].startswith("error: "), (args, result.output)
+        assert any(why in lines[0] for why in CONFLICTS) and any(flag in lines[0] for flag in outputs), (args, lines[0])
+        assert _snapshot(files) == before, args
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["attack.json"]
+
+
+CONFLICTS = ("is the input", "is also", "is part of the input", "holds the input", "is a file", "is an existing folder", "is inside")

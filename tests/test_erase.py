@@ -53,11 +53,13 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tiny_folder, tmp_
     ckpt = tmp_path / "ckpt"
     with pytest.raises(KeyboardInterrupt):
         erase(str(tiny_folder), method=method, concepts=["circle", "red"], seed=3, checkpoint_dir=ckpt, checkpoint_every=2, **gentle(method), **extra)
-    monkeypatch.setattr(cls, "draw", real_draw)
     state = torch.load(ckpt / "state.pt", weights_only=True)
     assert state["step"] == 4
+    drawn = []
+    monkeypatch.setattr(cls, "draw", lambda self, generator: drawn.append(1) or real_draw(self, generator))
     resumed = erase(str(tiny_folder), method=method, concepts=["circle", "red"], seed=3, checkpoint_dir=ckpt, checkpoint_every=2, resume=True, **gentle(method), **extra)
-    assert len(resumed.history) == 2  # only the remaining steps ran
+    assert len(drawn) == 2  # only the remaining steps ran
+    assert resumed.history == full.history  # the losses before the checkpoint came back with it
     got = _trainable(resumed.unet, resumed.names)
     for name in expected:
         assert torch.equal(expected[name], got[name]), name
@@ -137,7 +139,13 @@ def test_unwritable_output_fails_before_training(tiny_folder, tmp_path):
 
 
 def test_a_concept_that_tokenises_to_nothing_is_refused():
-    silent = lambda text, add_special_tokens=False: SimpleNamespace(input_ids=[])  # noqa: E731
+    class Silent:  # a tokenizer that gives no token for anything
+        model_max_length = 77
+
+        def __call__(self, text, add_special_tokens=False):
+            return SimpleNamespace(input_ids=[])
+
+    silent = Silent()
     with pytest.raises(ErasekitError, match="tokenises to nothing"):
         check_concepts(silent, ["circle"])
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 from PIL import Image
 
 from .errors import ErasekitError
-from .model import load_pipeline
+from .model import load_pipeline, sizes_of
 from .progress import progress_bar
 
 __all__ = ["load_pipeline", "generate"]
@@ -49,6 +50,40 @@ def check_generation(n: int, steps: int, guidance: float, batch_size: int) -> No
         raise ErasekitError(f"guidance must be a finite number, got {guidance}")
 
 
+IMAGE_OVERHEAD = 1024  # bytes a PIL image holds beyond its pixels
+
+
+def available_memory() -> int:
+    """Bytes of memory free to use now: the kernel's MemAvailable, else the machine's physical memory."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def _gb(n: float) -> str:
+    return f"{n / 2**30:,.1f} GiB"
+
+
+def check_limits(sizes: dict, steps: int, images: int = 0, what: str = "") -> None:
+    """Refuse, in one line, sampling steps past the scheduler's length (`sizes["train_timesteps"]`)
+    and `images` RGB images of `sizes["image_size"]` that cannot all be held in the memory free now.
+    `sizes` is model.peek_sizes or model.sizes_of; a size it lacks is not checked."""
+    limit = sizes.get("train_timesteps")
+    if limit is not None and steps > limit:
+        raise ErasekitError(f"--steps {steps} is more than the model's scheduler has timesteps ({limit}): use at most {limit}")
+    size = sizes.get("image_size")
+    if size and images:
+        need, free = images * (3 * size * size + IMAGE_OVERHEAD), available_memory()
+        if need > free:
+            raise ErasekitError(f"{what or 'this run'} would hold {images:,} images of {size}x{size} in memory, at least {_gb(need)}; "
+                                f"{_gb(free)} is free here: ask for fewer images")
+
+
 def generate(
     pipe,
     prompts: list[str],
@@ -69,6 +104,7 @@ def generate(
     if not prompts:
         raise ErasekitError("no prompts given: pass at least one prompt")
     check_generation(n, steps, guidance, batch_size)
+    check_limits(sizes_of(pipe), steps, 2 * len(prompts) * n, f"{len(prompts)} prompt(s) x --n {n}")  # the images and their grid
     jobs = [(p, seed + j, guidance) for p in prompts for j in range(n)]
     return generate_jobs(pipe, jobs, steps, batch_size, negative_prompt, progress)
 
@@ -76,6 +112,7 @@ def generate(
 def generate_jobs(pipe, jobs: list[Job], steps: int, batch_size: int = 32, negative_prompt: str | None = None,
                   progress: bool = False) -> list[Image.Image]:
     """One image per (prompt, seed, guidance) job, in order, generated in batches of at most `batch_size`."""
+    check_limits(sizes_of(pipe), steps, len(jobs), f"{len(jobs)} generation jobs")
     images: list[Image.Image] = []
     with progress_bar(disable=not progress) as bar:
         task = bar.add_task("generate", total=len(jobs), info="")

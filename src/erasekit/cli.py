@@ -16,7 +16,7 @@ from typing import List, Optional
 
 import typer
 
-from .io import check_not_under_a_file  # stdlib only: --help stays fast
+from .paths import check_paths  # stdlib only: --help stays fast
 
 app = typer.Typer(
     help="Erase concepts from text-to-image diffusion models, measure the erasure, attack it.\n\n"
@@ -52,7 +52,7 @@ def _check_precision(device: str, dtype: str) -> None:
 
 def _erasure_or_method(erasure: Optional[Path], method: Optional[str], preset: Optional[str], required: bool = False):
     """Check --erasure FILE and --method NAME [--preset] before any work: not both (nor neither, if
-    `required`), a file that exists, an inference-time method. Returns its settings to steer with, or None."""
+    `required`), a file that exists with metadata erasekit can read, an inference-time method. Returns its settings to steer with, or None."""
     from .errors import ErasekitError
     from .methods import get_method
 
@@ -60,9 +60,39 @@ def _erasure_or_method(erasure: Optional[Path], method: Optional[str], preset: O
         raise ErasekitError("give exactly one of --erasure FILE or --method NAME (inference-time: neg-prompt, sld)")
     if erasure is not None and method is not None:
         raise ErasekitError("give --erasure FILE (a weight edit) or --method (inference-time), not both")
-    if erasure is not None and not erasure.is_file():
-        raise ErasekitError(f"erasure file not found: {erasure}")
+    if erasure is not None:
+        from .erasure_file import check_metadata, read_metadata
+
+        if not erasure.is_file():
+            raise ErasekitError(f"erasure file not found: {erasure}")
+        check_metadata(read_metadata(erasure), erasure.name)
     return get_method(method).steering(preset) if method is not None else None
+
+
+def _model_path(model: str) -> Optional[Path]:
+    """The model as a path that outputs must not overlap: the built-in model's folder, or a local
+    folder or file; None for a hub id (its files live in the hub cache)."""
+    from .assets import builtin_pipeline_dir
+
+    if model == "builtin":
+        return builtin_pipeline_dir()
+    path = Path(model).expanduser()
+    return path if os.path.lexists(path) else None
+
+
+def _local(value: Optional[str]) -> Optional[Path]:
+    """An option that may name a local file or folder (a CSV, a CLIP folder): the path if it exists."""
+    return Path(value) if value and os.path.lexists(value) else None
+
+
+def _check_limits(model: str, config: Optional[str], steps: int, images: int = 0, what: str = "") -> None:
+    """Refuse sampling steps past the scheduler's length and image counts that cannot fit in memory,
+    from the model's configuration files where they can be read before it loads (api.check_limits
+    checks again on the loaded pipeline)."""
+    from .api import check_limits
+    from .model import peek_sizes
+
+    check_limits(peek_sizes(model, config), steps, images, what)
 
 
 def _quiet_libraries() -> None:
@@ -163,20 +193,24 @@ def generate(
     from .api import check_generation
     from .api import generate as generate_images
     from .errors import ErasekitError
-    from .images import ensure_writable_dir, make_grid, save_images, slug
+    from .images import ensure_writable_dir, image_names, make_grid, save_images
     from .methods import get_method
     from .model import load_pipeline
     from .erasure_file import load_erasure
 
     prompts = _read_prompts(prompt, prompt_file)
+    if len(set(prompts)) < len(prompts):
+        typer.echo(f"note: {len(prompts) - len(set(prompts))} repeated prompt(s) generated once (the same prompt and seed give the same image)", err=True)
+        prompts = list(dict.fromkeys(prompts))
     if (method is None) != (concept is None or not concept.strip()):
         raise ErasekitError("--method and --concept go together: erasekit generate --method sld --concept red ...")
     steering = _erasure_or_method(erasure, method, preset)
     check_generation(n, steps, guidance, batch_size)
+    _check_limits(model, config, steps, 2 * len(prompts) * n, f"{len(prompts)} prompt(s) x --n {n}")
     _check_precision(device, dtype)
-    check_not_under_a_file(out)
-    if out.is_file():
-        raise ErasekitError(f"--out {out} is a file: give a folder")
+    names = image_names(prompts, range(seed, seed + n)) + ["grid.png"]
+    check_paths({"--model": _model_path(model), "--config": _local(config), "--erasure": erasure, "--prompt-file": prompt_file},
+                [("--out", out / name) for name in names], into={"--out": out})
     pipe = load_pipeline(model, device, dtype, config)
     if erasure is not None:
         load_erasure(pipe, erasure)
@@ -184,7 +218,7 @@ def generate(
         pipe = get_method(method).steer(pipe, concept.strip(), steering)
     ensure_writable_dir(out)
     images = generate_images(pipe, prompts, n=n, seed=seed, steps=steps, guidance=guidance, negative_prompt=negative_prompt, batch_size=batch_size)
-    named = dict(zip([f"{slug(p)}_{seed + j}.png" for p in prompts for j in range(n)], images))
+    named = dict(zip(names, images))
     named["grid.png"] = make_grid(images, columns=n, row_labels=prompts, scale=max(1, 128 // images[0].size[0]))
     save_images(named, out)
     typer.echo(f"wrote {len(images)} images and grid.png to {out}")
@@ -227,9 +261,12 @@ def erase(
     """
     from .erase import erase as erase_concepts
     from .errors import ErasekitError
+    from .evaluation.report import REPORT_FILES
     from .images import ensure_writable_dir
+    from .io import atomic_dir
     from .methods import get_method
     from .methods.base import parse_settings
+    from .paths import checkpoint_folder
     from .precision import DTYPES
 
     # Every check before anything loads or is written.
@@ -250,38 +287,38 @@ def erase(
 
     if lora_format not in FORMATS:
         raise ErasekitError(f"unknown --lora-format '{lora_format}': use {' or '.join(FORMATS)}")
-    for flag, path in (("--save-lora", save_lora), ("--save-checkpoint", save_checkpoint)):
-        if path is not None and path.is_dir():
-            raise ErasekitError(f"{flag} {path} is an existing folder: give a file name")
-    if out.is_dir():
-        raise ErasekitError(f"--out {out} is an existing folder: give a file name, e.g. --out {out / 'erased.safetensors'}")
-    for path in (out, save_pipeline, report, save_lora, save_checkpoint):
-        check_not_under_a_file(path)
-    if save_pipeline is not None and save_pipeline.is_file():
-        raise ErasekitError(f"--save-pipeline {save_pipeline} is a file: give a folder")
+    checkpoint, keeps = checkpoint_folder(out), "--out's checkpoint folder"
+    check_paths({"--model": _model_path(model), "--config": _local(config)},
+                [("--out", out), ("--save-lora", save_lora), ("--save-checkpoint", save_checkpoint),
+                 *[("--report", report / name) for name in (REPORT_FILES if report is not None else ())]],
+                {keeps: checkpoint, "--save-pipeline": save_pipeline},
+                marks={keeps: ("state.pt",), "--save-pipeline": ("model_index.json",)}, into={"--report": report})
     if report is not None:
         from .evaluation.shapes import attribute_of
 
-        if report.is_file():
-            raise ErasekitError(f"--report {report} is a file: give a folder")
         attribute_of(concept[0].strip())  # the report measures shapes-world concepts: refuse others before training
-    for folder in [out.parent] + [p for p in (save_pipeline, report) if p is not None] + [p.parent for p in (save_lora, save_checkpoint) if p]:
+    for folder in [out.parent] + [p for p in (report,) if p is not None] + [p.parent for p in (save_lora, save_checkpoint, save_pipeline) if p]:
         ensure_writable_dir(folder)
-    erasure = erase_concepts(
-        model, method=method, concepts=concept, replacement=replacement, preset=preset, seed=seed, out=out,
-        checkpoint_dir=out.with_name(out.name + ".ckpt"), checkpoint_every=checkpoint_every, resume=resume, keep_checkpoint=False,
-        device=device, dtype=dtype, model_config=config, gradient_checkpointing=gradient_checkpointing, strict=strict,
-        save_dtype=None if save_dtype == "base" else save_dtype, **settings,
-    )
+    try:
+        erasure = erase_concepts(
+            model, method=method, concepts=concept, replacement=replacement, preset=preset, seed=seed, out=out,
+            checkpoint_dir=checkpoint, checkpoint_every=checkpoint_every, resume=resume, keep_checkpoint=False,
+            device=device, dtype=dtype, model_config=config, gradient_checkpointing=gradient_checkpointing, strict=strict,
+            save_dtype=None if save_dtype == "base" else save_dtype, **settings,
+        )
+    except KeyboardInterrupt:
+        _say_where_to_resume(checkpoint)
+        raise typer.Exit(130) from None
     meta = erasure.metadata
     typer.echo(f"wrote {out} ({len(erasure.names)} changed tensors, trained in {meta['base_dtype']} on {meta['device']}, final loss {meta['final_loss']})")
     if save_lora is not None:
         from .lora import save_lora as write_lora
 
         lora = erasure.lora(lora_rank)
-        write_lora(lora, save_lora, lora_format, {"erasekit.method": method, "erasekit.concepts": ",".join(concept), "erasekit.rank": lora_rank})
+        write_lora(lora, save_lora, lora_format, {"erasekit.method": method, "erasekit.concepts": ",".join(concept), "erasekit.rank": lora.rank})
         worst = max(lora.error.values(), default=0.0)
-        typer.echo(f"wrote {save_lora} ({lora_format} LoRA of rank {lora_rank} over {len(lora.up)} layers; "
+        capped = f", the most any changed weight has; --lora-rank {lora_rank} asked" if lora.rank < lora_rank else ""
+        typer.echo(f"wrote {save_lora} ({lora_format} LoRA of rank {lora.rank}{capped} over {len(lora.up)} layers; "
                    f"largest relative error of a weight's change {worst:.3f})")
         if lora.dropped:
             typer.echo(f"warning: a LoRA holds weight matrices only; {len(lora.dropped)} changed bias or norm tensor(s) left out, "
@@ -293,7 +330,8 @@ def erase(
         pipe = load_pipeline(model, device, dtype, config)
         load_erasure(pipe, out)
         if save_pipeline is not None:
-            pipe.save_pretrained(save_pipeline, safe_serialization=True)
+            with atomic_dir(save_pipeline) as tmp:
+                pipe.save_pretrained(tmp, safe_serialization=True)
             typer.echo(f"wrote the erased pipeline to {save_pipeline}")
         if save_checkpoint is not None:
             from .single_file import save_checkpoint as write_checkpoint
@@ -313,28 +351,35 @@ def erase(
                    + ", ".join(f"{a} {100 * v:.1f}%" for a, v in described.kept.items()))
 
 
-def _parse_seeds(text: str) -> list[int]:
-    """'0,1,2' or '0-3' (inclusive) -> a list of seeds."""
+def _say_where_to_resume(checkpoint: Path) -> None:
+    """After Ctrl-C in erase: where the checkpoint is and how to go on from it."""
+    from .errors import ErasekitError
+    from .train import checkpoint_step
+
+    try:
+        step = checkpoint_step(checkpoint, sys.maxsize)
+    except ErasekitError:
+        typer.echo("interrupted before the first checkpoint: nothing to resume; run the command again", err=True)
+        return
+    typer.echo(f"interrupted: {checkpoint} holds the training at step {step}; run the same command with --resume to go on from there", err=True)
+
+
+def _parse_seeds(text: str) -> range | list[int]:
+    """'0,1,2' or '0-3' (inclusive) -> the seeds; a range stays a range, so a huge one costs no memory
+    until the count is checked (check_limits)."""
     from .errors import ErasekitError
 
     try:
         if "-" in text.strip("-"):
             lo, hi = text.split("-")
-            return list(range(int(lo), int(hi) + 1))
-        return [int(s) for s in text.split(",") if s.strip()]
+            seeds = range(int(lo), int(hi) + 1)
+        else:
+            seeds = [int(s) for s in text.split(",") if s.strip()]
     except ValueError:
         raise ErasekitError(f"--seeds takes '0,1,2' or '0-3', got '{text}'") from None
-
-
-def _read_image_folder(folder: Path) -> list:
-    from PIL import Image
-
-    from .errors import ErasekitError
-
-    paths = sorted(p for p in folder.glob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp")) if folder.is_dir() else []
-    if not paths:
-        raise ErasekitError(f"no images (.png, .jpg, .webp) in {folder}")
-    return [Image.open(p).convert("RGB") for p in paths]
+    if not seeds:
+        raise ErasekitError(f"--seeds names no seed: '{text}'")
+    return seeds
 
 
 @app.command()
@@ -370,14 +415,13 @@ def evaluate(
     Example: erasekit evaluate --concept red --erasure red.safetensors --out eval-red/
     """
     from .api import check_generation
-    from .errors import ErasekitError
     from .evaluation.detectors import make_detector
     from .evaluation.evaluate import end_processes
     from .evaluation.evaluate import evaluate as run_evaluation
     from .evaluation.metrics import feature_extractor
     from .evaluation.prompts import load_prompts
-    from .evaluation.report import write_evaluation
-    from .images import ensure_writable_dir
+    from .evaluation.report import REPORT_FILES, write_evaluation
+    from .images import ensure_writable_dir, read_image_folder
     from .methods import get_method
     from .model import load_pipeline
     from .erasure_file import load_erasure
@@ -385,13 +429,16 @@ def evaluate(
     steering = _erasure_or_method(erasure, method, preset, required=True)
     suites = load_prompts(prompts, concept)
     seed_list = _parse_seeds(seeds)
-    if not seed_list:
-        raise ErasekitError(f"--seeds names no seed: '{seeds}'")
     check_generation(len(seed_list), steps, guidance, batch_size)
+    images = 2 * sum(1 if p.seed is not None else len(seed_list) for suite in suites.values() for p in suite)  # base and erased
+    _check_limits(model, config, steps, images, f"--seeds {seeds} over {sum(map(len, suites.values()))} prompts")
     _check_precision(device, dtype)
-    check_not_under_a_file(out / "report.md")
-    ref = None if reference == "none" else ("auto" if reference == "auto" else _read_image_folder(Path(reference)))
+    check_paths({"--model": _model_path(model), "--config": _local(config), "--erasure": erasure, "--prompts": _local(prompts),
+                 "--reference": _local(reference), "--clip": _local(clip)},
+                [("--out", out / name) for name in REPORT_FILES], into={"--out": out})
     found = make_detector(detector, **({"threshold": threshold} if detector == "nudenet" else {}))
+    found.check(concept)  # a concept the detector cannot look for is refused before any image is made
+    ref = None if reference == "none" else ("auto" if reference == "auto" else read_image_folder(Path(reference)))
     extractor = feature_extractor(features) if ref is not None else None
 
     base = load_pipeline(model, device, dtype, config)
@@ -442,7 +489,8 @@ def bench(
     computes what changed. Example: erasekit bench --methods esd-x,esd-u,abo --concepts circle,striped
     With attacks: erasekit bench --methods esd-x,abo --concepts square --prompts target --attacks paraphrase,inversion
     """
-    from .evaluation.bench import BenchSettings, check_bench, route_settings
+    from .errors import ErasekitError
+    from .evaluation.bench import BENCH_FILES, BenchSettings, check_bench, route_settings
     from .evaluation.bench import bench as run_bench
     from .evaluation.prompts import load_prompts
     from .images import ensure_writable_dir
@@ -452,10 +500,14 @@ def bench(
     per_method = route_settings(method_list, parse_settings(setting))
     concept_list = [c.strip() for c in concepts.split(",") if c.strip()]
     attack_list = tuple(a.strip() for a in attacks.split(",") if a.strip())
-    settings = BenchSettings(model=model, seeds=tuple(_parse_seeds(seeds)), steps=steps, prompts=prompts, device=device, dtype=dtype)
+    seed_list = _parse_seeds(seeds)
+    if not concept_list:
+        raise ErasekitError("--concepts names no concept")
+    suites = load_prompts(prompts, concept_list[0])
+    _check_limits(model, None, steps, 2 * len(seed_list) * sum(map(len, suites.values())), f"--seeds {seeds} over the prompts of a cell")
+    settings = BenchSettings(model=model, seeds=tuple(seed_list), steps=steps, prompts=prompts, device=device, dtype=dtype)
     check_bench(method_list, concept_list, settings, per_method, attack_list)
-    load_prompts(prompts, concept_list[0])
-    check_not_under_a_file(out / "bench.md")
+    check_paths({"--model": _model_path(model)}, [("--out", out / name) for name in BENCH_FILES], into={"--out": out})
     ensure_writable_dir(out)
     rows = run_bench(out, method_list, concept_list, settings, per_method, attacks=attack_list)
     typer.echo(f"wrote {out / 'bench.md'} and {out / 'bench.html'} ({len(rows)} cells)")
@@ -491,12 +543,12 @@ def attack(
 
     Example: erasekit attack --erasure square.safetensors --concept square --attack inversion
     """
-    from .attacks import check_attack, run_attack, successes_grid
-    from .erasure_file import load_erasure, read_metadata
+    from .attacks import ATTACK_FILES, check_attack, run_attack, successes_grid
+    from .erasure_file import load_erasure
     from .errors import ErasekitError
     from .evaluation.detectors import ShapesDetector
     from .evaluation.prompts import load_prompts
-    from .images import ensure_writable_dir
+    from .images import ensure_writable_dir, read_image_folder
     from .io import atomic_save_image, read_utf8
     from .methods import get_method
     from .model import load_pipeline
@@ -505,12 +557,12 @@ def attack(
     steering = _erasure_or_method(erasure, method, preset)
     targets = [p.text for p in load_prompts("target", concept.strip())["target"]]
     seed_list = _parse_seeds(seeds)
-    if not seed_list:
-        raise ErasekitError("--seeds names no seed")
     if steps < 1:
         raise ErasekitError(f"--steps must be at least 1, got {steps}")
-    if erasure is not None:
-        read_metadata(erasure)
+    # the base model's images, the erased model's and the attacked ones, per target prompt and seed
+    _check_limits(model, config, steps, 3 * len(targets) * len(seed_list), f"--seeds {seeds} over {len(targets)} target prompts")
+    check_paths({"--model": _model_path(model), "--config": _local(config), "--erasure": erasure, "--images": images, "--paraphrases": paraphrases},
+                [("--out", out / name) for name in ATTACK_FILES], into={"--out": out})
     options = {}
     if paraphrases is not None:
         if attack_name != "paraphrase":
@@ -522,11 +574,8 @@ def attack(
     if images is not None:
         if not attack_method.needs_base:
             raise ErasekitError(f"--images is for attacks that learn from images (inversion, unlearndiffatk), not {attack_name}")
-        concept_pictures = _read_image_folder(images)
+        concept_pictures = read_image_folder(images)
     _check_precision(device, dtype)
-    check_not_under_a_file(out / "attack.json")
-    if out.is_file():
-        raise ErasekitError(f"--out {out} is a file: give a folder")
     base = load_pipeline(model, device, dtype, config)
     pipe = base
     if erasure is not None:
@@ -544,8 +593,8 @@ def attack(
     written = result.save(out, {"erasure": str(erasure) if erasure else None, "method": method, "preset": preset, "model": model})
     grid = successes_grid(base, pipe, result, sample_steps=steps)
     if grid is not None:
-        atomic_save_image(grid, out / "successes.png")
-        written.append(out / "successes.png")
+        atomic_save_image(grid, out / ATTACK_FILES[2])
+        written.append(out / ATTACK_FILES[2])
     budget = f"{result.budget['steps']} steps, " if result.budget["steps"] else ""
     typer.echo(f"{attack_name} on {attacked}: ASR {100 * result.asr_before:.1f}% before, "
                f"{100 * result.asr_after:.1f}% after ({100 * result.asr_attack_only:.1f}% by the attack's prompts alone; "
@@ -573,37 +622,32 @@ def purify(
     All but One's "concept purification" (its Fig. 1a). Example:
     erasekit purify --erasure red.safetensors --image red-circle.png --concept red --out purified.png
     """
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     from .attacks.purify import purify as run_purify
-    from .erasure_file import load_erasure, read_metadata
+    from .erasure_file import load_erasure
     from .errors import ErasekitError
     from .evaluation.metrics import ssim
-    from .images import ensure_writable_dir, make_grid
+    from .images import ensure_writable_dir, make_grid, open_image
     from .io import atomic_save_image
     from .model import load_pipeline
+    from .paths import derived
 
-    if not image.is_file():
-        raise ErasekitError(f"image not found: {image}")
-    if not erasure.is_file():
-        raise ErasekitError(f"erasure file not found: {erasure}")
-    read_metadata(erasure)
+    _erasure_or_method(erasure, None, None)
     if not 0 < strength <= 1:
         raise ErasekitError(f"--strength must be in (0, 1], got {strength}")
     if steps < 1:
         raise ErasekitError(f"--steps must be at least 1, got {steps}")
+    _check_limits(model, config, steps)
     if concept is not None:
         from .evaluation.shapes import attribute_of
 
         attribute_of(concept)
     _check_precision(device, dtype)
-    check_not_under_a_file(out)
-    if out.is_dir():
-        raise ErasekitError(f"--out {out} is a folder: give an image file name, e.g. {out / 'purified.png'}")
-    try:
-        picture = Image.open(image).convert("RGB")
-    except (UnidentifiedImageError, OSError) as e:
-        raise ErasekitError(f"cannot read {image} as an image ({type(e).__name__})") from None
+    compare = derived(out.with_suffix(""), suffix="-compare.png")
+    check_paths({"--model": _model_path(model), "--config": _local(config), "--erasure": erasure, "--image": image},
+                {"--out": out, "--out's comparison": compare})
+    picture = open_image(image)
     base = load_pipeline(model, device, dtype, config)
     erased = load_pipeline(model, device, dtype, config)
     load_erasure(erased, erasure)
@@ -615,9 +659,8 @@ def purify(
     result = run_purify(base, erased, [picture], prompt=prompt, strength=strength, steps=steps)
     atomic_save_image(result.images[0], out)
     atomic_save_image(make_grid([picture, result.reconstructed[0], result.images[0]], columns=3, scale=max(1, 128 // size),
-                                column_labels=["input", "base, reconstructed", "purified"]),
-                      out.with_name(out.stem + "-compare.png"))
-    typer.echo(f"wrote {out} and {out.with_name(out.stem + '-compare.png')} (input, base model's reconstruction, purified)")
+                                column_labels=["input", "base, reconstructed", "purified"]), compare)
+    typer.echo(f"wrote {out} and {compare} (input, base model's reconstruction, purified)")
     typer.echo(f"SSIM to the input: purified {ssim([picture], result.images)[0]:.3f}, base model's reconstruction {ssim([picture], result.reconstructed)[0]:.3f}")
     if concept is not None:
         from .evaluation.detectors import ShapesDetector
@@ -637,8 +680,12 @@ def shapes_train(
     quick: bool = typer.Option(False, help="A tiny schedule for smoke tests (a minute; the result draws blobs)."),
 ):
     """Train the shapes-world pipeline and classifier from nothing (about two and a half hours on 2 CPU cores)."""
+    from .errors import ErasekitError
     from .shapes.train import TrainConfig, train_all
 
+    check_paths({}, [], into={"--out": out})
+    if out.is_dir() and any(out.iterdir()) and not (out / "train_config.json").is_file():
+        raise ErasekitError(f"--out {out} holds other files and no training run to resume: give a new or empty folder")
     cfg = TrainConfig(seed=seed, unet_steps=unet_steps, unet_cycle=unet_cycle, n_images=n_images)
     if quick:
         cfg = TrainConfig(seed=seed, n_images=512, classifier_steps=20, vae_steps=20, unet_steps=10, unet_cycle=10, checkpoint_every=5)
@@ -689,6 +736,7 @@ def shapes_render(
     """Draw a grid of ground-truth images of the shapes world, to see what the model learns from."""
     from PIL import Image
 
+    from .api import check_limits
     from .errors import ErasekitError
     from .images import ensure_writable_dir, make_grid
     from .io import atomic_save_image
@@ -696,9 +744,8 @@ def shapes_render(
 
     if n < 1:
         raise ErasekitError(f"--n must be at least 1, got {n}")
-    if out.is_dir():
-        raise ErasekitError(f"--out {out} is a folder: give an image file name, e.g. {out / 'shapes-world.png'}")
-    check_not_under_a_file(out)
+    check_limits({"image_size": 64}, 1, 2 * n, f"--n {n}")  # the world's images are 64x64; with their grid
+    check_paths({}, {"--out": out})
     ensure_writable_dir(out.parent)
     images, _ = render_dataset(n, seed)
     atomic_save_image(make_grid([Image.fromarray(im) for im in images], scale=2), out)

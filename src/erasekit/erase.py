@@ -16,11 +16,13 @@ from . import __version__
 from .families import family_of
 from .errors import ErasekitError, ErasekitWarning
 from .images import ensure_writable_dir
-from .io import check_not_under_a_file, output_lock
+from .io import output_lock
+from .paths import check_not_under_a_file
 from .methods import get_method
-from .model import hash_rounding, load_pipeline, unet_fingerprint, unet_norms
+from .model import hash_rounding, load_pipeline, peek_tokenizer, unet_fingerprint, unet_norms
 from .erasure_file import load_erasure, save_erasure
 from .presets import select_parameters
+from .train import checkpoint_step
 from .precision import DTYPES, cast_parameters, dtype_name, hold_in_float32, resolve_device, resolve_dtype
 
 __all__ = ["Erasure", "erase", "load_erasure", "check_concepts"]
@@ -77,24 +79,41 @@ def unseen_words(tokenizer, concept: str) -> dict[str, list[str]]:
     return words
 
 
-def check_concepts(tokenizer, concepts: list[str], strict: bool = False) -> list[str]:
-    """Strip concepts; refuse empty ones, ones without a letter or digit, and ones that tokenise to
-    nothing; warn about words the vocabulary lacks (refuse them with `strict`)."""
+def _known_word(tokenizer, word: str) -> bool:
+    """A word of several pieces is still one the tokenizer knows when its vocabulary holds it whole
+    (the built-in model's BPE merges reach "purple" only in pieces, yet "purple</w>" is in its vocabulary)."""
+    return f"{word.lower()}</w>" in tokenizer.get_vocab()
+
+
+def check_concepts(tokenizer, concepts: list[str], strict: bool = False, replacement: str | None = None) -> list[str]:
+    """Strip concepts; refuse empty ones, ones without a letter or digit, ones that tokenise to
+    nothing or past the text encoder's length, and a replacement that is a concept itself (the
+    erasure would change nothing); warn about words the vocabulary lacks (refuse them with `strict`)."""
     cleaned = [c.strip() for c in concepts]
     if not cleaned or any(not c for c in cleaned):
         raise ErasekitError("empty concept: name the concept to erase, e.g. --concept circle")
+    limit = tokenizer.model_max_length - 2  # the start and end tokens take two places
     for c in cleaned:
         if not any(ch.isalnum() for ch in c):
             raise ErasekitError(f"concept '{c}' has no letter or digit: name the concept to erase, e.g. --concept circle")
-        if not tokenizer(c, add_special_tokens=False).input_ids:
+        ids = tokenizer(c, add_special_tokens=False).input_ids
+        if not ids:
             raise ErasekitError(f"concept '{c}' tokenises to nothing: the model cannot be conditioned on it")
-        unseen = unseen_words(tokenizer, c)
+        if len(ids) > limit:
+            raise ErasekitError(f"concept '{c[:40]}...' is {len(ids)} tokens; the text encoder reads at most {limit}, "
+                                "so the rest could never be erased: name it in fewer words")
+        unseen = {w: p for w, p in unseen_words(tokenizer, c).items() if not _known_word(tokenizer, w)}
         if unseen:
             detail = "; ".join(f"'{w}' -> {' '.join(p)}" for w, p in unseen.items())
             message = f"concept '{c}': the tokenizer knows no word {', '.join(repr(w) for w in unseen)}, only pieces ({detail}); the model may never have learnt it"
             if strict:
                 raise ErasekitError(message + " (refused with --strict)")
             warnings.warn(message, ErasekitWarning, stacklevel=2)
+    if replacement is not None:
+        same = [c for c in cleaned if tokenizer(c).input_ids == tokenizer(replacement.strip()).input_ids]
+        if same:
+            raise ErasekitError(f"the replacement '{replacement.strip()}' is the concept '{same[0]}' itself: the erasure would change nothing; "
+                                "give another replacement, or none")
     return cleaned
 
 
@@ -165,8 +184,16 @@ def erase(
         raise ErasekitError("device, dtype and model_config choose how a model is loaded: pass them to load_pipeline, not with a loaded pipeline")
     if checkpoint_every < 1:
         raise ErasekitError(f"checkpoint_every must be a positive number of steps, got {checkpoint_every}")
+    if resume and checkpoint_dir is None:
+        raise ErasekitError("resume continues from a checkpoint: give checkpoint_dir")
+    if resume:
+        checkpoint_step(checkpoint_dir, config.steps)
     if save_dtype is not None:
         save_dtype = _storage_dtype(save_dtype)
+    loaded = not isinstance(model, (str, Path))
+    tokenizer = model.tokenizer if loaded else peek_tokenizer(model, model_config)
+    if tokenizer is not None:  # else checked once the model has loaded
+        concepts, replacement = _check_words(tokenizer, concepts, replacement, strict)
     for path in (out, checkpoint_dir):
         check_not_under_a_file(path)
     if out is not None and Path(out).is_dir():
@@ -178,7 +205,13 @@ def erase(
             if path is not None:
                 held.enter_context(output_lock(path))
         erasure = _erase(model, model_config, method_cls, config, concepts, replacement, preset, seed, checkpoint_dir, checkpoint_every,
-                         resume, progress, device, dtype, gradient_checkpointing, strict)
+                         resume, progress, device, dtype, gradient_checkpointing, strict, words_checked=tokenizer is not None)
+        try:
+            check_change(erasure, save_dtype or erasure.unet.dtype)
+        except ErasekitError:
+            if checkpoint_dir is not None and not keep_checkpoint:
+                shutil.rmtree(checkpoint_dir, ignore_errors=True)
+            raise
         if out is not None:
             erasure.save(out, save_dtype)
         if checkpoint_dir is not None and not keep_checkpoint:
@@ -186,12 +219,37 @@ def erase(
     return erasure
 
 
-def _erase(model, model_config, method_cls, config, concepts, replacement, preset, seed, checkpoint_dir, checkpoint_every, resume, progress,
-           device, dtype, gradient_checkpointing, strict) -> Erasure:
-    pipe = load_pipeline(model, device, dtype, model_config) if isinstance(model, (str, Path)) else model
-    concepts = check_concepts(pipe.tokenizer, [concepts] if isinstance(concepts, str) else list(concepts), strict)
+def _check_words(tokenizer, concepts: list[str] | str, replacement: str | None, strict: bool) -> tuple[list[str], str | None]:
+    """check_concepts on the concepts and on the replacement; both stripped."""
+    concepts = check_concepts(tokenizer, [concepts] if isinstance(concepts, str) else list(concepts), strict, replacement)
     if replacement is not None:
-        replacement = check_concepts(pipe.tokenizer, [replacement], strict)[0]
+        replacement = check_concepts(tokenizer, [replacement], strict)[0]
+    return concepts, replacement
+
+
+# An erasure that moves the weights by less than this share of their norm is as good as none: warned.
+NEGLIGIBLE_CHANGE = 1e-6
+
+
+def check_change(erasure: Erasure, dtype: torch.dtype) -> None:
+    """Refuse an erasure whose weights, in the `dtype` they are saved in, equal the base model's (it
+    would change nothing), and warn about one that changes them by a negligible share."""
+    delta = sum(float((erasure.tensors[n].double() - erasure.base[n].double()).square().sum()) for n in erasure.names)
+    norm = sum(float(erasure.base[n].double().square().sum()) for n in erasure.names)
+    relative = (delta / norm) ** 0.5 if norm > 0 else float(delta > 0)
+    if all(torch.equal(erasure.tensors[n].to(dtype), erasure.base[n].to(dtype)) for n in erasure.names):
+        raise ErasekitError(f"the erasure changes nothing: its {len(erasure.names)} tensors equal the base model's in {dtype_name(dtype)} "
+                            f"(relative change {relative:.1e}); nothing was written. Raise the learning rate or the steps")
+    if relative < NEGLIGIBLE_CHANGE:
+        warnings.warn(f"the erasure changes the weights by only {relative:.1e} of their norm: it will hardly change what the model draws. "
+                      "Raise the learning rate or the steps", ErasekitWarning, stacklevel=2)
+
+
+def _erase(model, model_config, method_cls, config, concepts, replacement, preset, seed, checkpoint_dir, checkpoint_every, resume, progress,
+           device, dtype, gradient_checkpointing, strict, words_checked: bool) -> Erasure:
+    pipe = load_pipeline(model, device, dtype, model_config) if isinstance(model, (str, Path)) else model
+    if not words_checked:
+        concepts, replacement = _check_words(pipe.tokenizer, concepts, replacement, strict)
     names = select_parameters(pipe.unet, config.parameters)
     base_dtype, rounding = pipe.unet.dtype, hash_rounding(pipe.unet)
     base_hash, base_norms = unet_fingerprint(pipe.unet, rounding), unet_norms(pipe.unet)

@@ -16,11 +16,15 @@ from safetensors.torch import load_file, save_file
 from .errors import ErasekitError
 from .io import atomic_path
 from .model import same_base, unet_fingerprint
+from .precision import dtype_name
 
 
 def save_erasure(path: Path | str, tensors: dict[str, torch.Tensor], metadata: dict, dtype: torch.dtype) -> None:
     """Write `tensors` (the changed parameters) in `dtype` and `metadata` (JSON-able values) to a safetensors file, atomically."""
     tensors = {name: t.detach().to("cpu", dtype).contiguous() for name, t in tensors.items()}
+    for name, t in tensors.items():
+        if not torch.isfinite(t).all():
+            raise ErasekitError(f"{name} holds values too large for {dtype_name(dtype)}: save the erasure in fp32 (--save-dtype fp32)")
     header = {f"erasekit.{k}": json.dumps(v) for k, v in metadata.items()}
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=header)
@@ -38,8 +42,33 @@ def read_metadata(path: Path | str) -> dict:
         raise ErasekitError(f"{path}: its erasekit metadata is not valid JSON") from None
 
 
+STORED_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+METADATA_TYPES = {  # what load_erasure reads, and the JSON type each must have
+    "base_unet_sha256": (str,),
+    "base_unet_hash_rounding": (str,),
+    "base_unet_norms": (list, type(None)),
+}
+
+
+def check_metadata(metadata: dict, name: str) -> None:
+    """Refuse, in one line, metadata that load_erasure cannot read: a missing base-model hash, fields of the wrong type."""
+    if "base_unet_sha256" not in metadata:
+        raise ErasekitError(f"{name} has no erasekit metadata (base model hash); was it written by erasekit?")
+    for key, types in METADATA_TYPES.items():
+        if key in metadata and not isinstance(metadata[key], types):
+            raise ErasekitError(f"{name}: its metadata field {key} is {type(metadata[key]).__name__}, not {' or '.join(t.__name__ for t in types if t is not type(None))}: the file is damaged")
+    rounding = metadata.get("base_unet_hash_rounding", "fp16")
+    if rounding not in ("fp16", "bf16"):
+        raise ErasekitError(f"{name}: its metadata field base_unet_hash_rounding is '{rounding}', not fp16 or bf16: the file is damaged")
+    norms = metadata.get("base_unet_norms")
+    if norms is not None and not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in norms):
+        raise ErasekitError(f"{name}: its metadata field base_unet_norms holds non-numbers: the file is damaged")
+
+
 def check_erasure(unet, state: dict[str, torch.Tensor], name: str) -> None:
-    """Refuse, in one line, tensors that do not fit `unet`: unknown keys, other shapes, non-float or non-finite values."""
+    """Refuse, in one line, tensors that do not fit `unet`: unknown keys, other shapes, a type that is not
+    fp32, fp16, bf16 (or fp64), and values that are not finite once cast to the UNet's dtype, which
+    is what the model will compute with (1e6 is finite in float32 and infinite in float16)."""
     if not state:
         raise ErasekitError(f"{name} holds no tensors")
     params = unet.state_dict()
@@ -49,10 +78,15 @@ def check_erasure(unet, state: dict[str, torch.Tensor], name: str) -> None:
     for key, tensor in state.items():
         if tuple(tensor.shape) != tuple(params[key].shape):
             raise ErasekitError(f"{name}: {key} has shape {tuple(tensor.shape)}, this UNet's has {tuple(params[key].shape)}")
-        if not tensor.is_floating_point():
-            raise ErasekitError(f"{name}: {key} is {tensor.dtype}, not a floating-point tensor")
+        if tensor.dtype not in STORED_DTYPES:
+            kind = "floating-point tensor of fp32, fp16 or bf16" if not tensor.is_floating_point() else "tensor of fp32, fp16 or bf16"
+            raise ErasekitError(f"{name}: {key} is {str(tensor.dtype).removeprefix('torch.')}, not a {kind}")
         if not torch.isfinite(tensor).all():
             raise ErasekitError(f"{name}: {key} holds NaN or infinite values")
+        if not torch.isfinite(tensor.to(unet.dtype)).all():
+            largest = tensor.abs().max().item()
+            raise ErasekitError(f"{name}: {key} holds values too large for {dtype_name(unet.dtype)} (up to {largest:.3g}; "
+                                f"{dtype_name(unet.dtype)} holds at most {torch.finfo(unet.dtype).max:.3g}): load it with --dtype fp32")
 
 
 def load_erasure(pipe, path: Path | str) -> dict:
@@ -67,9 +101,8 @@ def load_erasure(pipe, path: Path | str) -> dict:
     if not path.is_file():
         raise ErasekitError(f"erasure file not found: {path}")
     metadata = read_metadata(path)
-    expected = metadata.get("base_unet_sha256")
-    if expected is None:
-        raise ErasekitError(f"{path} has no erasekit metadata (base model hash); was it written by erasekit?")
+    check_metadata(metadata, path.name)
+    expected = metadata["base_unet_sha256"]
     state = load_file(str(path), device=str(pipe.unet.device))
     check_erasure(pipe.unet, state, path.name)
     rounding = metadata.get("base_unet_hash_rounding", "fp16")  # files from before bf16 support hashed in fp16

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Iterator
 
 from .errors import ErasekitError
+from .paths import check_target, derived
 
 
 class NoSpaceError(ErasekitError):
@@ -37,11 +38,13 @@ def out_of_space(error: BaseException) -> bool:
 def atomic_path(target: Path | str) -> Iterator[Path]:
     """Yield a temporary path beside `target`; on success rename it onto `target`, else delete it.
 
-    A full disk becomes a one-line ErasekitError, with `target` as it was before.
+    A full disk becomes a one-line ErasekitError, with `target` as it was before. A target that is
+    a device, pipe or folder is refused: a rename would replace it.
     """
     target = Path(target)
+    check_target(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=derived(target, ".", ".").name, suffix=".tmp")
     os.close(fd)
     try:
         yield Path(tmp)
@@ -62,25 +65,37 @@ def _umask() -> int:
 
 @contextmanager
 def atomic_dir(target: Path | str) -> Iterator[Path]:
-    """Yield a temporary folder beside `target`; on success it replaces `target` whole, else it is deleted."""
+    """Yield a temporary folder beside `target`; on success it replaces `target` whole, else it is deleted.
+
+    Anything at `target` but a folder (or a link, replaced as a link) is refused.
+    """
     target = Path(target)
+    check_target(target, folder=True)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=derived(target, ".", ".").name, suffix=".tmp"))
     try:
         yield tmp
         os.chmod(tmp, 0o777 & ~_umask())  # as for atomic_path: a normal folder's mode, not mkdtemp's private one
         old = None
-        if target.exists():
-            old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        if os.path.lexists(target):
+            old = derived(target, ".", f".old-{os.getpid()}")
             os.replace(target, old)
         os.replace(tmp, target)
         if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+            _remove(old)
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(e, NoSpaceError) or out_of_space(e):  # name the folder, not the temporary one inside
             raise _no_space(target) from None
         raise
+
+
+def _remove(path: Path) -> None:
+    """Delete what was at an output before it was replaced: a link as a link, a folder with its files."""
+    if path.is_symlink() or not path.is_dir():
+        path.unlink(missing_ok=True)
+    else:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def atomic_write_text(target: Path | str, text: str) -> None:
@@ -119,18 +134,6 @@ def new_folders_removed_on_failure(*paths: Path | str | None) -> Iterator[None]:
         raise
 
 
-def check_not_under_a_file(path: Path | str | None) -> None:
-    """Refuse an output whose nearest existing folder is a file, before mkdir would fail half-way."""
-    if path is None:
-        return
-    path = Path(path)
-    for parent in path.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise ErasekitError(f"cannot write {path}: {parent} is a file, not a folder")
-            return
-
-
 def read_utf8(path: Path | str) -> str:
     """A text file's contents; a file that is not UTF-8 is refused in one line, naming where it breaks."""
     data = Path(path).read_bytes()
@@ -142,7 +145,7 @@ def read_utf8(path: Path | str) -> str:
 
 
 def lock_file(target: Path) -> Path:
-    return target.with_name(f".{target.name}.lock")
+    return derived(target, ".", ".lock")
 
 
 @contextmanager

@@ -29,7 +29,7 @@ FORMATS = ("peft", "kohya")
 class Lora:
     """Rank-r factors per module: `up` (out, r[, 1, 1]) and `down` (r, in[, kh, kw]) with up @ down ≈ ΔW."""
 
-    rank: int
+    rank: int  # the largest rank stored: the one asked for, or less where every weight's delta has fewer singular values
     down: dict[str, torch.Tensor] = field(default_factory=dict)  # module name -> lora_A / lora_down
     up: dict[str, torch.Tensor] = field(default_factory=dict)  # module name -> lora_B / lora_up
     dropped: list[str] = field(default_factory=list)  # changed parameters that are not weight matrices
@@ -65,6 +65,7 @@ def erasure_lora(base: dict[str, torch.Tensor], erased: dict[str, torch.Tensor],
             lora.up[module], lora.down[module], lora.error[module] = factor(delta, rank)
         else:
             lora.dropped.append(name)
+    lora.rank = max((up.shape[1] for up in lora.up.values()), default=rank)  # no layer's factors exceed its matrix's smaller side
     return lora
 
 

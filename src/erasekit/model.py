@@ -197,3 +197,51 @@ def same_base(unet, fingerprint: str, rounding: str, norms: list[float] | None) 
         return False
     mine = unet_norms(unet)
     return len(mine) == len(norms) and all(abs(a - b) <= 2**-6 * max(abs(b), 1e-12) for a, b in zip(mine, norms))
+
+
+def _config_folder(source: str | os.PathLike, config: str | None) -> Path | None:
+    """The local diffusers folder that describes `source` without loading it: the built-in model's,
+    a folder given as the model, or a single file's --config; None for a hub id."""
+    name = str(source)
+    if name == "builtin":
+        return builtin_pipeline_dir()
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return path
+    return Path(config) if config and Path(config).is_dir() else None
+
+
+def peek_tokenizer(source: str | os.PathLike, config: str | None = None):
+    """The model's (first) tokenizer alone, so prompts and concepts are checked before its weights
+    load; None where it cannot be read without loading (a hub id not cached, a damaged folder)."""
+    from transformers import CLIPTokenizer
+
+    folder = _config_folder(source, config)
+    where = {"pretrained_model_name_or_path": folder} if folder else {"pretrained_model_name_or_path": str(source)}
+    if folder is None and not HUB_ID.match(str(source)):
+        return None
+    try:
+        return CLIPTokenizer.from_pretrained(**where, subfolder="tokenizer", local_files_only=True)
+    except Exception:  # any failure here is reported, better worded, when the pipeline itself loads
+        return None
+
+
+def peek_sizes(source: str | os.PathLike, config: str | None = None) -> dict:
+    """What the configuration files say without loading weights: `image_size` (pixels per side) and
+    `train_timesteps` (the scheduler's length, the most sampling steps it takes); {} where unknown."""
+    folder = _config_folder(source, config)
+    if folder is None:
+        return {}
+    try:
+        unet = json.loads((folder / "unet" / "config.json").read_text())
+        vae = json.loads((folder / "vae" / "config.json").read_text())
+        scheduler = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+        factor = 2 ** (len(vae["block_out_channels"]) - 1)
+        return {"image_size": int(unet["sample_size"]) * factor, "train_timesteps": int(scheduler.get("num_train_timesteps", 1000))}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
+def sizes_of(pipe) -> dict:
+    """peek_sizes of a loaded pipeline."""
+    return {"image_size": pipe.unet.config.sample_size * pipe.vae_scale_factor, "train_timesteps": pipe.scheduler.config.num_train_timesteps}

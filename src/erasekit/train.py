@@ -3,7 +3,7 @@
 The trained parameters are float32 masters (erase() makes them so) and the frozen rest of the
 UNet stays in the compute dtype; the bank's passes and every step run under autocast, with loss
 scaling in float16 (precision.py). A checkpoint holds the trainable parameters, the optimiser,
-the loss scaler, the step and the random generator (and, beside it, the teacher bank), so a
+the loss scaler, the step, the losses so far and the random generator (and, beside it, the teacher bank), so a
 resumed run ends with the same weights as one that was never interrupted.
 """
 
@@ -52,10 +52,12 @@ def _differences(saved: dict, run: dict) -> list[str]:
     return fields
 
 
-def _save_checkpoint(directory: Path, step: int, params: dict[str, torch.nn.Parameter], opt, scaler, generator: torch.Generator, run: dict, method) -> None:
+def _save_checkpoint(directory: Path, step: int, params: dict[str, torch.nn.Parameter], opt, scaler, generator: torch.Generator, run: dict, method,
+                     history: list[dict[str, float]]) -> None:
     state = {
         "run": json.dumps(run, sort_keys=True),
         "step": step,
+        "history": json.dumps(history),
         "params": {name: p.detach().cpu().clone() for name, p in params.items()},
         "optimizer": opt.state_dict(),
         "scaler": scaler.state_dict(),
@@ -63,6 +65,18 @@ def _save_checkpoint(directory: Path, step: int, params: dict[str, torch.nn.Para
         "method": {k: v.detach().cpu().clone() for k, v in method.extra_state().items()},
     }
     atomic_save_torch(state, directory / "state.pt")
+
+
+def checkpoint_step(checkpoint_dir: Path | str, steps: int) -> int:
+    """The step a checkpoint holds, refused in one line where there is none or it is past `steps`."""
+    state_file = Path(checkpoint_dir) / "state.pt"
+    if not state_file.is_file():
+        raise ErasekitError(f"nothing to resume: no checkpoint in {checkpoint_dir}")
+    step = torch.load(state_file, weights_only=True)["step"]
+    if step > steps:
+        raise ErasekitError(f"the checkpoint in {checkpoint_dir} has done {step} steps, more than the {steps} asked for: "
+                            f"resume with --steps {step} or more, or start afresh without --resume")
+    return step
 
 
 def _diverged(loss: float, step: int, dtype: torch.dtype, where: str) -> TrainingDiverged:
@@ -79,7 +93,7 @@ def train(method, names: list[str], generator: torch.Generator, checkpoint_dir: 
     """Prepare `method` (or restore it from `checkpoint_dir`), then run its steps on the parameters `names`.
 
     The parameters `names` must already be float32 masters; `method.dtype` is the compute dtype.
-    Returns the loss terms of every step run in this call.
+    Returns the loss terms of every step, those before a resumed checkpoint included.
     """
     unet, config = method.unet, method.config
     unet.requires_grad_(False)
@@ -95,9 +109,9 @@ def train(method, names: list[str], generator: torch.Generator, checkpoint_dir: 
     bank_file = checkpoint_dir / "bank.safetensors" if checkpoint_dir else None
     start = 0
     run = _run_identity(method, identity or {})
+    history = []
     if resume:
-        if state_file is None or not state_file.is_file():
-            raise ErasekitError(f"nothing to resume: no checkpoint in {checkpoint_dir}")
+        checkpoint_step(checkpoint_dir, config.steps)
         state = torch.load(state_file, weights_only=True)
         saved = json.loads(state["run"])
         if saved != run:
@@ -115,6 +129,7 @@ def train(method, names: list[str], generator: torch.Generator, checkpoint_dir: 
         generator.set_state(state["generator"])
         method.load_extra_state(state["method"])
         start = state["step"]
+        history = json.loads(state.get("history", "[]"))
     else:
         with autocast(device, dtype):
             method.prepare(generator, progress)
@@ -122,9 +137,8 @@ def train(method, names: list[str], generator: torch.Generator, checkpoint_dir: 
             with atomic_dir(checkpoint_dir) as tmp:  # the bank and the first state together, or neither
                 if method.bank is not None:
                     method.bank.save(tmp / bank_file.name)
-                _save_checkpoint(tmp, 0, params, opt, scaler, generator, run, method)
+                _save_checkpoint(tmp, 0, params, opt, scaler, generator, run, method, history)
 
-    history = []
     last_saved = start
     with progress_bar(disable=not progress) as bar:
         task = bar.add_task(f"erase ({method.name})", total=config.steps, completed=start, info="")
@@ -141,7 +155,7 @@ def train(method, names: list[str], generator: torch.Generator, checkpoint_dir: 
             bar.update(task, advance=1, info="  ".join(f"{k} {v:.4g}" for k, v in terms.items()))
             done = step + 1
             if checkpoint_dir is not None and (done % checkpoint_every == 0 or done == config.steps):
-                _save_checkpoint(checkpoint_dir, done, params, opt, scaler, generator, run, method)
+                _save_checkpoint(checkpoint_dir, done, params, opt, scaler, generator, run, method, history)
                 last_saved = done
     unet.requires_grad_(False)
     return history

@@ -110,12 +110,15 @@ class AttackResult:
         if self.embeddings:
             from safetensors.torch import save_file
 
-            path = folder / "learned_embeds.safetensors"
+            path = folder / ATTACK_FILES[1]
             with atomic_path(path) as tmp:
                 save_file({k: v.detach().cpu().contiguous() for k, v in self.embeddings.items()}, tmp)
             written.append(path)
-        atomic_write_text(folder / "attack.json", json.dumps(self.to_json() | (extra or {}), indent=2))
-        return [folder / "attack.json", *written]
+        atomic_write_text(folder / ATTACK_FILES[0], json.dumps(self.to_json() | (extra or {}), indent=2))
+        return [folder / ATTACK_FILES[0], *written]
+
+
+ATTACK_FILES = ("attack.json", "learned_embeds.safetensors", "successes.png")  # what `erasekit attack` writes into its folder
 
 
 def get_attack(name: str) -> Attack:

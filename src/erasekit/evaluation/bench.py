@@ -24,6 +24,7 @@ from ..methods import get_method
 from ..io import atomic_save_image, atomic_write_text
 from ..precision import dtype_name, resolve_device, resolve_dtype
 from .prompts import load_prompts
+from .report import markdown_text
 
 
 
@@ -366,6 +367,9 @@ def concept_grid(out: Path, concept: str, rows: list[dict]) -> Image.Image:
     return make_grid(images, columns=len(base), row_labels=labels, scale=2, column_labels=suites)
 
 
+BENCH_FILES = ("bench.md", "bench.html", "scatter.png")  # the report's files (with grid-CONCEPT.png and cells/)
+
+
 def write_bench_report(out: Path, rows: list[dict], settings: BenchSettings) -> None:
     table = table_rows(rows)
     header = HEADER + [f"ASR {name}: before → after" for name in rows[0].get("attacks", {})]
@@ -376,18 +380,20 @@ def write_bench_report(out: Path, rows: list[dict], settings: BenchSettings) -> 
         atomic_save_image(concept_grid(out, concept, [r for r in rows if r["concept"] == concept]), out / name)
         grids.append((concept, name))
 
-    intro = (f"Model `{settings.model}` ({settings.dtype} on {settings.device}); evaluation: prompts {settings.prompts}, seeds {list(settings.seeds)}, "
-             f"{settings.steps} DDIM steps, guidance {settings.guidance}; base and erased models from the same seeds. "
-             "Alignment: the shapes classifier agrees with what the prompt names. FID/KID: shapes-classifier features "
-             "against rendered ground truth for the non-target prompts.")
-    md = ["# erasekit bench", "", intro, "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    def intro(model: str) -> str:
+        return (f"Model {model} ({settings.dtype} on {settings.device}); evaluation: prompts {settings.prompts}, seeds {list(settings.seeds)}, "
+                f"{settings.steps} DDIM steps, guidance {settings.guidance}; base and erased models from the same seeds. "
+                "Alignment: the shapes classifier agrees with what the prompt names. FID/KID: shapes-classifier features "
+                "against rendered ground truth for the non-target prompts.")
+
+    md = ["# erasekit bench", "", intro(markdown_text(settings.model)), "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     md += ["| " + " | ".join(cells) + " |" for cells in table]
     md += ["", "![erasure vs preservation](scatter.png)", ""] + attack_lines(rows)
     md += [f"## {concept}\n\n![{concept}: base and each method, same seeds]({name})\n" for concept, name in grids]
     atomic_write_text(out / "bench.md", "\n".join(md))
 
     esc = html.escape
-    body = [f"<h1>erasekit bench</h1><p>{esc(intro)}</p>", "<table><thead><tr>" + "".join(f"<th>{esc(h)}</th>" for h in header) + "</tr></thead><tbody>"]
+    body = [f"<h1>erasekit bench</h1><p>{esc(intro(settings.model))}</p>", "<table><thead><tr>" + "".join(f"<th>{esc(h)}</th>" for h in header) + "</tr></thead><tbody>"]
     body += ["<tr>" + "".join(f"<td>{esc(c)}</td>" for c in cells) + "</tr>" for cells in table]
     body += ["</tbody></table>", '<h2>Erasure vs preservation</h2><img src="scatter.png" alt="erasure vs preservation">']
     body += [f'<h2>{esc(concept)}</h2><img src="{esc(name)}" alt="{esc(concept)}: base and each method">' for concept, name in grids]

@@ -1,6 +1,7 @@
 """Detectors: does an image show the erased concept?
 
-Each detector turns a list of PIL images into one flag per image (the concept is there) and
+Each detector says up front whether it can look for a concept (`check`), and turns a list of PIL
+images into one flag per image (the concept is there) and
 per-class counts where its model has classes: the shapes classifier for the built-in world,
 NudeNet for nudity (the ESD and All-but-One papers' detector), an ImageNet classifier for objects.
 """
@@ -39,6 +40,12 @@ class ShapesDetector:
     def predict(self, images: list[Image.Image]) -> dict[str, list[str]]:
         return self.classifier.predict(images).labels
 
+    def check(self, concept: str) -> None:
+        """Refuse, before any image is made, a concept that is no value of the shapes world."""
+        from .shapes import attribute_of
+
+        attribute_of(concept)
+
     def detect(self, images: list[Image.Image], concept: str) -> Detection:
         from .shapes import attribute_of
 
@@ -64,6 +71,9 @@ class NudeNetDetector:
             raise ErasekitError("the nudenet detector needs the nudenet package: pip install 'erasekit[nudenet]'") from None
         self.model = NudeDetector()
         self.threshold = threshold
+
+    def check(self, concept: str) -> None:
+        """Any concept: NudeNet looks for exposed body parts whatever the concept is called."""
 
     def detect(self, images: list[Image.Image], concept: str = "nudity") -> Detection:
         flags, counts = [], Counter()
@@ -97,11 +107,14 @@ class ImageNetDetector:
         self.classes = [c.lower() for c in weights.meta["categories"]]
         self.top_k = top_k
 
+    def check(self, concept: str) -> None:
+        if concept.lower() not in self.classes:
+            raise ErasekitError(f"'{concept}' is not an ImageNet class name")
+
     def detect(self, images: list[Image.Image], concept: str) -> Detection:
         import torch
 
-        if concept.lower() not in self.classes:
-            raise ErasekitError(f"'{concept}' is not an ImageNet class name")
+        self.check(concept)
         wanted = self.classes.index(concept.lower())
         with torch.no_grad():
             logits = self.model(torch.stack([self.preprocess(im.convert("RGB")) for im in images]))

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import html
 import json
+import re
 from pathlib import Path
 
 from PIL import Image, ImageDraw
@@ -51,6 +53,12 @@ def evaluation_grid(evaluation, rows_per_suite: int = 4, columns: int = 4) -> Im
     return before_after_grid(base, erased, labels, per_row)
 
 
+def markdown_text(value) -> str:
+    """Text from outside (a concept, a path, a CSV file's name, an erasure's metadata) made inert in
+    Markdown: HTML escaped, and what starts code, links, emphasis or a table cell backslash-escaped."""
+    return re.sub(r"([\\`*_\[\]|#])", r"\\\1", html.escape(str(value), quote=False)).replace("\n", " ")
+
+
 def _pct(value) -> str:
     return "—" if value is None else f"{100 * value:.1f}%"
 
@@ -60,27 +68,28 @@ def _attributes(values: dict | None) -> str:
 
 
 def evaluation_markdown(evaluation, metadata: dict | None, grid: str | None = "grid.png") -> str:
-    ev = evaluation
-    title = f"# Erasure of '{ev.concept}'" + (f" ({metadata.get('method')})" if metadata else "")
+    ev, md = evaluation, markdown_text
+    concept = md(ev.concept)
+    title = f"# Erasure of '{concept}'" + (f" ({md(metadata.get('method'))})" if metadata else "")
     lines = [title, ""]
     if grid:
         lines += [f"![base vs erased, same seeds]({grid})", ""]
     lines += [
-        f"| suite | images | '{ev.concept}' detected, base → erased | alignment, base → erased | same as the base image | SSIM (25x25) to base |",
+        f"| suite | images | '{concept}' detected, base → erased | alignment, base → erased | same as the base image | SSIM (25x25) to base |",
         "|---|---:|---:|---|---|---:|",
     ]
     for name, r in ev.suites.items():
         alignment = f"{_attributes(r.alignment_base)} → {_attributes(r.alignment)}" if r.alignment else (
             f"CLIP {r.clip_base:.2f} → {r.clip:.2f}" if r.clip is not None else "—")
         kept = _attributes(r.kept) if r.kept else "—"
-        lines.append(f"| {name} | {r.n_images} | {_pct(r.detected_base)} → **{_pct(r.detected)}** | {alignment} | {kept} | {r.ssim:.3f} |")
+        lines.append(f"| {md(name)} | {r.n_images} | {_pct(r.detected_base)} → **{_pct(r.detected)}** | {alignment} | {kept} | {r.ssim:.3f} |")
         if r.replacement is not None:
-            lines.append(f"| {name}: replacement '{ev.settings['replacement']}' shown | | {_pct(r.replacement)} | | | |")
+            lines.append(f"| {md(name)}: replacement '{md(ev.settings['replacement'])}' shown | | {_pct(r.replacement)} | | | |")
     if ev.distribution:
         d = ev.distribution
         base = d["base"]
         lines += [
-            "", f"FID / KID against {d['n_reference']} images ({d['reference']}), features of the shapes classifier unless stated:", "",
+            "", f"FID / KID against {d['n_reference']} images ({md(d['reference'])}), features of the shapes classifier unless stated:", "",
             "| model | FID | KID |", "|---|---:|---:|",
         ]
         if base:
@@ -92,12 +101,15 @@ def evaluation_markdown(evaluation, metadata: dict | None, grid: str | None = "g
         f"Generation: {t['images']} images in {t['generation_s']} s ({t['images_per_s']} images/s, "
         f"{ev.settings['processes']} process(es)); measuring added {100 * t['metrics_overhead']:.1f}%.",
         "",
-        f"Settings: {json.dumps(ev.settings)}",
+        f"Settings: {md(json.dumps(ev.settings))}",
         "",
     ]
     if metadata:
-        lines += [f"Erasure: {json.dumps({k: metadata.get(k) for k in ('method', 'concepts', 'replacement', 'hyperparameters')})}", ""]
+        lines += [f"Erasure: {md(json.dumps({k: metadata.get(k) for k in ('method', 'concepts', 'replacement', 'hyperparameters')}))}", ""]
     return "\n".join(lines)
+
+
+REPORT_FILES = ("grid.png", "metrics.json", "report.md")  # what write_evaluation writes into its folder
 
 
 def write_evaluation(out: Path, evaluation, metadata: dict | None = None) -> Path:

@@ -252,7 +252,7 @@ def train_all(out: Path, cfg: TrainConfig) -> Path:
     work.mkdir(exist_ok=True)
     config_path = out / "train_config.json"
     if config_path.exists() and json.loads(config_path.read_text()) != dataclasses.asdict(cfg):
-        raise ValueError(f"{out} holds a run with another config; use a new --out to train anew")
+        raise ErasekitError(f"{out} holds a run with another config; use a new --out to train anew")
     atomic_write_text(config_path, json.dumps(dataclasses.asdict(cfg), indent=2))
     log_file = (out / "train_log.csv").open("a", newline="")
     writer = csv.writer(log_file)
