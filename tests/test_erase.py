@@ -250,3 +250,26 @@ def test_an_esd_variant_default_gives_way_to_a_preset_and_to_a_setting():
 def test_abo_refuses_an_unknown_trajectory():
     with pytest.raises(ErasekitError, match="trajectory must be"):
         get_method("abo").make_config(trajectory="student")
+
+
+@pytest.mark.parametrize("method, setting, what", [("abo", "bank_trajectories", "trajectories"), ("esd-x", "bank_trajectories", "trajectories"),
+                                                   ("fmn", "concept_images", "concept images")])
+def test_a_bank_smaller_than_its_concepts_grows_to_one_entry_per_concept_with_a_warning(method, setting, what):
+    """Entry k of a bank goes to concept k mod n: with fewer entries than concepts, the last ones
+    never trained (silently). The bank grows instead, and says so; each concept then has its share."""
+    from erasekit import ErasekitWarning
+
+    pipe = load_pipeline("builtin")
+    instance = {}
+    real_prepare = get_method(method).prepare
+
+    def keep(self, generator, progress):
+        real_prepare(self, generator, progress)
+        instance["bank"] = self.bank
+
+    concepts = ["circle", "star", "cross"]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(get_method(method), "prepare", keep)
+        with pytest.warns(ErasekitWarning, match=f"3 concepts but a bank of 2 {what}: grown to 3"):
+            erase(pipe, method=method, concepts=concepts, steps=2, ddim_steps=4, progress=False, **{setting: 2})
+    assert sorted(set(instance["bank"].concept.tolist())) == [0, 1, 2]

@@ -36,3 +36,20 @@ def test_erases_the_concept_and_keeps_the_others(method, concept, kept, slack):
     assert target.detected <= 0.1, target
     assert related.alignment[kept] >= related.alignment_base[kept] - slack, related
 
+
+
+@pytest.mark.slow
+def test_every_concept_of_many_trains_even_with_a_bank_smaller_than_their_number():
+    """Five concepts with a 4-trajectory bank: the bank grows to one trajectory per concept (a
+    warning says so), and the fifth, red, is erased too. Before, it never trained and stayed 100%."""
+    from erasekit import ErasekitWarning
+
+    erased = load_pipeline("builtin")
+    with pytest.warns(ErasekitWarning, match="5 concepts but a bank of 4 trajectories: grown to 5"):
+        erasure = erase(erased, method="abo", concepts=["circle", "star", "triangle", "cross", "red"], bank_trajectories=4, seed=0, progress=False)
+    assert erasure.metadata["teacher_bank_trajectories"] == 5
+    evaluation = evaluate(load_pipeline("builtin"), erased, "red", load_prompts("target", "red"), ShapesDetector(),
+                          seeds=[0, 1, 2, 3], reference=None, progress=False)
+    target = evaluation.suites["target"]
+    assert target.detected_base >= 0.8
+    assert target.detected <= 0.1, target  # the single-concept tests' bar; it was 100% when red never trained

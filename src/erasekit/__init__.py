@@ -8,7 +8,7 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "generate": "api", "load_pipeline": "model", "erase": "erase", "load_erasure": "erase", "Erasure": "erase",
-    "ErasekitError": "errors",
+    "ErasekitError": "errors", "ErasekitWarning": "errors",
 }
 __all__ = [*_EXPORTS, "__version__"]
 

@@ -227,7 +227,7 @@ def generate(
 @app.command()
 @friendly_errors
 def erase(
-    concept: List[str] = typer.Option(..., "--concept", "-c", help="Concept to erase; repeat to erase several (one is drawn per step)."),
+    concept: List[str] = typer.Option(..., "--concept", "-c", help="Concept to erase; repeat to erase several (one is drawn per step; a bank smaller than their number grows to one trajectory each, with a warning)."),
     model: str = typer.Option("builtin", help=MODEL_HELP),
     method: str = typer.Option("abo", help="abo (All but One), esd-x, esd-u, esd-all, esd-x-strict, uce, sdd, ablating or fmn."),
     replacement: Optional[str] = typer.Option(None, help="abo, uce, ablating: what the concept becomes instead (e.g. --concept circle --replacement square)."),
@@ -261,7 +261,7 @@ def erase(
     """
     from .erase import erase as erase_concepts
     from .errors import ErasekitError
-    from .evaluation.report import REPORT_FILES
+    from .evaluation.report import REPORT_FILES, REPORT_SUITES
     from .images import ensure_writable_dir
     from .io import atomic_dir
     from .methods import get_method
@@ -296,7 +296,11 @@ def erase(
     if report is not None:
         from .evaluation.shapes import attribute_of
 
+        from .evaluation.prompts import load_prompts
+
         attribute_of(concept[0].strip())  # the report measures shapes-world concepts: refuse others before training
+        suites = load_prompts(REPORT_SUITES, concept[0].strip())
+        _check_limits(model, config, 1, 2 * report_seeds * sum(map(len, suites.values())), f"--report-seeds {report_seeds}")
     for folder in [out.parent] + [p for p in (report,) if p is not None] + [p.parent for p in (save_lora, save_checkpoint, save_pipeline) if p]:
         ensure_writable_dir(folder)
     try:

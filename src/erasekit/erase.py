@@ -19,7 +19,7 @@ from .images import ensure_writable_dir
 from .io import output_lock
 from .paths import check_not_under_a_file
 from .methods import get_method
-from .model import hash_rounding, load_pipeline, peek_tokenizer, unet_fingerprint, unet_norms
+from .model import hash_rounding, load_pipeline, peek_sizes, peek_tokenizer, sizes_of, unet_fingerprint, unet_norms
 from .erasure_file import load_erasure, save_erasure
 from .presets import select_parameters
 from .train import checkpoint_step
@@ -191,6 +191,9 @@ def erase(
     if save_dtype is not None:
         save_dtype = _storage_dtype(save_dtype)
     loaded = not isinstance(model, (str, Path))
+    limit = (sizes_of(model) if loaded else peek_sizes(model, model_config)).get("train_timesteps")
+    if limit is not None and getattr(config, "ddim_steps", 0) > limit:
+        raise ErasekitError(f"ddim_steps {config.ddim_steps} is more than the model's scheduler has timesteps ({limit}): use at most {limit}")
     tokenizer = model.tokenizer if loaded else peek_tokenizer(model, model_config)
     if tokenizer is not None:  # else checked once the model has loaded
         concepts, replacement = _check_words(tokenizer, concepts, replacement, strict)

@@ -110,6 +110,7 @@ def evaluation_markdown(evaluation, metadata: dict | None, grid: str | None = "g
 
 
 REPORT_FILES = ("grid.png", "metrics.json", "report.md")  # what write_evaluation writes into its folder
+REPORT_SUITES = "target,related,described"  # the prompt suites of erase --report
 
 
 def write_evaluation(out: Path, evaluation, metadata: dict | None = None) -> Path:
@@ -135,6 +136,6 @@ def erasure_report(model, erasure_file: Path, concept: str, out: Path, seeds: in
     base = load_pipeline(model, device, dtype, model_config)
     erased = load_pipeline(model, device, dtype, model_config)
     metadata = load_erasure(erased, erasure_file)
-    evaluation = evaluate(base, erased, concept, load_prompts("target,related,described", concept), ShapesDetector(),
+    evaluation = evaluate(base, erased, concept, load_prompts(REPORT_SUITES, concept), ShapesDetector(),
                           seeds=list(range(seeds)), replacement=replacement)
     return write_evaluation(out, evaluation, metadata), evaluation

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -19,7 +20,7 @@ from typing import Callable
 import torch
 
 from ..bank import build_bank, sample_latents
-from ..errors import ErasekitError
+from ..errors import ErasekitError, ErasekitWarning
 from ..sampling import ddim_scheduler, embed, latent_shape
 
 
@@ -56,8 +57,9 @@ class MethodConfig:
             if getattr(self, name, 1) < 1:
                 raise ErasekitError(f"{name} must be positive, got {getattr(self, name)}")
 
-    def bank_size(self) -> int:
-        """Trajectories in the teacher bank: as set, or (None) one per DRAWS_PER_TRAJECTORY draws of training.
+    def bank_size(self, n_concepts: int = 1) -> int:
+        """Trajectories in the teacher bank: as set, or (None) one per DRAWS_PER_TRAJECTORY draws of
+        training; never fewer than the concepts (`one_each`).
 
         Resolved when the bank is built, not stored: a run resumed with more steps keeps its identity
         (and its bank, which the checkpoint holds). Every method that builds a bank asks here, so an
@@ -66,8 +68,18 @@ class MethodConfig:
         if self.bank_trajectories == 0:
             raise ErasekitError(f"a teacher bank needs trajectories: bank_trajectories must be >= 1 (or null: one per {DRAWS_PER_TRAJECTORY} draws)")
         if self.bank_trajectories is not None:
-            return self.bank_trajectories
-        return math.ceil(self.steps * self.batch_size / DRAWS_PER_TRAJECTORY)
+            return one_each(self.bank_trajectories, n_concepts, "trajectories")
+        return one_each(math.ceil(self.steps * self.batch_size / DRAWS_PER_TRAJECTORY), n_concepts, "trajectories")
+
+
+def one_each(count: int, n_concepts: int, what: str) -> int:
+    """A bank's size grown to the number of concepts where it is smaller, with a warning: bank.py
+    gives entry k to concept k mod n, so a concept past the bank's size would never train."""
+    if count >= n_concepts:
+        return count
+    warnings.warn(f"{n_concepts} concepts but a bank of {count} {what}: grown to {n_concepts}, one per concept, "
+                  "so that every concept trains", ErasekitWarning, stacklevel=3)
+    return n_concepts
 
 
 class Method:
@@ -212,7 +224,7 @@ class TrajectoryBankMethod(TrainedMethod):
         raise NotImplementedError
 
     def prepare(self, generator, progress):
-        self.bank = build_bank(self.scheduler, self.teacher_step, self.config.bank_size(), len(self.concepts),
+        self.bank = build_bank(self.scheduler, self.teacher_step, self.config.bank_size(len(self.concepts)), len(self.concepts),
                                self.latent_shape, generator, self.device, progress=progress)
 
     def draw(self, generator):
@@ -233,7 +245,8 @@ class ImageBankMethod(TrainedMethod):
         raise NotImplementedError
 
     def prepare(self, generator, progress):
-        self.bank = sample_latents(self.scheduler, self.unet, self.uncond, self.image_prompt, self.config.guidance, self.n_images(),
+        n = one_each(self.n_images(), len(self.concepts), self.images_label)
+        self.bank = sample_latents(self.scheduler, self.unet, self.uncond, self.image_prompt, self.config.guidance, n,
                                    len(self.concepts), self.latent_shape, generator, self.device, progress=progress, label=self.images_label)
 
     def draw(self, generator):
