@@ -485,7 +485,7 @@ def test_the_lora_rank_reported_is_the_rank_stored(tmp_path):
     result = runner.invoke(app, ["erase", "-c", "square", "--method", "uce", "--out", str(tmp_path / "e.safetensors"),
                                  "--save-lora", str(lora), "--lora-rank", "100000"])
     assert result.exit_code == 0, result.output
-    stored = max(t.shape[1] for k, t in load_file(str(lora)).items() if k.endswith("lora_B.weight"))
+    stored = max(t.shape[1] for k, t in load_file(str(lora)).items() if k.endswith("lora_up.weight"))
     assert f"LoRA of rank {stored}, the most any changed weight has; --lora-rank 100000 asked" in result.output
     assert stored < 100000
 

@@ -88,3 +88,42 @@ def test_at_full_rank_the_lora_is_the_erasure_and_below_it_the_reported_error(tm
             assert missed.item() == pytest.approx(error, abs=1e-4), (rank, module)
             if rank == 64:
                 assert error < 1e-5
+
+
+def _with_spectrum(values: list[float], out: int, inp: int, seed: int) -> torch.Tensor:
+    """A matrix whose singular values are `values` (then zeros)."""
+    g = torch.Generator().manual_seed(seed)
+    u = torch.linalg.qr(torch.randn(out, len(values), generator=g, dtype=torch.float64))[0]
+    v = torch.linalg.qr(torch.randn(inp, len(values), generator=g, dtype=torch.float64))[0]
+    return (u * torch.tensor(values, dtype=torch.float64)) @ v.T
+
+
+def test_the_automatic_rank_is_the_smallest_within_one_percent_on_every_layer_and_is_capped():
+    from erasekit.lora import MAX_RANK, TOLERANCE
+
+    # a: rank 1 leaves sqrt(1 + 0.05²)/|a| ≈ 9.9% of it, rank 2 leaves 0.5%; b: rank 2 leaves 4.0%, rank 3 leaves 0.1%
+    a, b = _with_spectrum([10, 1, 0.05], 12, 10, 0), _with_spectrum([4, 3, 0.2, 0.005], 12, 10, 1)
+    base = {"a.weight": torch.zeros(12, 10), "b.weight": torch.zeros(12, 10)}
+    lora = erasure_lora(base, {"a.weight": a.float(), "b.weight": b.float()})
+    assert lora.rank == 3 and max(lora.error.values()) <= TOLERANCE
+    assert erasure_lora(base, {"a.weight": a.float(), "b.weight": b.float()}, 2).error["b"] > TOLERANCE  # one less is not enough
+    assert lora.error["a"] == pytest.approx(0.0, abs=1e-6) and lora.error["b"] == pytest.approx(0.005 / (16 + 9 + 0.04 + 0.005**2) ** 0.5, rel=1e-3)
+    # a full-rank change past the cap: the cap, and the error it leaves, reported
+    full = torch.randn(200, 200, generator=torch.Generator().manual_seed(2))
+    capped = erasure_lora({"c.weight": torch.zeros(200, 200)}, {"c.weight": full})
+    assert capped.rank == MAX_RANK and capped.error["c"] > TOLERANCE
+
+
+def test_erase_writes_a_kohya_lora_of_the_automatic_rank_by_default(tmp_path):
+    from safetensors.torch import load_file
+    from typer.testing import CliRunner
+
+    from erasekit.cli import app
+
+    lora = tmp_path / "l.safetensors"
+    result = CliRunner().invoke(app, ["erase", "-c", "square", "--method", "uce", "--out", str(tmp_path / "e.safetensors"), "--save-lora", str(lora)])
+    assert result.exit_code == 0, result.output
+    keys = load_file(str(lora))
+    assert keys and all(k.startswith("lora_unet_") for k in keys)
+    ranks = {t.shape[0] for k, t in keys.items() if k.endswith("lora_down.weight")}
+    assert f"kohya LoRA of rank {max(ranks)}, the smallest within 1% on every layer" in result.output

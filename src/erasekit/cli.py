@@ -241,8 +241,10 @@ def erase(
     save_pipeline: Optional[Path] = typer.Option(None, help="Also write the whole erased pipeline as a diffusers folder."),
     save_checkpoint: Optional[Path] = typer.Option(None, help="Also write the whole erased model as one .safetensors checkpoint in the original Stable Diffusion layout (A1111, ComfyUI)."),
     save_lora: Optional[Path] = typer.Option(None, help="Also write the change as a LoRA (truncated SVD of each weight's delta): pipe.load_lora_weights(FILE) loads it."),
-    lora_rank: int = typer.Option(16, help="The LoRA's rank: lower is smaller and coarser (the report says how close it is)."),
-    lora_format: str = typer.Option("peft", help="peft (diffusers' keys) or kohya (lora_unet_* keys, for A1111 and ComfyUI)."),
+    lora_rank: Optional[int] = typer.Option(None, help="The LoRA's rank (default: the smallest that keeps every layer's change within 1%, at most 128; "
+                                            "lower is smaller and coarser, and the output says how close it is)."),
+    lora_format: str = typer.Option("kohya", help="kohya (lora_unet_* keys: A1111, ComfyUI and diffusers' load_lora_weights read it) "
+                                    "or peft (diffusers' own keys, which ComfyUI ignores: every key 'not loaded')."),
     checkpoint_every: int = typer.Option(50, help="Checkpoint every N steps into OUT.ckpt/ (removed when done)."),
     resume: bool = typer.Option(False, help="Continue from OUT.ckpt/ exactly where an interrupted run stopped."),
     report: Optional[Path] = typer.Option(None, help="Write a before/after report (grid.png, report.md, metrics.json) to this folder."),
@@ -281,7 +283,7 @@ def erase(
         raise ErasekitError(f"--checkpoint-every must be a positive number of steps, got {checkpoint_every}")
     if report_seeds < 1:
         raise ErasekitError(f"--report-seeds must be at least 1, got {report_seeds}")
-    if lora_rank < 1:
+    if lora_rank is not None and lora_rank < 1:
         raise ErasekitError(f"--lora-rank must be at least 1, got {lora_rank}")
     from .lora import FORMATS
 
@@ -316,13 +318,17 @@ def erase(
     meta = erasure.metadata
     typer.echo(f"wrote {out} ({len(erasure.names)} changed tensors, trained in {meta['base_dtype']} on {meta['device']}, final loss {meta['final_loss']})")
     if save_lora is not None:
+        from .lora import TOLERANCE
         from .lora import save_lora as write_lora
 
         lora = erasure.lora(lora_rank)
         write_lora(lora, save_lora, lora_format, {"erasekit.method": method, "erasekit.concepts": ",".join(concept), "erasekit.rank": lora.rank})
         worst = max(lora.error.values(), default=0.0)
-        capped = f", the most any changed weight has; --lora-rank {lora_rank} asked" if lora.rank < lora_rank else ""
-        typer.echo(f"wrote {save_lora} ({lora_format} LoRA of rank {lora.rank}{capped} over {len(lora.up)} layers; "
+        if lora_rank is None:
+            why = f", the smallest within {TOLERANCE:.0%} on every layer" if worst <= TOLERANCE else f", the cap: some layer stays above {TOLERANCE:.0%}"
+        else:
+            why = f", the most any changed weight has; --lora-rank {lora_rank} asked" if lora.rank < lora_rank else ""
+        typer.echo(f"wrote {save_lora} ({lora_format} LoRA of rank {lora.rank}{why} over {len(lora.up)} layers; "
                    f"largest relative error of a weight's change {worst:.3f})")
         if lora.dropped:
             typer.echo(f"warning: a LoRA holds weight matrices only; {len(lora.dropped)} changed bias or norm tensor(s) left out, "

@@ -48,8 +48,9 @@ class Erasure:
         save_erasure(path, self.tensors, self.metadata | {"saved_dtype": dtype_name(dtype)}, dtype)
         return Path(path)
 
-    def lora(self, rank: int):
-        """The change as a rank-`rank` LoRA (lora.Lora: truncated SVD of each weight's delta)."""
+    def lora(self, rank: int | None = None):
+        """The change as a rank-`rank` LoRA (lora.Lora: truncated SVD of each weight's delta); None
+        chooses the smallest rank within 1% on every layer (lora.TOLERANCE), capped (lora.MAX_RANK)."""
         from .lora import erasure_lora
 
         return erasure_lora(self.base, self.tensors, rank)

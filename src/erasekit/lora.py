@@ -1,11 +1,11 @@
-"""An erasure as a LoRA, in the formats the ecosystem loads (diffusers/PEFT, and kohya for A1111 and ComfyUI).
+"""An erasure as a LoRA, in the formats the ecosystem loads (kohya for A1111, ComfyUI and diffusers; diffusers/PEFT).
 
 Each changed weight's delta ΔW = W_erased - W_base is factored by a truncated SVD into up @ down of
 rank r (the best rank-r approximation in the Frobenius norm, Eckart-Young), split as
 up = U_r sqrt(S_r), down = sqrt(S_r) V_r^T. We factor the delta after training rather than train
 adapters with PEFT, so that every method (UCE's closed form too) exports the same way, the rank is
-chosen after the fact, and what it costs is measured against the full delta
-(benchmarks/results/lora-rank/results.md). A LoRA changes weight matrices only: a changed bias or
+chosen after the fact (by default the smallest within TOLERANCE on every layer), and what it
+costs is measured against the full delta (benchmarks/results/lora-rank/results.md). A LoRA changes weight matrices only: a changed bias or
 norm scale is left out and listed in `Lora.dropped`. (PEFT can carry biases, as `lora_B.bias`, but
 then diffusers' `fuse_lora` refuses every layer without a bias, and the kohya format has no place
 for them.)
@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 from .errors import ErasekitError
 from .io import atomic_path
 
-FORMATS = ("peft", "kohya")
+FORMATS = ("kohya", "peft")  # the first is the default: A1111, ComfyUI and diffusers all read it; ComfyUI ignores every peft key
 
 
 @dataclass
@@ -36,40 +36,76 @@ class Lora:
     error: dict[str, float] = field(default_factory=dict)  # module -> ||ΔW - up @ down|| / ||ΔW||
 
 
+# The automatic rank: the smallest at which every layer keeps all but this share of its change
+# (relative Frobenius error), and no more than MAX_RANK, where a file's size stops paying.
+TOLERANCE = 0.01
+MAX_RANK = 128
+
+
+@dataclass
+class Spectrum:
+    """A delta's SVD, kept to the largest rank that may be asked of it."""
+
+    U: torch.Tensor  # (out, k)
+    S: torch.Tensor  # (all singular values,)
+    Vh: torch.Tensor  # (k, in)
+    shape: torch.Size  # the weight's own shape (a convolution's too)
+
+    @classmethod
+    def of(cls, delta: torch.Tensor, keep: int) -> "Spectrum":
+        U, S, Vh = torch.linalg.svd(delta.double().flatten(1), full_matrices=False)
+        return cls(U[:, :keep], S, Vh[:keep], delta.shape)
+
+    def error(self, rank: int) -> float:
+        """||ΔW - its best rank-`rank` approximation|| / ||ΔW||: the norm of the singular values past `rank` (Eckart-Young)."""
+        total = self.S.square().sum()
+        return (self.S[rank:].square().sum() / total).sqrt().item() if total > 0 else 0.0
+
+    def rank_within(self, tolerance: float) -> int:
+        """The smallest rank whose relative error is at most `tolerance`."""
+        return next(r for r in range(1, self.S.numel() + 1) if self.error(r) <= tolerance)
+
+    def factors(self, rank: int) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """(up, down, relative error) at `rank`, split as up = U_r sqrt(S_r), down = sqrt(S_r) V_r^T."""
+        r = min(rank, self.S.numel())
+        root = self.S[:r].sqrt()
+        up, down = self.U[:, :r] * root, root[:, None] * self.Vh[:r]
+        if len(self.shape) == 4:  # a convolution: down is the r-channel k x k conv, up the 1 x 1 conv back
+            up, down = up[:, :, None, None], down.reshape(r, *self.shape[1:])
+        return up.float().contiguous(), down.float().contiguous(), self.error(r)
+
+
 def factor(delta: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor, float]:
     """The best rank-`rank` factors (up, down) of a linear or convolution weight's delta, and the relative error."""
-    flat = delta.double().flatten(1)
-    U, S, Vh = torch.linalg.svd(flat, full_matrices=False)
-    r = min(rank, S.numel())
-    root = S[:r].sqrt()
-    up, down = U[:, :r] * root, root[:, None] * Vh[:r]
-    norm = flat.norm().item()
-    error = (flat - up @ down).norm().item() / norm if norm > 0 else 0.0
-    if delta.dim() == 4:  # a convolution: down is the r-channel k x k conv, up the 1 x 1 conv back
-        up, down = up[:, :, None, None], down.reshape(r, *delta.shape[1:])
-    return up.float().contiguous(), down.float().contiguous(), error
+    return Spectrum.of(delta, rank).factors(rank)
 
 
-def erasure_lora(base: dict[str, torch.Tensor], erased: dict[str, torch.Tensor], rank: int) -> Lora:
-    """The LoRA of rank `rank` for the change from `base` to `erased` (parameter name -> tensor)."""
-    if rank < 1:
+def erasure_lora(base: dict[str, torch.Tensor], erased: dict[str, torch.Tensor], rank: int | None = None) -> Lora:
+    """The LoRA for the change from `base` to `erased` (parameter name -> tensor), of rank `rank`, or
+    (None) of the smallest rank within TOLERANCE on every layer, at most MAX_RANK. One SVD per layer."""
+    if rank is not None and rank < 1:
         raise ErasekitError(f"LoRA rank must be at least 1, got {rank}")
-    lora = Lora(rank)
     weights = {n.removesuffix(".weight") for n, t in erased.items() if n.endswith(".weight") and t.dim() in (2, 4)}
+    spectra, dropped = {}, []
     for name, new in erased.items():
         module, kind = name.rsplit(".", 1)
         delta = new.float() - base[name].float()
         if not delta.any():
             continue
         if module in weights and kind == "weight":
-            lora.up[module], lora.down[module], lora.error[module] = factor(delta, rank)
+            spectra[module] = Spectrum.of(delta, rank or MAX_RANK)
         else:
-            lora.dropped.append(name)
+            dropped.append(name)
+    if rank is None:
+        rank = min(max((s.rank_within(TOLERANCE) for s in spectra.values()), default=1), MAX_RANK)
+    lora = Lora(rank, dropped=dropped)
+    for module, spectrum in spectra.items():
+        lora.up[module], lora.down[module], lora.error[module] = spectrum.factors(rank)
     lora.rank = max((up.shape[1] for up in lora.up.values()), default=rank)  # no layer's factors exceed its matrix's smaller side
     return lora
 
 
-def save_lora(lora: Lora, path: Path | str, fmt: str = "peft", metadata: dict | None = None) -> None:
+def save_lora(lora: Lora, path: Path | str, fmt: str = FORMATS[0], metadata: dict | None = None) -> None:
     """Write `lora` as a safetensors file, atomically.
 
     peft: diffusers' own keys (unet.<module>.lora_A/lora_B), loaded by `pipe.load_lora_weights(path)`.
