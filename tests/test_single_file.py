@@ -60,3 +60,23 @@ def test_full_size_unet_names_match_the_original_layouts():
         names = unet_names(unet)
         assert len(set(names.values())) == len(names)  # one original name per parameter
         assert expected <= set(names.values()), expected - set(names.values())
+
+
+@pytest.mark.parametrize("family", ["sd1", "sdxl"])
+def test_a_saved_pipeline_folder_keys_its_clip_encoders_as_comfyui_reads_them_and_diffusers_reads_it_back(family, tmp_path):
+    """transformers 5 writes a CLIPTextModel without `text_model.`, where ComfyUI's folder loader looks;
+    Erasure.save_pipeline writes the prefix, and the folder still loads to the same weights."""
+    from safetensors import safe_open
+
+    pipe = build_tiny_sdxl() if family == "sdxl" else build_tiny_sd("1")
+    erasure = erase(pipe, method="esd-x", concepts="square", **{**gentle("esd-x"), "steps": 2})
+    folder = erasure.save_pipeline(tmp_path / "erased")
+    encoders = ["text_encoder"] + (["text_encoder_2"] if family == "sdxl" else [])
+    for name in encoders:
+        keys = [k for f in (folder / name).glob("*.safetensors") for k in safe_open(str(f), "pt").keys()]
+        assert keys and all(k.startswith("text_model.") or k == "text_projection.weight" for k in keys), name
+    back = load_pipeline(str(folder))
+    for component in ["unet", "vae", *encoders]:
+        mine, theirs = getattr(pipe, component).state_dict(), getattr(back, component).state_dict()
+        assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine), component
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # written whole: no temporary folder left

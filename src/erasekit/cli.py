@@ -221,7 +221,7 @@ def generate(
     named = dict(zip(names, images))
     named["grid.png"] = make_grid(images, columns=n, row_labels=prompts, scale=max(1, 128 // images[0].size[0]))
     save_images(named, out)
-    typer.echo(f"wrote {len(images)} images and grid.png to {out}")
+    typer.echo(f"wrote {len(images)} image{'s' if len(images) != 1 else ''} and grid.png to {out}")
 
 
 @app.command()
@@ -265,7 +265,6 @@ def erase(
     from .errors import ErasekitError
     from .evaluation.report import REPORT_FILES, REPORT_SUITES
     from .images import ensure_writable_dir
-    from .io import atomic_dir
     from .methods import get_method
     from .methods.base import parse_settings
     from .paths import checkpoint_folder
@@ -333,21 +332,12 @@ def erase(
         if lora.dropped:
             typer.echo(f"warning: a LoRA holds weight matrices only; {len(lora.dropped)} changed bias or norm tensor(s) left out, "
                        f"e.g. {lora.dropped[0]} (the erasure file keeps them)", err=True)
-    if save_pipeline is not None or save_checkpoint is not None:
-        from .erasure_file import load_erasure
-        from .model import load_pipeline
-
-        pipe = load_pipeline(model, device, dtype, config)
-        load_erasure(pipe, out)
-        if save_pipeline is not None:
-            with atomic_dir(save_pipeline) as tmp:
-                pipe.save_pretrained(tmp, safe_serialization=True)
-            typer.echo(f"wrote the erased pipeline to {save_pipeline}")
-        if save_checkpoint is not None:
-            from .single_file import save_checkpoint as write_checkpoint
-
-            count = write_checkpoint(pipe, save_checkpoint)
-            typer.echo(f"wrote {save_checkpoint} ({count} tensors in the original single-file layout)")
+    if save_pipeline is not None:
+        erasure.save_pipeline(save_pipeline)
+        typer.echo(f"wrote the erased pipeline to {save_pipeline}")
+    if save_checkpoint is not None:
+        count = erasure.save_checkpoint(save_checkpoint)
+        typer.echo(f"wrote {save_checkpoint} ({count} tensors in the original single-file layout)")
     if report is not None:
         from .evaluation.report import erasure_report
 

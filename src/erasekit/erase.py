@@ -7,7 +7,7 @@ import dataclasses
 import shutil
 import warnings
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -38,6 +38,7 @@ class Erasure:
     unet: torch.nn.Module  # the erased UNet (the pipeline's own, changed in place, in its own dtype)
     history: list[dict[str, float]]
     base: dict[str, torch.Tensor]  # the same parameters before erasing, on the CPU: what a LoRA is the change from
+    pipe: object = field(default=None, repr=False, compare=False)  # the erased pipeline, for exporting it whole
 
     def save(self, path: Path | str, dtype: str | torch.dtype | None = None) -> Path:
         """Write the changed parameters and the metadata to a safetensors file, atomically.
@@ -54,6 +55,18 @@ class Erasure:
         from .lora import erasure_lora
 
         return erasure_lora(self.base, self.tensors, rank)
+
+    def save_pipeline(self, folder: Path | str) -> Path:
+        """The whole erased pipeline as a diffusers folder (diffusers_folder.save_pipeline), written atomically."""
+        from .diffusers_folder import save_pipeline
+
+        return save_pipeline(self.pipe, folder)
+
+    def save_checkpoint(self, path: Path | str) -> int:
+        """The whole erased model as one safetensors file in the original layout (single_file); returns the tensor count."""
+        from .single_file import save_checkpoint
+
+        return save_checkpoint(self.pipe, path)
 
 
 def _storage_dtype(dtype: str | torch.dtype) -> torch.dtype:
@@ -292,4 +305,4 @@ def _erase(model, model_config, method_cls, config, concepts, replacement, prese
         "erasekit_version": __version__,
         "final_loss": history[-1] if history else None,
     }
-    return Erasure(metadata=metadata, names=names, tensors=tensors, unet=pipe.unet, history=history, base=base)
+    return Erasure(metadata=metadata, names=names, tensors=tensors, unet=pipe.unet, history=history, base=base, pipe=pipe)
