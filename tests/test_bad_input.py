@@ -143,6 +143,8 @@ def cases(files: Path) -> dict[str, tuple[list[str], str]]:
                                   "values too large for fp16"),
         "#8 3e38 loaded in fp16": (["generate", "-p", "a red circle", "--dtype", "fp16", "--erasure", str(files / "huge.safetensors"), "--out", "out"],
                                    "values too large for fp16"),
+        "esd-x with a replacement": (["erase", "-c", "red", "--replacement", "blue", "--method", "esd-x", "--model", "no/such-model", "--out", "out/e.safetensors"],
+                                     "ESD takes no replacement concept"),  # refused before the (missing) model is looked for
         "#9 replacement = concept": (["erase", "-c", "red", "--replacement", "Red", "--method", "uce", "--out", "out/e.safetensors"],
                                      "the replacement 'Red' is the concept 'red' itself"),
         "#9 concept past 77 tokens": (["erase", "-c", " ".join(["red"] * 80), "--method", "uce", "--out", "out/e.safetensors"],

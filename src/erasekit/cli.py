@@ -274,7 +274,7 @@ def erase(
     settings = parse_settings(setting)
     settings.update({k: v for k, v in {"steps": steps, "lr": lr, "sample_from": sample_from}.items() if v is not None})
     get_method(method).check_erasable()
-    get_method(method).make_config(preset, **settings)
+    get_method(method).check_replacement(get_method(method).make_config(preset, **settings), replacement)
     _check_precision(device, dtype)
     if save_dtype != "base" and save_dtype not in DTYPES:
         raise ErasekitError(f"unknown --save-dtype '{save_dtype}': use base, {', '.join(DTYPES)}")

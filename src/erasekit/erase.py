@@ -191,6 +191,7 @@ def erase(
     method_cls = get_method(method)
     method_cls.check_erasable()
     config = method_cls.make_config(preset, **settings)
+    method_cls.check_replacement(config, replacement)
     if isinstance(model, (str, Path)):
         device = resolve_device(device)
         dtype = resolve_dtype(dtype, device)

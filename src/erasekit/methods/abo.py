@@ -95,11 +95,14 @@ class Abo(TrajectoryBankMethod):
     Config = AboConfig
     presets = {"paper": PAPER}
 
+    @classmethod
+    def check_replacement(cls, config, replacement):
+        if config.delta == "implicit" and replacement:
+            raise ErasekitError("a replacement concept needs the explicit δ (delta='explicit')")
+
     def __init__(self, pipe, concepts, config: AboConfig, replacement=None):
         super().__init__(pipe, concepts, config, replacement)
         self.trajectory = trajectory_for(config, replacement)
-        if config.delta == "implicit" and replacement:
-            raise ErasekitError("a replacement concept needs the explicit δ (delta='explicit')")
         window = dict(kappa=config.kappa, warmup=config.warmup, start=config.window_start, end=config.window_end)
         # C_I of the paper: "−c" (the step's target concept) and, with a replacement, "+c'".
         self.instructions = [Instruction("-target", -config.erase_scale, **window)]

@@ -159,6 +159,10 @@ class WeightEditingMethod(Method):
     def accepts(cls, key, value):
         return key == "replacement" or super().accepts(key, value)
 
+    @classmethod
+    def check_replacement(cls, config: MethodConfig, replacement: str | None) -> None:
+        """erase() asks before the model loads: can this method, so configured, erase towards `replacement`?"""
+
     def apply(self, names: list[str], generator: torch.Generator, checkpoint_dir: Path | None, checkpoint_every: int,
               resume: bool, progress: bool, identity: dict) -> list[dict[str, float]]:
         """Change the parameters `names` in place; returns the loss terms (or the edit's summary) of each step."""

@@ -52,9 +52,12 @@ class Esd(TrajectoryBankMethod):
     Config = EsdConfig
     presets = {"paper": PAPER}
 
-    def __init__(self, pipe, concepts, config: EsdConfig, replacement=None):
+    @classmethod
+    def check_replacement(cls, config, replacement):
         if replacement:
             raise ErasekitError("ESD takes no replacement concept; use from_prompt to erase towards a concept, or method 'abo'")
+
+    def __init__(self, pipe, concepts, config: EsdConfig, replacement=None):
         super().__init__(pipe, concepts, config)
         self.from_emb = embed(pipe, [config.from_prompt]) if config.from_prompt else None
         self.frozen = None

@@ -31,11 +31,14 @@ class Fmn(ImageBankMethod):
     name = "fmn"
     Config = FmnConfig
 
-    def __init__(self, pipe, concepts, config: FmnConfig, replacement=None):
+    @classmethod
+    def check_replacement(cls, config, replacement):
         from ..errors import ErasekitError
 
         if replacement:
             raise ErasekitError("Forget-Me-Not takes no replacement concept")
+
+    def __init__(self, pipe, concepts, config: FmnConfig, replacement=None):
         super().__init__(pipe, concepts, config)
         self.token_mask = 1 - token_weights(pipe.tokenizer, concepts, concepts, 0.0)  # 1 on each concept's tokens
 

@@ -48,9 +48,12 @@ class Sdd(TrajectoryBankMethod):
     Config = SddConfig
     presets = {"paper": PAPER}
 
-    def __init__(self, pipe, concepts, config: SddConfig, replacement=None):
+    @classmethod
+    def check_replacement(cls, config, replacement):
         if replacement:
             raise ErasekitError("SDD maps a concept onto the unconditional output: it takes no replacement")
+
+    def __init__(self, pipe, concepts, config: SddConfig, replacement=None):
         super().__init__(pipe, concepts, config)
         self.params: dict[str, torch.nn.Parameter] = {}
         self.ema: dict[str, torch.Tensor] = {}
