@@ -72,11 +72,9 @@ def _erasure_or_method(erasure: Optional[Path], method: Optional[str], preset: O
 def _model_path(model: str) -> Optional[Path]:
     """The model as a path that outputs must not overlap: the built-in model's folder, or a local
     folder or file; None for a hub id (its files live in the hub cache)."""
-    from .assets import builtin_pipeline_dir
+    from .model import source_path
 
-    if model == "builtin":
-        return builtin_pipeline_dir()
-    path = Path(model).expanduser()
+    path = source_path(model)
     return path if os.path.lexists(path) else None
 
 
@@ -295,15 +293,15 @@ def erase(
                 {keeps: checkpoint, "--save-pipeline": save_pipeline},
                 marks={keeps: ("state.pt",), "--save-pipeline": ("model_index.json",)}, into={"--report": report})
     if report is not None:
-        from .evaluation.shapes import attribute_of
-
         from .evaluation.prompts import load_prompts
+        from .evaluation.shapes import attribute_of
 
         attribute_of(concept[0].strip())  # the report measures shapes-world concepts: refuse others before training
         suites = load_prompts(REPORT_SUITES, concept[0].strip())
         _check_limits(model, config, 1, 2 * report_seeds * sum(map(len, suites.values())), f"--report-seeds {report_seeds}")
-    for folder in [out.parent] + [p for p in (report,) if p is not None] + [p.parent for p in (save_lora, save_checkpoint, save_pipeline) if p]:
-        ensure_writable_dir(folder)
+    for folder in [out.parent, report, *(p.parent for p in (save_lora, save_checkpoint, save_pipeline) if p)]:
+        if folder is not None:
+            ensure_writable_dir(folder)
     try:
         erasure = erase_concepts(
             model, method=method, concepts=concept, replacement=replacement, preset=preset, seed=seed, out=out,

@@ -79,14 +79,14 @@ def check_erasure(unet, state: dict[str, torch.Tensor], name: str) -> None:
         if tuple(tensor.shape) != tuple(params[key].shape):
             raise ErasekitError(f"{name}: {key} has shape {tuple(tensor.shape)}, this UNet's has {tuple(params[key].shape)}")
         if tensor.dtype not in STORED_DTYPES:
-            kind = "floating-point tensor of fp32, fp16 or bf16" if not tensor.is_floating_point() else "tensor of fp32, fp16 or bf16"
-            raise ErasekitError(f"{name}: {key} is {str(tensor.dtype).removeprefix('torch.')}, not a {kind}")
+            raise ErasekitError(f"{name}: {key} is {str(tensor.dtype).removeprefix('torch.')}, not a tensor of fp32, fp16 or bf16")
+        if torch.isfinite(tensor.to(unet.dtype)).all():
+            continue
         if not torch.isfinite(tensor).all():
             raise ErasekitError(f"{name}: {key} holds NaN or infinite values")
-        if not torch.isfinite(tensor.to(unet.dtype)).all():
-            largest = tensor.abs().max().item()
-            raise ErasekitError(f"{name}: {key} holds values too large for {dtype_name(unet.dtype)} (up to {largest:.3g}; "
-                                f"{dtype_name(unet.dtype)} holds at most {torch.finfo(unet.dtype).max:.3g}): load it with --dtype fp32")
+        largest = tensor.abs().max().item()
+        raise ErasekitError(f"{name}: {key} holds values too large for {dtype_name(unet.dtype)} (up to {largest:.3g}; "
+                            f"{dtype_name(unet.dtype)} holds at most {torch.finfo(unet.dtype).max:.3g}): load it with --dtype fp32")
 
 
 def load_erasure(pipe, path: Path | str) -> dict:

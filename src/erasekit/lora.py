@@ -63,7 +63,9 @@ class Spectrum:
 
     def rank_within(self, tolerance: float) -> int:
         """The smallest rank whose relative error is at most `tolerance`."""
-        return next(r for r in range(1, self.S.numel() + 1) if self.error(r) <= tolerance)
+        energy = self.S.square()
+        left = energy.sum() - energy.cumsum(0)  # left[r - 1]: the squared error rank r leaves
+        return int((left <= tolerance**2 * energy.sum()).nonzero()[0]) + 1
 
     def factors(self, rank: int) -> tuple[torch.Tensor, torch.Tensor, float]:
         """(up, down, relative error) at `rank`, split as up = U_r sqrt(S_r), down = sqrt(S_r) V_r^T."""

@@ -40,7 +40,7 @@ def load_pipeline(source: str | os.PathLike = "builtin", device=None, dtype=None
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)
     name = str(source)
-    path = builtin_pipeline_dir() if name == "builtin" else Path(name).expanduser()
+    path = source_path(source)
 
     if path.is_dir():
         pipe = _load_folder(path, dtype)
@@ -53,6 +53,11 @@ def load_pipeline(source: str | os.PathLike = "builtin", device=None, dtype=None
     pipe.set_progress_bar_config(disable=True)
     # diffusers warns that float16 "cannot run" on the CPU: it runs (slowly), and the tests run it.
     return pipe.to(device, silence_dtype_warnings=True)
+
+
+def source_path(source: str | os.PathLike) -> Path:
+    """Where a model source would be on disk: the built-in model's folder for "builtin", else the path as given."""
+    return builtin_pipeline_dir() if str(source) == "builtin" else Path(source).expanduser()
 
 
 def _check_folder(path: Path) -> type[Family]:
@@ -202,10 +207,7 @@ def same_base(unet, fingerprint: str, rounding: str, norms: list[float] | None) 
 def _config_folder(source: str | os.PathLike, config: str | None) -> Path | None:
     """The local diffusers folder that describes `source` without loading it: the built-in model's,
     a folder given as the model, or a single file's --config; None for a hub id."""
-    name = str(source)
-    if name == "builtin":
-        return builtin_pipeline_dir()
-    path = Path(name).expanduser()
+    path = source_path(source)
     if path.is_dir():
         return path
     return Path(config) if config and Path(config).is_dir() else None
@@ -217,11 +219,10 @@ def peek_tokenizer(source: str | os.PathLike, config: str | None = None):
     from transformers import CLIPTokenizer
 
     folder = _config_folder(source, config)
-    where = {"pretrained_model_name_or_path": folder} if folder else {"pretrained_model_name_or_path": str(source)}
     if folder is None and not HUB_ID.match(str(source)):
         return None
     try:
-        return CLIPTokenizer.from_pretrained(**where, subfolder="tokenizer", local_files_only=True)
+        return CLIPTokenizer.from_pretrained(folder or str(source), subfolder="tokenizer", local_files_only=True)
     except Exception:  # any failure here is reported, better worded, when the pipeline itself loads
         return None
 

@@ -113,7 +113,7 @@ def check_paths(inputs: Paths, files: Paths | list[tuple[str, Path | str | None]
     given_in = [(flag, source, _places(source), Path(os.path.realpath(source))) for flag, source, _ in _pairs(inputs)]
     for flag, path, _ in _pairs(into):
         check_target(path, folder=True, flag=flag)
-        check_not_under_a_file(path / "x")
+        check_not_under_a_file(path)
         for in_flag, source, reached, _ in given_in:
             if _places(path) & reached:  # through a link too: the files land in what it names
                 raise ErasekitError(f"{flag} {path} is the input {in_flag} {source}: write into another folder")

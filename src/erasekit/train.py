@@ -67,16 +67,21 @@ def _save_checkpoint(directory: Path, step: int, params: dict[str, torch.nn.Para
     atomic_save_torch(state, directory / "state.pt")
 
 
-def checkpoint_step(checkpoint_dir: Path | str, steps: int) -> int:
-    """The step a checkpoint holds, refused in one line where there is none or it is past `steps`."""
+def _resumable(checkpoint_dir: Path | str, steps: int) -> dict:
+    """The checkpoint's state, refused in one line where there is none or it has done more than `steps`."""
     state_file = Path(checkpoint_dir) / "state.pt"
     if not state_file.is_file():
         raise ErasekitError(f"nothing to resume: no checkpoint in {checkpoint_dir}")
-    step = torch.load(state_file, weights_only=True)["step"]
-    if step > steps:
-        raise ErasekitError(f"the checkpoint in {checkpoint_dir} has done {step} steps, more than the {steps} asked for: "
-                            f"resume with --steps {step} or more, or start afresh without --resume")
-    return step
+    state = torch.load(state_file, weights_only=True)
+    if state["step"] > steps:
+        raise ErasekitError(f"the checkpoint in {checkpoint_dir} has done {state['step']} steps, more than the {steps} asked for: "
+                            f"resume with --steps {state['step']} or more, or start afresh without --resume")
+    return state
+
+
+def checkpoint_step(checkpoint_dir: Path | str, steps: int) -> int:
+    """The step a checkpoint holds, refused in one line where there is none or it is past `steps`."""
+    return _resumable(checkpoint_dir, steps)["step"]
 
 
 def _diverged(loss: float, step: int, dtype: torch.dtype, where: str) -> TrainingDiverged:
@@ -105,14 +110,12 @@ def train(method, names: list[str], generator: torch.Generator, checkpoint_dir: 
     scaler = grad_scaler(device, dtype)
     method.bind(params)
 
-    state_file = checkpoint_dir / "state.pt" if checkpoint_dir else None
     bank_file = checkpoint_dir / "bank.safetensors" if checkpoint_dir else None
     start = 0
     run = _run_identity(method, identity or {})
     history = []
     if resume:
-        checkpoint_step(checkpoint_dir, config.steps)
-        state = torch.load(state_file, weights_only=True)
+        state = _resumable(checkpoint_dir, config.steps)
         saved = json.loads(state["run"])
         if saved != run:
             raise ErasekitError(f"the checkpoint in {checkpoint_dir} is of another run ({', '.join(_differences(saved, run))} differ): resume with the same ones, or start afresh without --resume")
