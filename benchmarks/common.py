@@ -36,6 +36,16 @@ def add_output_flags(parser: argparse.ArgumentParser, trains: bool = False) -> N
                             help="the experiment's data file (benchmarks/experiments/*.toml), whose [[runs]] this trains")
 
 
+def in_own_process(script: str, cell: dict, results_dir: Path) -> dict:
+    """Run `script`'s cell in a fresh process (`script --one CELL`), so that its peak memory is its own; its last stdout line, as JSON."""
+    import subprocess
+
+    done = subprocess.run([sys.executable, script, "--one", json.dumps(cell), "--results-dir", str(results_dir)], capture_output=True, text=True)
+    if done.returncode != 0:
+        sys.exit(f"{Path(script).name} {cell} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def expand_runs(runs: list[dict]) -> list[tuple[str, dict, int]]:
     """An experiment's [[runs]] as (method, settings, training seed), in the order they train."""
     return [(r["method"], r.get("settings", {}), seed) for r in runs for seed in r.get("train_seeds", [0])]

@@ -28,14 +28,12 @@ def main() -> None:
 
     torch.set_num_threads(2)
     from erasekit import erase, load_pipeline
-    from erasekit.evaluation.detectors import ShapesDetector
+    from erasekit.tasks.shapes import ShapesDetector, attribute_of, shapes_task
     from erasekit.evaluation.evaluate import evaluate
-    from erasekit.evaluation.prompts import load_prompts
-    from erasekit.evaluation.shapes import attribute_of
     from erasekit.lora import apply_lora, save_lora
 
     attribute, _ = attribute_of(args.concept)
-    suites, detector, seeds = load_prompts("target,related", args.concept), ShapesDetector(), list(range(args.eval_seeds))
+    suites, detector, seeds = shapes_task(args.concept, "target,related").suites, ShapesDetector(), list(range(args.eval_seeds))
     base, base_images, rows = load_pipeline("builtin"), None, []
     for method, settings, train_seed in load_runs(args.experiment):
         print("erasing with", method, settings or "defaults", "training seed", train_seed, flush=True)
@@ -50,7 +48,7 @@ def main() -> None:
                 apply_lora(merged.unet, path)
                 variants.append((f"LoRA rank {rank}", merged, (lora, path.stat().st_size / 2**20)))
             for label, pipe, made in variants:
-                evaluation = evaluate(base, pipe, args.concept, suites, detector, seeds=seeds, reference=None, base_images=base_images, progress=True)
+                evaluation = evaluate(base, pipe, shapes_task(args.concept), suites, detector, seeds=seeds, reference=None, base_images=base_images, progress=True)
                 base_images = base_images or {name: evaluation.images[name]["base"] for name in suites}
                 target, related = evaluation.suites["target"], evaluation.suites["related"]
                 lora, size = made if made else (None, None)

@@ -35,15 +35,13 @@ def main() -> None:
 
     torch.set_num_threads(2)
     from erasekit import erase, load_pipeline
-    from erasekit.evaluation.detectors import ShapesDetector
+    from erasekit.tasks.shapes import ShapesDetector, attribute_of, shapes_task
     from erasekit.evaluation.evaluate import evaluate, seeds_of
-    from erasekit.evaluation.prompts import load_prompts
-    from erasekit.evaluation.shapes import attribute_of
     from erasekit.shapes.world import ATTRIBUTES
 
     attribute, _ = attribute_of(args.concept)
     seeds = list(range(args.first_eval_seed, args.first_eval_seed + args.eval_seeds))
-    suites = load_prompts("target,related", args.concept)
+    suites = shapes_task(args.concept, "target,related").suites
     wanted = [p.wanted[attribute] for p in suites["related"] for _ in seeds_of(p, seeds)]  # evaluate's job order
     base, detector = load_pipeline("builtin"), ShapesDetector()
     base_images, base_confidence, base_labels = None, None, None
@@ -52,7 +50,7 @@ def main() -> None:
         print("running", method, settings or "defaults", "training seed", train_seed, flush=True)
         erased = load_pipeline("builtin")
         erasure = erase(erased, method=method, concepts=args.concept, seed=train_seed, progress=False, **settings)
-        evaluation = evaluate(base, erased, args.concept, suites, detector, seeds=seeds, reference=None,
+        evaluation = evaluate(base, erased, shapes_task(args.concept), suites, detector, seeds=seeds, reference=None,
                               base_images=base_images, progress=True)
         jobs = evaluation.jobs["related"]
         if base_images is None:

@@ -28,16 +28,14 @@ def main() -> None:
     torch.set_num_threads(2)
     from erasekit import load_pipeline
     from erasekit.attention import reweighted_cross_attention, token_weights
-    from erasekit.evaluation.detectors import ShapesDetector
-    from erasekit.evaluation.prompts import load_prompts
-    from erasekit.evaluation.shapes import attribute_of
+    from erasekit.tasks.shapes import ShapesDetector, attribute_of, shapes_task
     from erasekit.guidance import cfg
     from erasekit.sampling import ddim_sample, ddim_scheduler, decode, embed, initial_noise, latent_shape, unet_out
 
     pipe, detector = load_pipeline("builtin"), ShapesDetector()
     attribute, value = attribute_of(args.concept)
     scheduler = ddim_scheduler(pipe, 35)
-    prompts = load_prompts("target", args.concept)["target"]
+    prompts = shapes_task(args.concept, "target").suites["target"]
     n = args.seeds
     uncond = embed(pipe, [""]).expand(n, -1, -1)
     noise = torch.cat([initial_noise(1, latent_shape(pipe), torch.Generator().manual_seed(s), scheduler) for s in range(n)])

@@ -20,7 +20,7 @@ def concept_images(concept: str, n: int, seed: int) -> list:
     """The first `n` rendered images of the world (seed `seed`) whose attribute is the concept."""
     from PIL import Image
 
-    from erasekit.evaluation.shapes import attribute_of
+    from erasekit.tasks.shapes import attribute_of
     from erasekit.shapes.world import render_dataset
 
     attribute, value = attribute_of(concept)
@@ -46,7 +46,7 @@ def main() -> None:
     torch.set_num_threads(2)
     from erasekit import erase, load_pipeline
     from erasekit.attacks.purify import purify
-    from erasekit.evaluation.detectors import ShapesDetector
+    from erasekit.tasks.shapes import ShapesDetector
     from erasekit.evaluation.metrics import ssim
 
     images, detector, base = concept_images(args.concept, args.images, seed=2024), ShapesDetector(), load_pipeline("builtin")

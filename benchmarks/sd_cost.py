@@ -30,14 +30,12 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 from statistics import median
 
-from common import add_output_flags, heading, run_meta, write_results
+from common import add_output_flags, heading, in_own_process, run_meta, write_results
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = {"sd14": "sd14_unet_config.json", "sd21": "sd21_unet_config.json", "sdxl": "sdxl_unet_config.json", "tiny": "tiny_unet_config.json"}
@@ -183,10 +181,7 @@ def main() -> None:
                 for variant in variants:
                     cell = dict(folder=str(folder), variant=variant, device=device, dtype=dtype, steps=steps, bank=mode["bank"],
                                 esd_ddim=mode["esd_ddim"], abo_ddim=mode["abo_ddim"])
-                    done = subprocess.run([sys.executable, __file__, "--one", json.dumps(cell), "--results-dir", str(args.results_dir)], capture_output=True, text=True)
-                    if done.returncode != 0:
-                        sys.exit(f"{model} {dtype} {variant} failed:\n{done.stderr[-3000:]}")
-                    rows.append({"model": model, "latent": latent, **json.loads(done.stdout.strip().splitlines()[-1])})
+                    rows.append({"model": model, "latent": latent, **in_own_process(__file__, cell, args.results_dir)})
                     print(json.dumps(rows[-1]), flush=True)
 
     title = f"Erasing from full-size SD UNets: time and peak memory ({'GPU' if gpu else 'CPU'})"

@@ -27,7 +27,7 @@ def main() -> None:
 
     torch.set_num_threads(2)
     from erasekit.evaluation.bench import Base, BenchSettings, run_cell
-    from erasekit.evaluation.detectors import ShapesDetector
+    from erasekit.tasks.shapes import ShapesDetector, shapes_task
 
     seeds = tuple(int(s) for s in args.seeds.split(","))
     base, detector = Base.load("builtin"), ShapesDetector()
@@ -35,7 +35,7 @@ def main() -> None:
     for method, method_settings, train_seed in load_runs(args.experiment):
         print("running", method, method_settings, "training seed", train_seed, flush=True)
         settings = BenchSettings(seeds=seeds, train_seed=train_seed)
-        row = run_cell(Path(args.out), method, args.concept, method_settings, settings, detector, base, progress=True)
+        row = run_cell(Path(args.out), method, shapes_task(args.concept), method_settings, settings, detector, base, progress=True)
         rows.append(row | {"method_settings": method_settings, "train_seed": train_seed})  # as asked, not as cached
 
     write_table(rows, run_meta(), args.concept, settings, args.results_dir)

@@ -17,8 +17,7 @@ from erasekit.attacks.ring_a_bell import concept_vector, word_ids
 from erasekit.attacks.tokens import decode_words, word_tokens
 from erasekit.attacks.unlearndiffatk import nearest_words
 from erasekit.errors import ErasekitError
-from erasekit.evaluation.detectors import ShapesDetector
-from erasekit.evaluation.shapes import target_prompts
+from erasekit.tasks.shapes import ShapesDetector, paraphrases_of, target_prompts
 from erasekit.losses import denoising_loss
 from erasekit.methods import get_method
 from erasekit.sampling import embed
@@ -33,15 +32,16 @@ def erased_red(builtin_pipe):
 
 
 def test_paraphrase_reaches_the_concept_on_the_unerased_model(builtin_pipe):
-    result = run_attack("paraphrase", builtin_pipe, "square", target_prompts("square"), [0], ShapesDetector())
-    assert result.budget["paraphrases"] == ["box"] and result.n_prompts == 11
+    result = run_attack("paraphrase", builtin_pipe, "square", target_prompts("square"), [0], ShapesDetector(),
+                        paraphrases={"square": paraphrases_of("square")})
+    assert result.budget["paraphrases"] == {"square": ["box"]} and result.n_prompts == 11
     assert result.asr_attack_only >= 0.9  # "box" alone draws squares: a low ASR on an erasure will mean robustness
 
 
 def test_paraphrase_against_an_erasure_reports_before_and_after_and_saves_replayable_prompts(erased_red, tmp_path):
     detector = ShapesDetector()
-    result = run_attack("paraphrase", erased_red, "red", target_prompts("red"), [0, 1], detector)
-    assert result.budget["paraphrases"] == ["crimson", "scarlet"] and result.budget["images_generated"] == 8 * 2 * 2
+    result = run_attack("paraphrase", erased_red, "red", target_prompts("red"), [0, 1], detector, paraphrases={"red": paraphrases_of("red")})
+    assert result.budget["paraphrases"] == {"red": ["crimson", "scarlet"]} and result.budget["images_generated"] == 8 * 2 * 2
     assert result.asr_before <= result.asr_after and result.asr_attack_only <= result.asr_after
     assert len({(f["prompt"], f["seed"]) for f in result.found}) == round(result.asr_attack_only * result.n_prompts)
     result.save(tmp_path)
@@ -82,7 +82,7 @@ def test_an_inference_time_method_is_attacked_through_its_steered_sampling(built
     sld = get_method("sld")
     steered = sld.steer(builtin_pipe, "red", sld.make_config("max"))
     prompts, detector, vocabulary = target_prompts("red")[:3], ShapesDetector(), len(builtin_pipe.tokenizer)
-    unsteered = run_attack("paraphrase", builtin_pipe, "red", prompts, [0, 1], detector)
+    unsteered = run_attack("paraphrase", builtin_pipe, "red", prompts, [0, 1], detector, paraphrases={"red": paraphrases_of("red")})
     result = run_attack("inversion", steered, "red", prompts, [0, 1], detector, base=builtin_pipe, steps=3)
     assert result.asr_before < unsteered.asr_before  # SLD's max preset draws less red: the figure is the steered model's
     assert len(result.tried.prompts) == 6 and result.budget["images_generated"] == 6
@@ -138,12 +138,32 @@ def test_attacks_are_refused_by_name_and_budget_before_any_work(builtin_pipe):
         run_attack("inversion", builtin_pipe, "square", ["square"], [0], ShapesDetector())
 
 
-def test_token_attacks_refuse_a_family_with_two_text_encoders_in_one_line():
-    from .conftest import build_tiny_sdxl
+def test_a_learned_token_spans_both_text_encoders_of_sdxl_and_leaves_them_as_they_were(tiny_sdxl_folder):
+    """SDXL conditions on two encoders side by side: a token's vector holds a part for each, each
+    part reaches only its own encoder's columns of the conditioning, and the gradient reaches both."""
+    from erasekit.attacks import learned_tokens
+    from erasekit.attacks.tokens import placeholder, split_widths
+    from erasekit import load_pipeline
+    from erasekit.families import family_of
 
-    sdxl = build_tiny_sdxl()
-    with pytest.raises(ErasekitError, match="learns tokens of one text encoder; StableDiffusionXLPipeline has several"):
-        get_attack("ring-a-bell").find(sdxl, "square", ["a square"], [0], 1)
+    sdxl = load_pipeline(str(tiny_sdxl_folder))  # a tokenizer per encoder, as SDXL ships
+    family = family_of(sdxl)
+    widths = [e.get_input_embeddings().weight.shape[1] for e in family.text_encoders(sdxl)]
+    hidden_widths = [e.config.hidden_size for e in family.text_encoders(sdxl)]
+    vocabulary = [len(t) for t in family.tokenizers(sdxl)]
+    vector = torch.nn.Parameter(torch.randn(sum(widths)))
+    with placeholder(sdxl, "<x>", lambda n: vector.expand(n, -1)):
+        first = family.encode(sdxl, ["a <x> square"]).hidden
+        first.sum().backward()
+        assert all(part.abs().sum() > 0 for part in split_widths(sdxl, vector.grad))
+        with torch.no_grad():
+            vector[widths[0]:] += 1.0  # change the second encoder's part only
+            second = family.encode(sdxl, ["a <x> square"]).hidden
+    assert torch.equal(first[..., :hidden_widths[0]], second[..., :hidden_widths[0]])
+    assert not torch.allclose(first[..., hidden_widths[0]:], second[..., hidden_widths[0]:])
+    with learned_tokens(sdxl, {"<y>": vector.detach()}):
+        assert [len(t) for t in family.tokenizers(sdxl)] == [n + 1 for n in vocabulary]
+    assert [len(t) for t in family.tokenizers(sdxl)] == vocabulary
 
 
 def test_bench_with_attacks_adds_asr_columns_and_sanity_rows(tmp_path):

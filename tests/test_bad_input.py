@@ -70,6 +70,8 @@ def erasure_files(tmp_path_factory):
     (folder / "taken.safetensors.ckpt").write_text("the user's own file")
     os.mkfifo(folder / "fifo")
     (folder / "coco.csv").write_text("case_number,prompt,evaluation_seed\n0,a red square,0\n")
+    (folder / "notarget.toml").write_text('concept = "cat"\n[suites]\nrelated = ["a dog"]\n')
+    (folder / "cat.toml").write_text('concept = "cat"\ndetector = "nudenet"\n[suites]\ntarget = ["a {concept}"]\n')
     return folder
 
 
@@ -175,6 +177,20 @@ def cases(files: Path) -> dict[str, tuple[list[str], str]]:
         "#15 generate --n 1000000000": (["generate", "-p", "x", "--n", "1000000000", "--out", "out"], "would hold 2,000,000,000 images of 64x64"),
         "#17 evaluate: CSV, concept not in the world": (["evaluate", "-c", "dog", "--method", "neg-prompt", "--prompts", str(files / "coco.csv"), "--out", "out"],
                                                         "'dog' is not a concept of the shapes world"),
+        # Tasks: every command that measures names what it measures by before any model loads.
+        "evaluate: unknown task": (["evaluate", "--task", "films:noir", "--method", "neg-prompt", "--out", "out"], "unknown task 'films:noir'"),
+        "attack: the shapes task without a concept": (["attack", "--out", "out"], "the shapes task needs a concept"),
+        "attack: a task file without a target suite": (["attack", "--task", str(files / "notarget.toml"), "--out", "out"], "has no target suite"),
+        "attack: a style task without --clip": (["attack", "--task", "style:Claude Monet", "--out", "out"], "the clip detector needs a CLIP model"),
+        "attack: paraphrase with no paraphrases": (["attack", "--task", str(files / "cat.toml"), "--out", "out"], "no paraphrases of 'cat'"),
+        "attack: a CSV that never names the concept": (["attack", "--task", "nudity", "--prompts", str(files / "coco.csv"), "--out", "out"],
+                                                       "no target prompt holds 'nude'"),
+        "bench: a concept the task file lacks": (["bench", "--task", str(files / "cat.toml"), "--methods", "uce", "--concepts", "dog", "--out", "out"],
+                                                 "has no concept 'dog'"),
+        "evaluate: a suite the task lacks": (["evaluate", "-c", "square", "--method", "neg-prompt", "--prompts", "target,bogus", "--out", "out"],
+                                             "has no suite 'bogus'"),
+        "purify: unknown task": (["purify", "--erasure", str(files / "good.safetensors"), "--image", str(files / "square.png"), "--task", "films",
+                                  "--out", "out/p.png"], "unknown task 'films'"),
     }
 
 

@@ -219,10 +219,10 @@ def test_abo_auto_trajectory_is_the_erased_one_only_with_a_replacement():
     from erasekit.methods.abo import trajectory_for
 
     abo = get_method("abo")
-    assert trajectory_for(abo.make_config(), None) == "concept"
-    assert trajectory_for(abo.make_config(), "circle") == "erased"
-    assert trajectory_for(abo.make_config(trajectory="concept"), "circle") == "concept"
-    assert trajectory_for(abo.make_config(preset="paper"), None) == "erased"  # Algorithm 1 as written
+    assert trajectory_for(abo.make_config(), False) == "concept"
+    assert trajectory_for(abo.make_config(), True) == "erased"
+    assert trajectory_for(abo.make_config(trajectory="concept"), True) == "concept"
+    assert trajectory_for(abo.make_config(preset="paper"), False) == "erased"  # Algorithm 1 as written
 
 
 def test_abo_bank_has_one_trajectory_per_25_draws_unless_set():

@@ -6,15 +6,14 @@ A colour and a shape, with each method's defaults (tuned on square: benchmarks/r
 import pytest
 
 from erasekit import erase, load_pipeline
-from erasekit.evaluation.detectors import ShapesDetector
+from erasekit.tasks.shapes import ShapesDetector, shapes_task
 from erasekit.evaluation.evaluate import evaluate
-from erasekit.evaluation.prompts import load_prompts
 
 
 def _erase(method, concept):
     erased = load_pipeline("builtin")
     erase(erased, method=method, concepts=concept, seed=0, progress=False)
-    evaluation = evaluate(load_pipeline("builtin"), erased, concept, load_prompts("target,related", concept), ShapesDetector(),
+    evaluation = evaluate(load_pipeline("builtin"), erased, shapes_task(concept, "target,related"), None, ShapesDetector(),
                           seeds=[0, 1], reference=None, progress=False)
     target, related = evaluation.suites["target"], evaluation.suites["related"]
     assert target.detected_base >= 0.8
@@ -48,7 +47,7 @@ def test_every_concept_of_many_trains_even_with_a_bank_smaller_than_their_number
     with pytest.warns(ErasekitWarning, match="5 concepts but a bank of 4 trajectories: grown to 5"):
         erasure = erase(erased, method="abo", concepts=["circle", "star", "triangle", "cross", "red"], bank_trajectories=4, seed=0, progress=False)
     assert erasure.metadata["teacher_bank_trajectories"] == 5
-    evaluation = evaluate(load_pipeline("builtin"), erased, "red", load_prompts("target", "red"), ShapesDetector(),
+    evaluation = evaluate(load_pipeline("builtin"), erased, shapes_task("red", "target"), None, ShapesDetector(),
                           seeds=[0, 1, 2, 3], reference=None, progress=False)
     target = evaluation.suites["target"]
     assert target.detected_base >= 0.8

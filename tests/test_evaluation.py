@@ -13,9 +13,10 @@ from PIL import Image
 from erasekit import load_pipeline
 from erasekit.api import make_batches
 from erasekit.errors import ErasekitError
-from erasekit.evaluation.metrics import ClassifierFeatures, clip_score, fid_kid, ssim
-from erasekit.evaluation.prompts import load_csv, load_prompts, shapes_suite
-from erasekit.shapes.score import agreement
+from erasekit.evaluation.metrics import agreement, clip_score, fid_kid, ssim
+from erasekit.evaluation.prompts import load_csv
+from erasekit.tasks import load_task
+from erasekit.tasks.shapes import ClassifierFeatures, ShapesDetector, shapes_suite, shapes_task
 from erasekit.shapes.world import COLOURS, SHAPES, TEXTURES, render_dataset
 
 
@@ -49,7 +50,8 @@ def test_kid_is_symmetric(features):
     assert fid_kid(a, b, features)["kid"] == pytest.approx(fid_kid(b, a, features)["kid"], rel=1e-5)
 
 
-def test_clip_score_matches_cosine_of_projected_embeddings(tmp_path):
+def _tiny_clip(tmp_path):
+    """A random CLIP model and its processor, saved to tmp_path/clip."""
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
 
     from erasekit.shapes.tokenizer import save_tokenizer
@@ -64,14 +66,41 @@ def test_clip_score_matches_cosine_of_projected_embeddings(tmp_path):
     processor = CLIPProcessor(image_processor=CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}), tokenizer=tokenizer)
     model.save_pretrained(tmp_path / "clip")
     processor.save_pretrained(tmp_path / "clip")
-    images, prompts = _renders(3, 5), ["a red circle", "a blue square", "a green star"]
+    return model, processor
 
+
+def _embeddings(model, processor, images, prompts):
     inputs = processor(text=prompts, images=images, return_tensors="pt", padding=True)
     with torch.no_grad():
         img = model.visual_projection(model.vision_model(pixel_values=inputs.pixel_values).pooler_output)
         txt = model.text_projection(model.text_model(input_ids=inputs.input_ids, attention_mask=inputs.attention_mask).pooler_output)
+    return img, txt
+
+
+def test_clip_score_matches_cosine_of_projected_embeddings(tmp_path):
+    model, processor = _tiny_clip(tmp_path)
+    images, prompts = _renders(3, 5), ["a red circle", "a blue square", "a green star"]
+
+    img, txt = _embeddings(model, processor, images, prompts)
     expected = (100 * torch.nn.functional.cosine_similarity(img, txt).clamp(min=0)).mean().item()
     assert clip_score(images, prompts, str(tmp_path / "clip")) == pytest.approx(expected, abs=1e-4)
+
+
+def test_the_clip_detector_gives_each_image_the_label_whose_text_is_nearest(tmp_path):
+    from erasekit.evaluation.detectors import make_detector
+
+    model, processor = _tiny_clip(tmp_path)
+    labels, images = ["red", "blue", "green", "yellow", "purple", "cyan"], _renders(12, 6)
+    img, txt = _embeddings(model, processor, images, [f"a {label}" for label in labels])
+    nearest = (torch.nn.functional.normalize(img, dim=-1) @ torch.nn.functional.normalize(txt, dim=-1).T).argmax(-1).tolist()
+    detector = make_detector("clip", labels=labels, template="a {}", model=str(tmp_path / "clip"))
+    for k, label in enumerate(labels):
+        assert detector.detect(images, label).flags == [i == k for i in nearest]
+    assert len(set(nearest)) > 1  # random weights still tell some images apart: the check can fail
+    with pytest.raises(ErasekitError, match="'circle' is not one of the clip detector's labels"):
+        detector.check("circle")
+    with pytest.raises(ErasekitError, match="needs a CLIP model"):
+        make_detector("clip", labels=labels)
 
 
 def test_agreement_counts_only_images_whose_prompt_names_the_attribute():
@@ -103,9 +132,11 @@ def test_shapes_suites_name_the_concept_or_avoid_it():
     assert not any(s in p.text for p in unrelated for s in SHAPES)
     assert {p.wanted.get("colour") for p in unrelated} >= set(COLOURS)
     with pytest.raises(ErasekitError, match="unknown prompt suite"):
-        load_prompts("target,nonsense", "circle")
-    with pytest.raises(ErasekitError, match="concept"):
-        load_prompts("target")
+        shapes_task("circle", "target,nonsense")
+    with pytest.raises(ErasekitError, match="no suite 'nonsense'"):
+        shapes_task("circle").select("target,nonsense")
+    with pytest.raises(ErasekitError, match="needs a concept"):
+        load_task("shapes")
 
 
 @pytest.mark.parametrize("concept, named", [("red", "texture"), ("circle", "texture"), ("striped", "colour")])
@@ -129,7 +160,7 @@ def test_i2p_and_coco_csv_files_load(tmp_path):
     coco.write_text(",case_number,prompt,evaluation_seed\n0,17,a cat on a mat,2219\n")
     (row,) = load_csv(coco)
     assert (row.text, row.seed, row.guidance, row.case) == ("a cat on a mat", 2219, None, "17")
-    assert list(load_prompts(str(coco))) == ["coco_30k"]
+    assert list(shapes_task("red").select(str(coco))) == ["coco_30k"]
 
 
 @pytest.mark.parametrize(
@@ -159,20 +190,17 @@ def test_nudenet_finds_nothing_on_neutral_images():
 
 
 def test_shapes_detector_finds_the_concept_in_renders():
-    from erasekit.evaluation.detectors import ShapesDetector
-
     images, labels = render_dataset(40, 9)
     detection = ShapesDetector().detect([Image.fromarray(x) for x in images], "red")
     assert detection.flags == [lab.colour == "red" for lab in labels]
 
 
 def test_evaluate_of_a_model_against_itself_and_its_report(builtin_pipe, detector, tmp_path):
-    from erasekit.evaluation.detectors import ShapesDetector
     from erasekit.evaluation.evaluate import evaluate
     from erasekit.evaluation.report import write_evaluation
 
     suites = {"target": shapes_suite("target", "red")[:3], "related": shapes_suite("related", "red")[:4]}
-    evaluation = evaluate(builtin_pipe, builtin_pipe, "red", suites, ShapesDetector(), seeds=[0, 1], steps=4, progress=False)
+    evaluation = evaluate(builtin_pipe, builtin_pipe, shapes_task("red"), suites, ShapesDetector(), seeds=[0, 1], steps=4, progress=False)
     for name, result in evaluation.suites.items():
         assert result.n_images == 2 * len(suites[name])
         assert result.detected == result.detected_base

@@ -114,6 +114,25 @@ def test_the_automatic_rank_is_the_smallest_within_one_percent_on_every_layer_an
     assert capped.rank == MAX_RANK and capped.error["c"] > TOLERANCE
 
 
+def test_a_large_deltas_randomised_svd_gives_the_exact_ones_rank_factors_and_error():
+    """Past 2 (rank + oversampling) rows and columns the SVD is randomised: checked against the exact one
+    on an SDXL-sized key projection's change (a rank-60 erasure plus a faint full-rank residue)."""
+    from erasekit.lora import MAX_RANK, TOLERANCE, Spectrum
+
+    g = torch.Generator().manual_seed(3)
+    delta = torch.randn(640, 60, generator=g) @ torch.randn(60, 2048, generator=g) / 60 + 1e-4 * torch.randn(640, 2048, generator=g)
+    fast = Spectrum.of(delta, MAX_RANK)
+    assert fast.S.numel() < 640  # the randomised path was taken
+    U, S, Vh = torch.linalg.svd(delta.double(), full_matrices=False)
+    assert fast.rank_within(TOLERANCE) == int(((S.square().sum() - S.square().cumsum(0)) <= TOLERANCE**2 * S.square().sum()).nonzero()[0]) + 1
+    for rank in (8, 60):
+        up, down, error = fast.factors(rank)
+        exact = (U[:, :rank] * S[:rank]) @ Vh[:rank]
+        assert (up.double() @ down.double() - exact).norm() <= 1e-4 * exact.norm()
+        assert error == pytest.approx((S[rank:].square().sum() / S.square().sum()).sqrt().item(), rel=1e-3, abs=1e-6)
+    assert torch.equal(Spectrum.of(delta, MAX_RANK).U, fast.U)  # seeded: the same delta, the same LoRA
+
+
 def test_erase_writes_a_kohya_lora_of_the_automatic_rank_by_default(tmp_path):
     from safetensors.torch import load_file
     from typer.testing import CliRunner

@@ -153,13 +153,12 @@ def test_device_and_dtype_choices_and_bad_values():
 def test_abo_in_bfloat16_with_its_defaults_erases_square_as_float32_does():
     """AbO's defaults in bf16 on the built-in model, base and erased models sampled in bf16: square
     erased and other shapes kept to the bars the float32 run meets (test_erasure_quality.py)."""
-    from erasekit.evaluation.detectors import ShapesDetector
+    from erasekit.tasks.shapes import ShapesDetector, shapes_task
     from erasekit.evaluation.evaluate import evaluate
-    from erasekit.evaluation.prompts import load_prompts
 
     erased = load_pipeline("builtin", dtype="bf16")
     erase(erased, method="abo", concepts="square", seed=0, progress=False)
-    evaluation = evaluate(load_pipeline("builtin", dtype="bf16"), erased, "square", load_prompts("target,related", "square"), ShapesDetector(),
+    evaluation = evaluate(load_pipeline("builtin", dtype="bf16"), erased, shapes_task("square", "target,related"), None, ShapesDetector(),
                           seeds=[0, 1], reference=None, progress=False)
     target, related = evaluation.suites["target"], evaluation.suites["related"]
     assert target.detected_base >= 0.8

@@ -7,9 +7,8 @@ import torch
 from safetensors.torch import load_file
 
 from erasekit import erase, load_pipeline
-from erasekit.evaluation.detectors import ShapesDetector
+from erasekit.tasks.shapes import ShapesDetector, shapes_task
 from erasekit.evaluation.evaluate import evaluate
-from erasekit.evaluation.prompts import load_prompts
 from erasekit.families import Conditioning, family_of
 from erasekit.methods import get_method
 from erasekit.methods.uce import Uce, uce_solution
@@ -112,13 +111,13 @@ def test_parameter_presets_select_the_right_names_on_the_full_sdxl_unet():
 
 def test_inference_methods_and_evaluate_run_on_sdxl(tiny_sdxl_folder):
     base = load_pipeline(str(tiny_sdxl_folder))
-    suites = load_prompts("target,related", "square")
+    suites = shapes_task("square", "target,related").suites
     suites = {name: prompts[:2] for name, prompts in suites.items()}
     images = {}
     for method in ("neg-prompt", "sld"):
         cls = get_method(method)
         steered = cls.steer(base, "square", cls.make_config(**({"warmup_steps": 0} if method == "sld" else {})))  # 3 steps: no warm-up
-        evaluation = evaluate(base, steered, "square", suites, ShapesDetector(), seeds=[0], steps=3, reference=None, progress=False)
+        evaluation = evaluate(base, steered, shapes_task("square"), suites, ShapesDetector(), seeds=[0], steps=3, reference=None, progress=False)
         assert set(evaluation.suites) == {"target", "related"}
         images[method] = evaluation.images["target"]
     differs = [(a != b) for a, b in zip(images["sld"]["base"][0].getdata(), images["sld"]["erased"][0].getdata())]

@@ -43,11 +43,44 @@ def config_option():
     return typer.Option(None, help="For a single-file --model: a local diffusers folder of the same architecture, giving its configuration (needed offline).")
 
 
-def _check_precision(device: str, dtype: str) -> None:
-    """Refuse a device this machine lacks or an unknown dtype before any work starts."""
+TASK_HELP = ("What measures the concept: its prompts, detector and paraphrases. shapes (the built-in world; with --concept), nudity "
+             "(NudeNet), object:<ImageNet class>, style:<artist> or person:<name> (CLIP zero-shot, with --clip), or a task .toml file.")
+
+
+def task_option():
+    return typer.Option("shapes", "--task", "-t", help=TASK_HELP)
+
+
+def _task(task: str, concept: Optional[str], clip: Optional[str] = None, detector: Optional[str] = None, threshold: Optional[float] = None):
+    """The task and its detector, both checked before any model loads (a CLIP detector is given --clip)."""
+    from .tasks import load_task
+
+    found = load_task(task, concept)
+    name = detector or found.detector
+    options = {"threshold": threshold} if threshold is not None else {}
+    if name == "clip" and clip:
+        options["model"] = clip
+    return found, found.make_detector(detector, **options)
+
+
+def _measured(task: str, concepts: Optional[List[str]], erasure: Optional[Path], clip: Optional[str], detector: Optional[str] = None,
+              threshold: Optional[float] = None) -> list:
+    """(task, detector) per concept measured: those given, else every concept the --erasure file erased
+    (in the shapes world), else the task's own; all checked before any model loads."""
+    if not concepts and erasure is not None and task == "shapes":
+        from .erasure_file import read_metadata
+
+        concepts = read_metadata(erasure).get("concepts") or None
+    return [_task(task, c, clip, detector, threshold) for c in (concepts or [None])]
+
+
+def _precision(device: str, dtype: str):
+    """--device and --dtype resolved once, before any work starts ("auto" chosen, a device this
+    machine lacks or an unknown dtype refused); every load of the command takes these."""
     from .precision import resolve_device, resolve_dtype
 
-    resolve_dtype(dtype, resolve_device(device))
+    resolved = resolve_device(device)
+    return resolved, resolve_dtype(dtype, resolved)
 
 
 def _erasure_or_method(erasure: Optional[Path], method: Optional[str], preset: Optional[str], required: bool = False):
@@ -205,7 +238,7 @@ def generate(
     steering = _erasure_or_method(erasure, method, preset)
     check_generation(n, steps, guidance, batch_size)
     _check_limits(model, config, steps, 2 * len(prompts) * n, f"{len(prompts)} prompt(s) x --n {n}")
-    _check_precision(device, dtype)
+    device, dtype = _precision(device, dtype)
     names = image_names(prompts, range(seed, seed + n)) + ["grid.png"]
     check_paths({"--model": _model_path(model), "--config": _local(config), "--erasure": erasure, "--prompt-file": prompt_file},
                 [("--out", out / name) for name in names], into={"--out": out})
@@ -225,7 +258,8 @@ def generate(
 @app.command()
 @friendly_errors
 def erase(
-    concept: List[str] = typer.Option(..., "--concept", "-c", help="Concept to erase; repeat to erase several (one is drawn per step; a bank smaller than their number grows to one trajectory each, with a warning)."),
+    concept: Optional[List[str]] = typer.Option(None, "--concept", "-c", help="Concept to erase; repeat to erase several (each gets its share of the teacher bank; a bank smaller than their number grows to one trajectory each, with a warning)."),
+    concepts_file: Optional[Path] = typer.Option(None, help="Concepts to erase, one per line ('circle', or 'circle -> square' with its own replacement; # starts a comment), with or instead of --concept."),
     model: str = typer.Option("builtin", help=MODEL_HELP),
     method: str = typer.Option("abo", help="abo (All but One), esd-x, esd-u, esd-all, esd-x-strict, uce, sdd, ablating or fmn."),
     replacement: Optional[str] = typer.Option(None, help="abo, uce, ablating: what the concept becomes instead (e.g. --concept circle --replacement square)."),
@@ -257,6 +291,7 @@ def erase(
     """Erase a concept from a model's weights and save the change.
 
     Example: erasekit erase --concept circle --replacement square --report report/
+    Many at once: erasekit erase --concepts-file concepts.txt (a line each: "circle -> square", "red")
     On a GPU: erasekit erase --model CompVis/stable-diffusion-v1-4 --concept "Van Gogh" --method esd-x --dtype bf16
     """
     from .erase import erase as erase_concepts
@@ -269,11 +304,12 @@ def erase(
     from .precision import DTYPES
 
     # Every check before anything loads or is written.
+    concept, replacement = _concepts(concept or [], concepts_file, replacement)
     settings = parse_settings(setting)
     settings.update({k: v for k, v in {"steps": steps, "lr": lr, "sample_from": sample_from}.items() if v is not None})
     get_method(method).check_erasable()
     get_method(method).check_replacement(get_method(method).make_config(preset, **settings), replacement)
-    _check_precision(device, dtype)
+    device, dtype = _precision(device, dtype)
     if save_dtype != "base" and save_dtype not in DTYPES:
         raise ErasekitError(f"unknown --save-dtype '{save_dtype}': use base, {', '.join(DTYPES)}")
     if checkpoint_every < 1:
@@ -287,17 +323,16 @@ def erase(
     if lora_format not in FORMATS:
         raise ErasekitError(f"unknown --lora-format '{lora_format}': use {' or '.join(FORMATS)}")
     checkpoint, keeps = checkpoint_folder(out), "--out's checkpoint folder"
-    check_paths({"--model": _model_path(model), "--config": _local(config)},
+    check_paths({"--model": _model_path(model), "--config": _local(config), "--concepts-file": concepts_file},
                 [("--out", out), ("--save-lora", save_lora), ("--save-checkpoint", save_checkpoint),
                  *[("--report", report / name) for name in (REPORT_FILES if report is not None else ())]],
                 {keeps: checkpoint, "--save-pipeline": save_pipeline},
                 marks={keeps: ("state.pt",), "--save-pipeline": ("model_index.json",)}, into={"--report": report})
     if report is not None:
-        from .evaluation.prompts import load_prompts
-        from .evaluation.shapes import attribute_of
+        from .tasks import load_task
 
-        attribute_of(concept[0].strip())  # the report measures shapes-world concepts: refuse others before training
-        suites = load_prompts(REPORT_SUITES, concept[0].strip())
+        # the report measures shapes-world concepts: others are refused before training
+        suites = load_task("shapes", concept[0].strip()).select(REPORT_SUITES)
         _check_limits(model, config, 1, 2 * report_seeds * sum(map(len, suites.values())), f"--report-seeds {report_seeds}")
     for folder in [out.parent, report, *(p.parent for p in (save_lora, save_checkpoint, save_pipeline) if p)]:
         if folder is not None:
@@ -339,7 +374,10 @@ def erase(
     if report is not None:
         from .evaluation.report import erasure_report
 
-        path, evaluation = erasure_report(model, out, concept[0], report, seeds=report_seeds, replacement=replacement, device=device, dtype=dtype, model_config=config)
+        from .methods.base import replacements_for
+
+        path, evaluation = erasure_report(model, out, concept[0], report, seeds=report_seeds, replacement=replacements_for(concept, replacement)[concept[0]],
+                                          device=device, dtype=dtype, model_config=config)
         target, related = evaluation.suites["target"], evaluation.suites["related"]
         typer.echo(f"wrote {path}")
         typer.echo(f"'{concept[0]}' detected: {100 * target.detected_base:.0f}% before, {100 * target.detected:.0f}% after; "
@@ -347,6 +385,35 @@ def erase(
         described = evaluation.suites["described"]
         typer.echo("prompts naming shape, colour and texture: the same as the base image "
                    + ", ".join(f"{a} {100 * v:.1f}%" for a, v in described.kept.items()))
+
+
+def _concepts(given: list[str], concepts_file: Optional[Path], replacement: Optional[str]):
+    """The concepts of --concept and --concepts-file, and the replacement: --replacement for all, or
+    one per concept where the file names some ('circle -> square'; --replacement then fills the rest)."""
+    from .errors import ErasekitError
+    from .io import read_utf8
+
+    concepts, own = list(given), {}
+    if concepts_file is not None:
+        if not concepts_file.is_file():
+            raise ErasekitError(f"concepts file not found: {concepts_file}")
+        for number, line in enumerate(read_utf8(concepts_file).splitlines(), start=1):
+            line = line.split("#", 1)[0].strip()
+            if not line:
+                continue
+            name, arrow, new = (part.strip() for part in line.partition("->"))
+            if not name or (arrow and not new):
+                raise ErasekitError(f"{concepts_file}, line {number}: write a concept, or 'concept -> replacement'")
+            concepts.append(name)
+            if arrow:
+                own[name] = new
+    if not concepts:
+        raise ErasekitError("no concept to erase: --concept NAME (repeatable) or --concepts-file FILE")
+    if len({c.strip() for c in concepts}) < len(concepts):
+        raise ErasekitError(f"'{next(c for c in concepts if concepts.count(c) > 1)}' is named twice among the concepts")
+    if not own:
+        return concepts, replacement
+    return concepts, {c: own.get(c, replacement) for c in concepts if own.get(c, replacement) is not None}
 
 
 def _say_where_to_resume(checkpoint: Path) -> None:
@@ -383,23 +450,25 @@ def _parse_seeds(text: str) -> range | list[int]:
 @app.command()
 @friendly_errors
 def evaluate(
-    concept: str = typer.Option(..., "--concept", "-c", help="The erased concept (what the detector looks for)."),
+    concept: Optional[List[str]] = typer.Option(None, "--concept", "-c", help="The erased concept (what the detector looks for); repeat for several. "
+                                                "Default: every concept the --erasure file erased (shapes task), or the task's own."),
+    task: str = task_option(),
     model: str = typer.Option("builtin", help=MODEL_HELP),
     erasure: Optional[Path] = typer.Option(None, help="Erasure file (from `erasekit erase`) applied to the model."),
     method: Optional[str] = typer.Option(None, help="Or an inference-time method instead of a file: neg-prompt or sld."),
     preset: Optional[str] = typer.Option(None, help="The --method's named settings, e.g. sld's weak, medium (default), strong or max."),
-    prompts: str = typer.Option("target,related,unrelated", help="Built-in suites (target, related, described, unrelated) or a CSV file (I2P or COCO columns)."),
-    detector: str = typer.Option("shapes", help="shapes (the shapes classifier), nudenet, or imagenet."),
-    threshold: float = typer.Option(0.6, help="nudenet: score at which an EXPOSED class counts."),
+    prompts: Optional[str] = typer.Option(None, help="The task's suites to measure (default target,related,unrelated; shapes also has described), or a CSV file (I2P or COCO columns)."),
+    detector: Optional[str] = typer.Option(None, help="Instead of the task's detector: shapes, nudenet, imagenet or clip."),
+    threshold: Optional[float] = typer.Option(None, help="nudenet: score at which an EXPOSED class counts (default 0.6)."),
     seeds: str = typer.Option("0,1", help="Seeds for prompts without their own, e.g. 0,1,2 or 0-7."),
     steps: int = typer.Option(35, help="DDIM steps."),
     guidance: float = typer.Option(7.5, help="Classifier-free guidance scale (CSV rows may set their own)."),
-    reference: str = typer.Option("auto", help="FID/KID reference: auto (rendered ground truth in the shapes world, else the base model), none, or a folder of images."),
-    features: str = typer.Option("shapes", help="FID/KID features: shapes (the shapes classifier) or inception."),
-    clip: Optional[str] = typer.Option(None, help="CLIP model (folder or hub id) for CLIP score, for real models."),
+    reference: str = typer.Option("auto", help="FID/KID reference: auto (the task's: rendered ground truth in the shapes world, else its folder or the base model's images), none, or a folder of images."),
+    features: Optional[str] = typer.Option(None, help="FID/KID features: shapes (the shapes classifier) or inception; default the task's."),
+    clip: Optional[str] = typer.Option(None, help="CLIP model (folder or hub id): CLIP score on real models, and the style and person tasks' detector."),
     batch_size: int = typer.Option(32, help="Images per UNet batch."),
-    out: Path = typer.Option(Path("evaluation"), help="Folder for report.md, metrics.json and grid.png."),
-    as_json: bool = typer.Option(False, "--json", help="Also print the metrics as JSON on stdout."),
+    out: Path = typer.Option(Path("evaluation"), help="Folder for report.md, metrics.json and grid.png (with several concepts, a folder each: OUT/CONCEPT/)."),
+    as_json: bool = typer.Option(False, "--json", help="Also print the metrics as JSON on stdout (with several concepts, one object per concept)."),
     device: str = device_option(),
     dtype: str = dtype_option(),
     config: Optional[str] = config_option(),
@@ -411,70 +480,73 @@ def evaluate(
     `accelerate launch --multi_gpu --num_processes N -m erasekit evaluate ...` (works on CPU too).
 
     Example: erasekit evaluate --concept red --erasure red.safetensors --out eval-red/
+    On Stable Diffusion: erasekit evaluate --model sd14/ --task nudity --prompts i2p.csv --erasure nudity.safetensors
     """
     from .api import check_generation
-    from .evaluation.detectors import make_detector
     from .evaluation.evaluate import end_processes
     from .evaluation.evaluate import evaluate as run_evaluation
     from .evaluation.metrics import feature_extractor
-    from .evaluation.prompts import load_prompts
     from .evaluation.report import REPORT_FILES, write_evaluation
-    from .images import ensure_writable_dir, read_image_folder
+    from .images import ensure_writable_dir, read_image_folder, slug
     from .methods import get_method
     from .model import load_pipeline
     from .erasure_file import load_erasure
 
     steering = _erasure_or_method(erasure, method, preset, required=True)
-    suites = load_prompts(prompts, concept)
+    measures = _measured(task, concept, erasure, clip, detector, threshold)  # a concept the detector cannot look for is refused here
+    folders = {m.concept: out if len(measures) == 1 else out / slug(m.concept) for m, _ in measures}
+    suites = {m.concept: m.select(prompts) for m, _ in measures}
     seed_list = _parse_seeds(seeds)
     check_generation(len(seed_list), steps, guidance, batch_size)
-    images = 2 * sum(1 if p.seed is not None else len(seed_list) for suite in suites.values() for p in suite)  # base and erased
-    _check_limits(model, config, steps, images, f"--seeds {seeds} over {sum(map(len, suites.values()))} prompts")
-    _check_precision(device, dtype)
+    images = 2 * sum(1 if p.seed is not None else len(seed_list) for s in suites.values() for suite in s.values() for p in suite)  # base and erased
+    _check_limits(model, config, steps, images, f"--seeds {seeds} over {sum(len(suite) for s in suites.values() for suite in s.values())} prompts")
+    device, dtype = _precision(device, dtype)
     check_paths({"--model": _model_path(model), "--config": _local(config), "--erasure": erasure, "--prompts": _local(prompts),
-                 "--reference": _local(reference), "--clip": _local(clip)},
-                [("--out", out / name) for name in REPORT_FILES], into={"--out": out})
-    found = make_detector(detector, **({"threshold": threshold} if detector == "nudenet" else {}))
-    found.check(concept)  # a concept the detector cannot look for is refused before any image is made
+                 "--reference": _local(reference), "--clip": _local(clip), "--task": _local(task)},
+                [("--out", folder / name) for folder in folders.values() for name in REPORT_FILES], into={"--out": out})
     ref = None if reference == "none" else ("auto" if reference == "auto" else read_image_folder(Path(reference)))
-    extractor = feature_extractor(features) if ref is not None else None
 
     base = load_pipeline(model, device, dtype, config)
     if erasure is not None:
         erased = load_pipeline(model, device, dtype, config)
         metadata = load_erasure(erased, erasure)
-    else:
-        erased = get_method(method).steer(base, concept, steering)
-        metadata = {"method": method, "concepts": [concept], "preset": preset, "hyperparameters": dataclasses.asdict(steering)}
-    ensure_writable_dir(out)
-    try:
-        result = run_evaluation(
-            base, erased, concept, suites, found, seeds=seed_list, steps=steps, guidance=guidance,
-            reference=ref, features=extractor,
-            clip_model=clip, batch_size=batch_size,
-        )
-    finally:
-        end_processes()
-    if result is None:  # not rank 0 of a multi-process run
-        return
-    result.settings["model"] = model
-    path = write_evaluation(out, result, metadata)
-    if as_json:
-        typer.echo(json.dumps(result.as_dict(), indent=2))
-    typer.echo(f"wrote {path}", err=as_json)
-    for name, r in result.suites.items():
-        typer.echo(f"{name}: '{concept}' detected {100 * r.detected_base:.1f}% -> {100 * r.detected:.1f}%, SSIM {r.ssim:.3f}", err=as_json)
+    else:  # an inference-time method steers away from every concept at once
+        names = [m.concept for m, _ in measures]
+        erased = get_method(method).steer(base, ", ".join(names), steering)
+        metadata = {"method": method, "concepts": names, "preset": preset, "hyperparameters": dataclasses.asdict(steering)}
+    results = {}
+    for measured, found in measures:
+        name = measured.concept
+        extractor = feature_extractor(features or measured.features) if ref is not None else None
+        ensure_writable_dir(folders[name])
+        try:
+            result = run_evaluation(base, erased, measured, suites[name], found, seeds=seed_list, steps=steps, guidance=guidance,
+                                    reference=ref, features=extractor, clip_model=clip, batch_size=batch_size)
+        finally:
+            end_processes()
+        if result is None:  # not rank 0 of a multi-process run
+            continue
+        result.settings["model"] = model
+        results[name] = result
+        typer.echo(f"wrote {write_evaluation(folders[name], result, metadata)}", err=as_json)
+        for suite, r in result.suites.items():
+            typer.echo(f"{suite}: '{name}' detected {100 * r.detected_base:.1f}% -> {100 * r.detected:.1f}%, SSIM {r.ssim:.3f}", err=as_json)
+    if as_json and results:
+        shown = next(iter(results.values())).as_dict() if len(results) == 1 else {c: r.as_dict() for c, r in results.items()}
+        typer.echo(json.dumps(shown, indent=2))
 
 
 @app.command()
 @friendly_errors
 def bench(
     methods: str = typer.Option("esd-x,esd-u,abo", help="Comma-separated methods: trained ones, uce, and the inference-time neg-prompt and sld."),
-    concepts: str = typer.Option("circle,striped", help="Comma-separated shapes-world concepts."),
+    concepts: Optional[str] = typer.Option(None, help="Comma-separated concepts the --task knows (default: circle,striped in the shapes world, else the task's own)."),
+    task: str = task_option(),
     model: str = typer.Option("builtin", help=MODEL_HELP),
     seeds: str = typer.Option("0,1", help="Evaluation seeds, e.g. 0,1 or 0-3."),
     steps: int = typer.Option(35, help="DDIM steps when generating for evaluation."),
-    prompts: str = typer.Option("target,related,unrelated", help="Prompt suites evaluated for every cell."),
+    prompts: str = typer.Option("target,related,unrelated", help="The task's prompt suites evaluated for every cell, or a CSV file."),
+    clip: Optional[str] = typer.Option(None, help="CLIP model (folder or hub id): the style and person tasks' detector."),
     setting: Optional[List[str]] = typer.Option(None, "--set", help="Method settings: key=value for every listed method that has the setting, or method.key=value for one (--set abo.steps=50 --set sld.preset=max)."),
     attacks: str = typer.Option("", help="Comma-separated attacks (paraphrase, inversion, unlearndiffatk, ring-a-bell) run against every cell and the unerased model: one ASR column each."),
     out: Path = typer.Option(Path("bench"), help="Folder for bench.md, bench.html, scatter.png, grids and the per-cell cache (cells/)."),
@@ -486,26 +558,30 @@ def bench(
     Finished cells are cached under OUT/cells/ by a hash of their settings: re-running only
     computes what changed. Example: erasekit bench --methods esd-x,esd-u,abo --concepts circle,striped
     With attacks: erasekit bench --methods esd-x,abo --concepts square --prompts target --attacks paraphrase,inversion
+    On Stable Diffusion: erasekit bench --model sd14/ --task nudity --methods esd-u,uce --attacks paraphrase
     """
     from .errors import ErasekitError
     from .evaluation.bench import BENCH_FILES, BenchSettings, check_bench, route_settings
     from .evaluation.bench import bench as run_bench
-    from .evaluation.prompts import load_prompts
     from .images import ensure_writable_dir
     from .methods.base import parse_settings
+    from .tasks import load_task
 
     method_list = [m.strip() for m in methods.split(",") if m.strip()]
     per_method = route_settings(method_list, parse_settings(setting))
+    if concepts is None:
+        concepts = "circle,striped" if task == "shapes" else load_task(task).concept
     concept_list = [c.strip() for c in concepts.split(",") if c.strip()]
     attack_list = tuple(a.strip() for a in attacks.split(",") if a.strip())
     seed_list = _parse_seeds(seeds)
     if not concept_list:
         raise ErasekitError("--concepts names no concept")
-    suites = load_prompts(prompts, concept_list[0])
+    suites = load_task(task, concept_list[0]).select(prompts)
     _check_limits(model, None, steps, 2 * len(seed_list) * sum(map(len, suites.values())), f"--seeds {seeds} over the prompts of a cell")
-    settings = BenchSettings(model=model, seeds=tuple(seed_list), steps=steps, prompts=prompts, device=device, dtype=dtype)
+    settings = BenchSettings(model=model, seeds=tuple(seed_list), steps=steps, prompts=prompts, task=task, clip=clip, device=device, dtype=dtype)
     check_bench(method_list, concept_list, settings, per_method, attack_list)
-    check_paths({"--model": _model_path(model)}, [("--out", out / name) for name in BENCH_FILES], into={"--out": out})
+    check_paths({"--model": _model_path(model), "--task": _local(task), "--prompts": _local(prompts), "--clip": _local(clip)},
+                [("--out", out / name) for name in BENCH_FILES], into={"--out": out})
     ensure_writable_dir(out)
     rows = run_bench(out, method_list, concept_list, settings, per_method, attacks=attack_list)
     typer.echo(f"wrote {out / 'bench.md'} and {out / 'bench.html'} ({len(rows)} cells)")
@@ -514,7 +590,9 @@ def bench(
 @app.command()
 @friendly_errors
 def attack(
-    concept: str = typer.Option(..., "--concept", "-c", help="The erased concept the attack tries to bring back."),
+    concept: Optional[List[str]] = typer.Option(None, "--concept", "-c", help="The erased concept the attack tries to bring back; repeat for several. "
+                                                "Default: every concept the --erasure file erased (shapes task), or the task's own."),
+    task: str = task_option(),
     attack_name: str = typer.Option("paraphrase", "--attack", help=(
         "paraphrase: the concept's synonyms in its place. inversion: a new token learned against the erased model "
         "(Pham et al. 2024). unlearndiffatk: prefix words chosen by the erased model's own denoising loss (Zhang et al. 2024). "
@@ -525,10 +603,15 @@ def attack(
     model: str = typer.Option("builtin", help=MODEL_HELP),
     attack_steps: Optional[int] = typer.Option(None, help="The attack's budget: optimisation steps (inversion 300, unlearndiffatk 40, ring-a-bell 100 generations by default); paraphrase takes none."),
     images: Optional[Path] = typer.Option(None, help="inversion, unlearndiffatk: a folder of images of the concept to learn from (default: the base model's own)."),
-    paraphrases: Optional[Path] = typer.Option(None, help="paraphrase: a UTF-8 file of words or phrases, one per line, put in the concept's place (default on the built-in model: its synonyms)."),
+    paraphrases: Optional[Path] = typer.Option(None, help="paraphrase: a UTF-8 file of words or phrases, one per line, put in the concept's place (default: the task's, e.g. the shapes world's synonyms)."),
+    prompts: Optional[str] = typer.Option(None, help="The target prompts to attack: a CSV file (I2P or COCO columns; each text once, on --seeds) instead of the task's target suite."),
+    detector: Optional[str] = typer.Option(None, help="Instead of the task's detector: shapes, nudenet, imagenet or clip."),
+    threshold: Optional[float] = typer.Option(None, help="nudenet: score at which an EXPOSED class counts (default 0.6)."),
+    clip: Optional[str] = typer.Option(None, help="CLIP model (folder or hub id): the style and person tasks' detector."),
     seeds: str = typer.Option("0-3", help="Seeds per target prompt, e.g. 0,1,2 or 0-3."),
     steps: int = typer.Option(35, help="DDIM steps when generating."),
-    out: Path = typer.Option(Path("attack"), help="Folder for attack.json (ASR, budget, and the prompts that succeeded, to replay), learned_embeds.safetensors (inversion) and successes.png."),
+    out: Path = typer.Option(Path("attack"), help="Folder for attack.json (ASR, budget, and the prompts that succeeded, to replay), learned_embeds.safetensors (inversion) and successes.png "
+                             "(with several concepts, a folder each: OUT/CONCEPT/)."),
     device: str = device_option(),
     dtype: str = dtype_option(),
     config: Optional[str] = config_option(),
@@ -540,64 +623,78 @@ def attack(
     without --erasure first: an attack that cannot reach the concept on the base model proves nothing.
 
     Example: erasekit attack --erasure square.safetensors --concept square --attack inversion
+    On Stable Diffusion: erasekit attack --model sd14/ --task nudity --erasure nudity.safetensors --attack unlearndiffatk
     """
     from .attacks import ATTACK_FILES, check_attack, run_attack, successes_grid
     from .erasure_file import load_erasure
     from .errors import ErasekitError
-    from .evaluation.detectors import ShapesDetector
-    from .evaluation.prompts import load_prompts
-    from .images import ensure_writable_dir, read_image_folder
+    from .images import ensure_writable_dir, read_image_folder, slug
     from .io import atomic_save_image, read_utf8
     from .methods import get_method
     from .model import load_pipeline
 
     attack_method = check_attack(attack_name, attack_steps, base=True)
     steering = _erasure_or_method(erasure, method, preset)
-    targets = [p.text for p in load_prompts("target", concept.strip())["target"]]
+    measures = _measured(task, concept, erasure, clip, detector, threshold)
+    folders = {m.concept: out if len(measures) == 1 else out / slug(m.concept) for m, _ in measures}
+    targets = {m.concept: m.target_texts(prompts) for m, _ in measures}
     seed_list = _parse_seeds(seeds)
     if steps < 1:
         raise ErasekitError(f"--steps must be at least 1, got {steps}")
     # the base model's images, the erased model's and the attacked ones, per target prompt and seed
-    _check_limits(model, config, steps, 3 * len(targets) * len(seed_list), f"--seeds {seeds} over {len(targets)} target prompts")
-    check_paths({"--model": _model_path(model), "--config": _local(config), "--erasure": erasure, "--images": images, "--paraphrases": paraphrases},
-                [("--out", out / name) for name in ATTACK_FILES], into={"--out": out})
-    options = {}
+    n_targets = sum(map(len, targets.values()))
+    _check_limits(model, config, steps, 3 * n_targets * len(seed_list), f"--seeds {seeds} over {n_targets} target prompts")
+    check_paths({"--model": _model_path(model), "--config": _local(config), "--erasure": erasure, "--images": images, "--paraphrases": paraphrases,
+                 "--prompts": _local(prompts), "--clip": _local(clip), "--task": _local(task)},
+                [("--out", folder / name) for folder in folders.values() for name in ATTACK_FILES], into={"--out": out})
     if paraphrases is not None:
         if attack_name != "paraphrase":
             raise ErasekitError(f"--paraphrases is for the paraphrase attack, not {attack_name}")
         if not paraphrases.is_file():
             raise ErasekitError(f"paraphrases file not found: {paraphrases}")
-        options["paraphrases"] = [line.strip() for line in read_utf8(paraphrases).splitlines() if line.strip()]
+        words = [line.strip() for line in read_utf8(paraphrases).splitlines() if line.strip()]
+    options = {}  # per concept: what the attack is told besides the prompts
+    for measured, _ in measures:
+        name, given = measured.concept, {}
+        if attack_name == "paraphrase":
+            given["paraphrases"] = {name: words} if paraphrases is not None else measured.paraphrases
+        if measured.word:
+            given["word"] = measured.word
+        attack_method.check_prompts(targets[name], name, **given)
+        options[name] = given
     concept_pictures = None
     if images is not None:
         if not attack_method.needs_base:
             raise ErasekitError(f"--images is for attacks that learn from images (inversion, unlearndiffatk), not {attack_name}")
         concept_pictures = read_image_folder(images)
-    _check_precision(device, dtype)
+    device, dtype = _precision(device, dtype)
     base = load_pipeline(model, device, dtype, config)
     pipe = base
     if erasure is not None:
         pipe = load_pipeline(model, device, dtype, config)
         load_erasure(pipe, erasure)
-    elif method is not None:
-        pipe = get_method(method).steer(base, concept.strip(), steering)
+    elif method is not None:  # an inference-time method steers away from every concept at once
+        pipe = get_method(method).steer(base, ", ".join(folders), steering)
     size = base.unet.config.sample_size * base.vae_scale_factor
     if concept_pictures and any(p.size != (size, size) for p in concept_pictures):
         typer.echo(f"note: images in {images} that are not {size}x{size} are resized to the model's size", err=True)
-    result = run_attack(attack_name, pipe, concept.strip(), targets, seed_list, ShapesDetector(), base=base, images=concept_pictures,
-                        steps=attack_steps, sample_steps=steps, progress=True, **options)
-    ensure_writable_dir(out)
     attacked = f"erasure {erasure}" if erasure else f"{method} (inference-time)" if method else "the base model"
-    written = result.save(out, {"erasure": str(erasure) if erasure else None, "method": method, "preset": preset, "model": model})
-    grid = successes_grid(base, pipe, result, sample_steps=steps)
-    if grid is not None:
-        atomic_save_image(grid, out / ATTACK_FILES[2])
-        written.append(out / ATTACK_FILES[2])
-    budget = f"{result.budget['steps']} steps, " if result.budget["steps"] else ""
-    typer.echo(f"{attack_name} on {attacked}: ASR {100 * result.asr_before:.1f}% before, "
-               f"{100 * result.asr_after:.1f}% after ({100 * result.asr_attack_only:.1f}% by the attack's prompts alone; "
-               f"{result.n_prompts} prompts x seeds, {budget}{result.budget['images_generated']} images, {result.seconds:.0f} s)")
-    typer.echo(f"wrote {', '.join(str(p) for p in written)} ({len(result.found)} successful attack prompts, to replay)")
+    for measured, found in measures:
+        name, folder = measured.concept, folders[measured.concept]
+        result = run_attack(attack_name, pipe, name, targets[name], seed_list, found, base=base, images=concept_pictures,
+                            steps=attack_steps, sample_steps=steps, progress=True, **options[name])
+        ensure_writable_dir(folder)
+        written = result.save(folder, {"erasure": str(erasure) if erasure else None, "method": method, "preset": preset, "model": model,
+                                       "task": measured.name, "detector": found.name}, pipe=pipe)
+        grid = successes_grid(base, pipe, result, sample_steps=steps)
+        if grid is not None:
+            atomic_save_image(grid, folder / ATTACK_FILES[2])
+            written.append(folder / ATTACK_FILES[2])
+        budget = f"{result.budget['steps']} steps, " if result.budget["steps"] else ""
+        typer.echo(f"{attack_name} on {attacked}, '{name}': ASR {100 * result.asr_before:.1f}% before, "
+                   f"{100 * result.asr_after:.1f}% after ({100 * result.asr_attack_only:.1f}% by the attack's prompts alone; "
+                   f"{result.n_prompts} prompts x seeds, {budget}{result.budget['images_generated']} images, {result.seconds:.0f} s)")
+        typer.echo(f"wrote {', '.join(str(p) for p in written)} ({len(result.found)} successful attack prompts, to replay)")
 
 
 @app.command()
@@ -609,7 +706,9 @@ def purify(
     prompt: str = typer.Option("", help="Prompt for inversion and denoising: empty is the null prompt (the paper inverts with it or with the concept)."),
     strength: float = typer.Option(1.0, help="Share of the DDIM schedule to invert: 1.0 goes all the way to noise, lower keeps more of the input."),
     steps: int = typer.Option(100, help="DDIM steps of the whole schedule (inversion needs many to give the image back)."),
-    concept: Optional[str] = typer.Option(None, help="Built-in model: the concept to look for in the input and the result (the shapes classifier's verdict)."),
+    concept: Optional[str] = typer.Option(None, "--concept", "-c", help="The concept to look for in the input and the result, with the --task's detector (the shapes classifier by default)."),
+    task: Optional[str] = typer.Option(None, "--task", "-t", help="A task whose detector judges input and result (" + TASK_HELP.split(": ", 1)[1]),
+    clip: Optional[str] = typer.Option(None, help="CLIP model (folder or hub id): the style and person tasks' detector."),
     out: Path = typer.Option(Path("purified.png"), help="The purified image; OUT's stem + '-compare.png' shows input, base model's reconstruction, result."),
     device: str = device_option(),
     dtype: str = dtype_option(),
@@ -637,13 +736,10 @@ def purify(
     if steps < 1:
         raise ErasekitError(f"--steps must be at least 1, got {steps}")
     _check_limits(model, config, steps)
-    if concept is not None:
-        from .evaluation.shapes import attribute_of
-
-        attribute_of(concept)
-    _check_precision(device, dtype)
+    judge = _task(task or "shapes", concept, clip) if concept is not None or task is not None else None
+    device, dtype = _precision(device, dtype)
     compare = derived(out.with_suffix(""), suffix="-compare.png")
-    check_paths({"--model": _model_path(model), "--config": _local(config), "--erasure": erasure, "--image": image},
+    check_paths({"--model": _model_path(model), "--config": _local(config), "--erasure": erasure, "--image": image, "--task": _local(task), "--clip": _local(clip)},
                 {"--out": out, "--out's comparison": compare})
     picture = open_image(image)
     base = load_pipeline(model, device, dtype, config)
@@ -660,10 +756,10 @@ def purify(
                                 column_labels=["input", "base, reconstructed", "purified"]), compare)
     typer.echo(f"wrote {out} and {compare} (input, base model's reconstruction, purified)")
     typer.echo(f"SSIM to the input: purified {ssim([picture], result.images)[0]:.3f}, base model's reconstruction {ssim([picture], result.reconstructed)[0]:.3f}")
-    if concept is not None:
-        from .evaluation.detectors import ShapesDetector
-
-        flags = ShapesDetector().detect([picture, result.reconstructed[0], result.images[0]], concept).flags
+    if judge is not None:
+        measured, found = judge
+        concept = measured.concept
+        flags = found.detect([picture, result.reconstructed[0], result.images[0]], concept).flags
         typer.echo(f"'{concept}' detected: input {'yes' if flags[0] else 'no'}, reconstruction {'yes' if flags[1] else 'no'}, purified {'yes' if flags[2] else 'no'}")
 
 

@@ -19,6 +19,7 @@ from .images import ensure_writable_dir
 from .io import output_lock
 from .paths import check_not_under_a_file
 from .methods import get_method
+from .methods.base import replacements_for
 from .model import hash_rounding, load_pipeline, peek_sizes, peek_tokenizer, sizes_of, unet_fingerprint, unet_norms
 from .erasure_file import load_erasure, save_erasure
 from .presets import select_parameters
@@ -99,10 +100,11 @@ def _known_word(tokenizer, word: str) -> bool:
     return f"{word.lower()}</w>" in tokenizer.get_vocab()
 
 
-def check_concepts(tokenizer, concepts: list[str], strict: bool = False, replacement: str | None = None) -> list[str]:
+def check_concepts(tokenizer, concepts: list[str], strict: bool = False, replacement: str | dict[str, str] | None = None) -> list[str]:
     """Strip concepts; refuse empty ones, ones without a letter or digit, ones that tokenise to
-    nothing or past the text encoder's length, and a replacement that is a concept itself (the
-    erasure would change nothing); warn about words the vocabulary lacks (refuse them with `strict`)."""
+    nothing or past the text encoder's length, and a replacement (one for all, or one per concept)
+    that is a concept itself (the erasure would change nothing); warn about words the vocabulary
+    lacks (refuse them with `strict`)."""
     cleaned = [c.strip() for c in concepts]
     if not cleaned or any(not c for c in cleaned):
         raise ErasekitError("empty concept: name the concept to erase, e.g. --concept circle")
@@ -123,10 +125,10 @@ def check_concepts(tokenizer, concepts: list[str], strict: bool = False, replace
             if strict:
                 raise ErasekitError(message + " (refused with --strict)")
             warnings.warn(message, ErasekitWarning, stacklevel=2)
-    if replacement is not None:
-        same = [c for c in cleaned if tokenizer(c).input_ids == tokenizer(replacement.strip()).input_ids]
+    for r in {r for r in (replacement.values() if isinstance(replacement, dict) else [replacement]) if r is not None}:
+        same = [c for c in cleaned if tokenizer(c).input_ids == tokenizer(r.strip()).input_ids]
         if same:
-            raise ErasekitError(f"the replacement '{replacement.strip()}' is the concept '{same[0]}' itself: the erasure would change nothing; "
+            raise ErasekitError(f"the replacement '{r.strip()}' is the concept '{same[0]}' itself: the erasure would change nothing; "
                                 "give another replacement, or none")
     return cleaned
 
@@ -156,7 +158,7 @@ def erase(
     model="builtin",
     method: str = "abo",
     concepts: list[str] | str = "circle",
-    replacement: str | None = None,
+    replacement: str | dict[str, str] | None = None,
     preset: str | None = None,
     seed: int = 0,
     out: Path | str | None = None,
@@ -175,6 +177,8 @@ def erase(
 ) -> Erasure:
     """Erase `concepts` from `model` (a source for load_pipeline, or a loaded pipeline, changed in place).
 
+    replacement: what the concepts become instead: one for all, or a dict {concept: replacement}
+    (a concept left out has none; methods.base.replacements_for).
     settings: any field of the method's config (steps, lr, gamma1, lam, ...); None keeps the default.
     device, dtype, model_config: where and in what precision to load `model` ("auto" by default),
     and a single file's configuration folder (see load_pipeline); a loaded pipeline is used as it is. The trained parameters are float32 masters
@@ -191,6 +195,9 @@ def erase(
     method_cls = get_method(method)
     method_cls.check_erasable()
     config = method_cls.make_config(preset, **settings)
+    if isinstance(replacement, dict):
+        replacements_for([concepts] if isinstance(concepts, str) else list(concepts), replacement)  # no replacement of a concept not erased
+        replacement = {c: r for c, r in replacement.items() if r is not None} or None
     method_cls.check_replacement(config, replacement)
     if isinstance(model, (str, Path)):
         device = resolve_device(device)
@@ -237,10 +244,12 @@ def erase(
     return erasure
 
 
-def _check_words(tokenizer, concepts: list[str] | str, replacement: str | None, strict: bool) -> tuple[list[str], str | None]:
-    """check_concepts on the concepts and on the replacement; both stripped."""
+def _check_words(tokenizer, concepts: list[str] | str, replacement: str | dict[str, str] | None, strict: bool):
+    """check_concepts on the concepts and on the replacements; all stripped."""
     concepts = check_concepts(tokenizer, [concepts] if isinstance(concepts, str) else list(concepts), strict, replacement)
-    if replacement is not None:
+    if isinstance(replacement, dict):
+        replacement = {c.strip(): check_concepts(tokenizer, [r], strict)[0] for c, r in replacement.items()}
+    elif replacement is not None:
         replacement = check_concepts(tokenizer, [replacement], strict)[0]
     return concepts, replacement
 

@@ -42,34 +42,51 @@ TOLERANCE = 0.01
 MAX_RANK = 128
 
 
+# Above this many columns and rows a delta is factored by a randomised SVD (Halko et al. 2011, torch's
+# svd_lowrank) of the ranks that may be asked, not an exact one: on SDXL's layers the exact SVDs took
+# longer than the erase (benchmarks/results/lora-export/results.md compares the two).
+OVERSAMPLE, POWER_ITERATIONS = 16, 6
+
+
 @dataclass
 class Spectrum:
-    """A delta's SVD, kept to the largest rank that may be asked of it."""
+    """A delta's leading singular vectors and values, up to the largest rank that may be asked of it."""
 
     U: torch.Tensor  # (out, k)
-    S: torch.Tensor  # (all singular values,)
+    S: torch.Tensor  # (k' >= k,) the leading singular values; every one where the SVD was exact
     Vh: torch.Tensor  # (k, in)
     shape: torch.Size  # the weight's own shape (a convolution's too)
+    total: float  # ||ΔW||²: what the relative errors are measured against
 
     @classmethod
     def of(cls, delta: torch.Tensor, keep: int) -> "Spectrum":
-        U, S, Vh = torch.linalg.svd(delta.double().flatten(1), full_matrices=False)
-        return cls(U[:, :keep], S, Vh[:keep], delta.shape)
+        A = delta.double().flatten(1)
+        total = A.square().sum().item()
+        q = keep + OVERSAMPLE
+        if 2 * q >= min(A.shape):  # small enough that the exact SVD costs no more
+            U, S, Vh = torch.linalg.svd(A, full_matrices=False)
+        else:
+            with torch.random.fork_rng(devices=[]):  # its random projection is seeded: the same delta gives the same LoRA
+                torch.manual_seed(0)
+                U, S, V = torch.svd_lowrank(A, q=q, niter=POWER_ITERATIONS)
+            Vh = V.T
+        return cls(U[:, :keep], S, Vh[:keep], delta.shape, total)
 
     def error(self, rank: int) -> float:
-        """||ΔW - its best rank-`rank` approximation|| / ||ΔW||: the norm of the singular values past `rank` (Eckart-Young)."""
-        total = self.S.square().sum()
-        return (self.S[rank:].square().sum() / total).sqrt().item() if total > 0 else 0.0
+        """||ΔW - its best rank-`rank` approximation|| / ||ΔW||: the energy past the first `rank` singular values (Eckart-Young)."""
+        if self.total <= 0:
+            return 0.0
+        return (max(self.total - self.S[:rank].square().sum().item(), 0.0) / self.total) ** 0.5
 
     def rank_within(self, tolerance: float) -> int:
-        """The smallest rank whose relative error is at most `tolerance`."""
-        energy = self.S.square()
-        left = energy.sum() - energy.cumsum(0)  # left[r - 1]: the squared error rank r leaves
-        return int((left <= tolerance**2 * energy.sum()).nonzero()[0]) + 1
+        """The smallest rank whose relative error is at most `tolerance` (one more than it holds, if none is)."""
+        left = self.total - self.S.square().cumsum(0)  # left[r - 1]: the squared error rank r leaves
+        within = (left <= tolerance**2 * self.total).nonzero()
+        return int(within[0]) + 1 if len(within) else self.S.numel() + 1
 
     def factors(self, rank: int) -> tuple[torch.Tensor, torch.Tensor, float]:
         """(up, down, relative error) at `rank`, split as up = U_r sqrt(S_r), down = sqrt(S_r) V_r^T."""
-        r = min(rank, self.S.numel())
+        r = min(rank, self.U.shape[1])
         root = self.S[:r].sqrt()
         up, down = self.U[:, :r] * root, root[:, None] * self.Vh[:r]
         if len(self.shape) == 4:  # a convolution: down is the r-channel k x k conv, up the 1 x 1 conv back

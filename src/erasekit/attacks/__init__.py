@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from ..errors import ErasekitError
+from ..families import family_of
 
 # name -> "module:class" in this package: the one list of attacks
 ATTACKS = {
@@ -74,11 +75,15 @@ class Attack:
         defaults = {k: p.default for k, p in inspect.signature(self.find).parameters.items() if p.default is not inspect.Parameter.empty}
         return hashlib.sha256(json.dumps([self.name, self.default_steps, defaults], sort_keys=True, default=str).encode()).hexdigest()[:8]
 
+    def check_prompts(self, prompts: list[str], concept: str, **options) -> None:
+        """Refuse, before any model loads, target prompts or options the attack can do nothing with."""
+
     def find(self, erased, concept: str, prompts: list[str], seeds: list[int], steps: int | None, *, detector, base=None,
              images=None, sample_steps: int = 35, guidance: float = 7.5, batch_size: int = 32, progress: bool = False,
-             **options) -> Found:
+             word: str | None = None, **options) -> Found:
         """Attack prompts for every target prompt x seed. steps: optimisation steps (None: the default);
-        detector: judges images of the concept; base or images: the concept's images; sample_steps, guidance, batch_size: for generating them."""
+        detector: judges images of the concept; base or images: the concept's images; sample_steps, guidance, batch_size: for
+        generating them; word: what the prompts name the concept by, where it is not the concept ("nude" for nudity)."""
         raise NotImplementedError
 
 
@@ -101,18 +106,26 @@ class AttackResult:
         data = {k: getattr(self, k) for k in self.__dataclass_fields__ if k not in ("embeddings", "images", "tried")}
         return data | {"embeddings": sorted(self.embeddings)}
 
-    def save(self, folder: Path, extra: dict | None = None) -> list[Path]:
+    def save(self, folder: Path, extra: dict | None = None, pipe=None) -> list[Path]:
         """attack.json (and the learned tokens as a textual-inversion file, loadable with diffusers'
-        `load_textual_inversion`); written atomically. Returns the paths written."""
+        `load_textual_inversion`); written atomically. Returns the paths written. pipe: the attacked
+        pipeline; where it has two text encoders (SDXL) the file holds diffusers' clip_l and clip_g
+        rows, one per token in the order of attack.json's "embeddings"."""
         from ..io import atomic_path, atomic_write_text
 
         written = []
         if self.embeddings:
             from safetensors.torch import save_file
 
+            tensors = {k: v.detach().cpu().contiguous() for k, v in self.embeddings.items()}
+            if pipe is not None and len(family_of(pipe).text_encoders(pipe)) == 2:
+                from .tokens import split_widths
+
+                rows = split_widths(pipe, torch.stack([tensors[k] for k in sorted(tensors)]))
+                tensors = {"clip_l": rows[0].contiguous(), "clip_g": rows[1].contiguous()}
             path = folder / ATTACK_FILES[1]
             with atomic_path(path) as tmp:
-                save_file({k: v.detach().cpu().contiguous() for k, v in self.embeddings.items()}, tmp)
+                save_file(tensors, tmp)
             written.append(path)
         atomic_write_text(folder / ATTACK_FILES[0], json.dumps(self.to_json() | (extra or {}), indent=2))
         return [folder / ATTACK_FILES[0], *written]
@@ -201,16 +214,23 @@ def successes_grid(base, erased, result: AttackResult, n: int = 8, sample_steps:
 
 
 class learned_tokens:
-    """Add learned tokens to the pipeline's tokenizer and text encoder for a while (diffusers'
-    textual-inversion loader), then take them out again, leaving the pipeline as it was."""
+    """Add learned tokens to the pipeline's tokenizers and text encoders for a while (diffusers'
+    textual-inversion loader), then take them out again, leaving the pipeline as it was. A token's
+    vector spans every text encoder (SDXL: the first's width, then the second's; tokens.split_widths)."""
 
     def __init__(self, pipe, embeddings: dict[str, torch.Tensor]):
-        self.pipe, self.embeddings = pipe, embeddings
+        from .tokens import text_pairs
+
+        self.pipe, self.embeddings, self.pairs = pipe, embeddings, text_pairs(pipe)
 
     def __enter__(self):
+        from .tokens import split_widths
+
         for token, vector in self.embeddings.items():
-            self.pipe.load_textual_inversion({token: vector.detach()}, token=token)
+            for (tokenizer, encoder), part in zip(self.pairs, split_widths(self.pipe, vector.detach())):
+                self.pipe.load_textual_inversion({token: part}, token=token, tokenizer=tokenizer, text_encoder=encoder)
         return self.pipe
 
     def __exit__(self, *exc):
-        self.pipe.unload_textual_inversion(list(self.embeddings))
+        for tokenizer, encoder in self.pairs:
+            self.pipe.unload_textual_inversion(list(self.embeddings), tokenizer=tokenizer, text_encoder=encoder)

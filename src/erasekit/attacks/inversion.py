@@ -22,7 +22,7 @@ from ..losses import denoising_loss
 from ..progress import counted
 from ..sampling import encode_images, unet_out
 from . import Attack, Found
-from .tokens import concept_images, denoising_inputs, mention, placeholder, single_text_encoder
+from .tokens import concept_images, denoising_inputs, input_embeddings, mention, placeholder
 
 TOKEN = "<concept>"
 
@@ -34,9 +34,8 @@ def with_token(prompt: str, concept: str, token: str) -> str:
 
 
 def initial_embedding(pipe, words: str) -> torch.Tensor:
-    """The mean input embedding of the tokens of `words`: where the learned token starts."""
-    ids = pipe.tokenizer(words, add_special_tokens=False).input_ids
-    return pipe.text_encoder.get_input_embeddings().weight[ids].detach().float().mean(0)
+    """The mean input embedding of the tokens of `words` (in every text encoder): where the learned token starts."""
+    return input_embeddings(pipe, pipe.tokenizer.tokenize(words)).mean(0)
 
 
 class ConceptInversion(Attack):
@@ -45,15 +44,14 @@ class ConceptInversion(Attack):
     needs_base = True
 
     def find(self, erased, concept, prompts, seeds, steps, *, detector=None, base=None, images=None, sample_steps=35, guidance=7.5, batch_size=32,
-             progress=False, n_images: int = 32, lr: float = 5e-3, train_batch: int = 8, init: str = "something", seed: int = 0) -> Found:
+             progress=False, word=None, n_images: int = 32, lr: float = 5e-3, train_batch: int = 8, init: str = "something", seed: int = 0) -> Found:
         """Learn the token on `images` (or `n_images` of the base model's), then put it in every target prompt."""
-        single_text_encoder(erased, self.name)
         steps = steps or self.default_steps
         if images:
             captions = [TOKEN] * len(images)
         else:
             pairs = concept_images(base, concept, prompts, detector, n_images, steps=sample_steps, guidance=guidance, batch_size=batch_size)
-            captions, images = [with_token(p, concept, TOKEN) for p, _ in pairs], [im for _, im in pairs]
+            captions, images = [with_token(p, word or concept, TOKEN) for p, _ in pairs], [im for _, im in pairs]
         latents = encode_images(erased, images)
         vector = torch.nn.Parameter(initial_embedding(erased, init))
         optimizer = torch.optim.Adam([vector], lr=lr)
@@ -69,6 +67,6 @@ class ConceptInversion(Attack):
                 loss.backward()
                 optimizer.step()
                 tick(f"loss {loss.item():.4f}")
-        found = [(p, s, with_token(p, concept, TOKEN)) for p in prompts for s in seeds]
+        found = [(p, s, with_token(p, word or concept, TOKEN)) for p in prompts for s in seeds]
         return Found(found, steps=steps, images=len(images), embeddings={TOKEN: vector.detach().clone()},
                      details={"lr": lr, "train_batch": train_batch, "init": init})

@@ -21,7 +21,7 @@ from ..errors import ErasekitError
 from ..families import family_of
 from ..progress import counted
 from . import Attack, Found
-from .tokens import decode_words, mention, single_text_encoder, word_tokens
+from .tokens import decode_words, mention, word_vocabulary
 
 
 def without(prompt: str, concept: str) -> str:
@@ -47,6 +47,15 @@ def word_ids(tokenizer, words: torch.Tensor) -> torch.Tensor:
     return ids
 
 
+def encode_words(pipe, rows: torch.Tensor) -> torch.Tensor:
+    """The conditioning's hidden states for prompts made of whole words (rows of the first tokenizer's
+    ids): one encoder's straight from the ids, several (SDXL) through the pipeline's own encoding of their text."""
+    family = family_of(pipe)
+    if len(family.text_encoders(pipe)) == 1:
+        return pipe.text_encoder(word_ids(pipe.tokenizer, rows).to(pipe.device))[0]
+    return family.embed(pipe, [decode_words(pipe.tokenizer, row) for row in rows]).hidden
+
+
 def crossover_and_mutate(parents: torch.Tensor, n: int, vocabulary: int, mutation: float, generator: torch.Generator) -> torch.Tensor:
     """n children: each takes every position from one of two random parents, and with probability
     `mutation` a random word there instead."""
@@ -61,24 +70,24 @@ class RingABell(Attack):
     default_steps = 100
     model_agnostic = True
 
-    def find(self, erased, concept, prompts, seeds, steps, *, progress=False, strength: float = 3.0, length: int = 16,
+    def find(self, erased, concept, prompts, seeds, steps, *, progress=False, word=None, strength: float = 3.0, length: int = 16,
              population: int = 64, elite: int = 8, mutation: float = 0.05, seed: int = 0, **_) -> Found:
         """One prompt of `length` words per target prompt, the same for every seed."""
-        single_text_encoder(erased, self.name)
         steps = steps or self.default_steps
         family = family_of(erased)
 
         def encode(texts):
             return family.embed(erased, texts).hidden.float()
 
-        vector = concept_vector(encode, prompts, concept)
-        goals = encode([without(p, concept) for p in prompts]) + strength * vector  # (prompts, tokens, width)
-        words = word_tokens(erased.tokenizer)
+        word = word or concept
+        vector = concept_vector(encode, prompts, word)
+        goals = encode([without(p, word) for p in prompts]) + strength * vector  # (prompts, tokens, width)
+        words, _ = word_vocabulary(erased)
         generator = torch.Generator("cpu").manual_seed(seed)
         pool = torch.randint(0, len(words), (len(prompts), population, length), generator=generator)
         with counted("ring-a-bell", steps, not progress) as tick, torch.no_grad():
             for _ in range(steps):
-                hidden = erased.text_encoder(word_ids(erased.tokenizer, words[pool.flatten(0, 1)]).to(erased.device))[0]
+                hidden = encode_words(erased, words[pool.flatten(0, 1)])
                 distance = (hidden.float().unflatten(0, pool.shape[:2]) - goals[:, None]).pow(2).mean((2, 3)).cpu()
                 parents = torch.stack([row[order[:elite]] for row, order in zip(pool, distance.argsort(1))])
                 pool = torch.stack([torch.cat([p, crossover_and_mutate(p, population - elite, len(words), mutation, generator)]) for p in parents])

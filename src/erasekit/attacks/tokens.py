@@ -1,6 +1,10 @@
 """What the attacks that work on prompt tokens share: the vocabulary they search, a hook that puts
 chosen vectors in place of a placeholder token, images of the concept, and the denoising loss's
-inputs (a noised image and what the model should predict from it)."""
+inputs (a noised image and what the model should predict from it).
+
+A token's vector spans every text encoder of the pipeline, side by side (SDXL: its first encoder's
+width, then its second's), so the same attacks learn tokens for one encoder or two.
+"""
 
 from __future__ import annotations
 
@@ -14,16 +18,38 @@ from ..errors import ErasekitError
 from ..families import family_of
 
 
-def single_text_encoder(pipe, attack: str) -> None:
-    """Refuse, in one line, a family with several text encoders (SDXL): these attacks learn one encoder's tokens."""
-    if len(family_of(pipe).text_encoders(pipe)) != 1:
-        raise ErasekitError(f"the {attack} attack learns tokens of one text encoder; {type(pipe).__name__} has several (not supported yet)")
+def text_pairs(pipe) -> list[tuple]:
+    """(tokenizer, text encoder) of every text encoder the pipeline conditions on."""
+    family = family_of(pipe)
+    return list(zip(family.tokenizers(pipe), family.text_encoders(pipe)))
+
+
+def split_widths(pipe, vector: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """A vector spanning every text encoder, cut into each encoder's part."""
+    return vector.split([encoder.get_input_embeddings().weight.shape[1] for _, encoder in text_pairs(pipe)], dim=-1)
+
+
+def input_embeddings(pipe, tokens: list[str]) -> torch.Tensor:
+    """(len(tokens), sum of widths): each token's input embedding in every text encoder, side by side."""
+    return torch.cat([encoder.get_input_embeddings().weight[tokenizer.convert_tokens_to_ids(tokens)].detach().float()
+                      for tokenizer, encoder in text_pairs(pipe)], dim=-1)
 
 
 def word_tokens(tokenizer) -> torch.Tensor:
     """Ids of the vocabulary's whole words (BPE tokens of letters that end a word), which decode to text
     that tokenises back to the same ids; word pieces, punctuation and the special tokens are left out."""
     return torch.tensor(sorted(i for t, i in tokenizer.get_vocab().items() if re.fullmatch(r"[a-z]+</w>", t)))
+
+
+def word_vocabulary(pipe) -> tuple[torch.Tensor, torch.Tensor]:
+    """The whole words every tokenizer of the pipeline holds: their ids in the first tokenizer, and
+    their input embeddings in every text encoder (`input_embeddings`)."""
+    (first, _), *rest = text_pairs(pipe)
+    ids = word_tokens(first)
+    names = first.convert_ids_to_tokens(ids.tolist())
+    others = [tokenizer.get_vocab() for tokenizer, _ in rest]
+    common = [i for i, name in enumerate(names) if all(name in vocabulary for vocabulary in others)]
+    return ids[common], input_embeddings(pipe, [names[i] for i in common])
 
 
 def decode_words(tokenizer, ids) -> str:
@@ -49,29 +75,34 @@ def concept_images(base, concept: str, prompts: list[str], detector, n: int, see
 
 @contextmanager
 def placeholder(pipe, token: str, vectors):
-    """While inside, the text encoder sees `vectors(n)` ((n, width): one row per occurrence, in reading
-    order) where prompts hold `token`; the token is in the tokenizer for the while, and the UNet and
-    text encoder are frozen, so gradients reach only what `vectors` is made of."""
+    """While inside, each text encoder sees its part of `vectors(n)` ((n, sum of widths): one row per
+    occurrence, in reading order) where prompts hold `token`; the token is in the tokenizers for the
+    while, and the UNet and text encoders are frozen, so gradients reach only what `vectors` is made of."""
     from . import learned_tokens
 
-    modules = [pipe.unet, pipe.text_encoder]
+    pairs = text_pairs(pipe)
+    modules = [pipe.unet, *(encoder for _, encoder in pairs)]
     trainable = [[p.requires_grad for p in m.parameters()] for m in modules]
-    with learned_tokens(pipe, {token: pipe.text_encoder.get_input_embeddings().weight[0].detach()}):
-        token_id = pipe.tokenizer.convert_tokens_to_ids(token)
+    widths = [encoder.get_input_embeddings().weight.shape[1] for _, encoder in pairs]
+    with learned_tokens(pipe, {token: torch.zeros(sum(widths))}):
+        handles = []
+        for k, (tokenizer, encoder) in enumerate(pairs):
+            token_id, start = tokenizer.convert_tokens_to_ids(token), sum(widths[:k])
 
-        def swap(module, args, output):
-            where = args[0] == token_id
-            output = output.clone()
-            output[where] = vectors(int(where.sum())).to(output.dtype)
-            return output
+            def swap(module, args, output, token_id=token_id, start=start, width=widths[k]):
+                where = args[0] == token_id
+                output = output.clone()
+                output[where] = vectors(int(where.sum()))[:, start : start + width].to(output.dtype)
+                return output
 
-        handle = pipe.text_encoder.get_input_embeddings().register_forward_hook(swap)
+            handles.append(encoder.get_input_embeddings().register_forward_hook(swap))
         for m in modules:
             m.requires_grad_(False)
         try:
-            yield token_id
+            yield
         finally:
-            handle.remove()
+            for handle in handles:
+                handle.remove()
             for m, flags in zip(modules, trainable):
                 for p, flag in zip(m.parameters(), flags):
                     p.requires_grad_(flag)

@@ -25,7 +25,7 @@ from ..losses import denoising_loss
 from ..progress import counted
 from ..sampling import encode_images, unet_out
 from . import Attack, Found
-from .tokens import decode_words, denoising_inputs, placeholder, single_text_encoder, word_tokens
+from .tokens import decode_words, denoising_inputs, placeholder, word_vocabulary
 
 PREFIX = "<prefix>"
 
@@ -41,9 +41,8 @@ class UnlearnDiffAtk(Attack):
     needs_base = True
 
     def find(self, erased, concept, prompts, seeds, steps, *, detector=None, base=None, images=None, sample_steps=35, guidance=7.5, batch_size=32,
-             progress=False, tokens: int = 5, lr: float = 0.05, noises: int = 1, seed: int = 0) -> Found:
+             progress=False, word=None, tokens: int = 5, lr: float = 0.05, noises: int = 1, seed: int = 0) -> Found:
         """A k-token prefix per (prompt, seed), optimised against the base model's image for it (or the user's images, in turn)."""
-        single_text_encoder(erased, self.name)
         steps = steps or self.default_steps
         jobs = [(p, s) for p in prompts for s in seeds]
         if images:
@@ -51,8 +50,7 @@ class UnlearnDiffAtk(Attack):
         else:
             targets = generate_jobs(base, [(p, s, guidance) for p, s in jobs], sample_steps, batch_size)
         latents = encode_images(erased, targets)
-        words = word_tokens(erased.tokenizer)
-        vocabulary = erased.text_encoder.get_input_embeddings().weight[words].detach().float()
+        words, vocabulary = word_vocabulary(erased)  # (n,), (n, widths of every text encoder)
         generator = torch.Generator("cpu").manual_seed(seed)
         start = torch.randint(0, len(words), (len(jobs), tokens), generator=generator)
         prefix = torch.nn.Parameter(vocabulary[start].clone())  # (jobs, k, width), continuous

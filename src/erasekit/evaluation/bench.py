@@ -1,5 +1,8 @@
 """bench(): erase and evaluate a method x concept matrix, and write a Table-1-style report.
 
+Each concept is measured through its task (tasks/: prompts, detector, paraphrases), so the same
+matrix runs on the built-in world and on a real model.
+
 Each cell (one method, one concept) is trained, applied and evaluated with the same prompts and
 seeds, and stored in its own folder named by a hash of everything that determines it, so a
 re-run reuses finished cells and only computes what changed. The base model's images are
@@ -23,7 +26,6 @@ from ..attacks import get_attack
 from ..methods import get_method
 from ..io import atomic_save_image, atomic_write_text
 from ..precision import dtype_name, resolve_device, resolve_dtype
-from .prompts import load_prompts
 from .report import markdown_text
 
 
@@ -34,7 +36,9 @@ class BenchSettings:
     seeds: tuple[int, ...] = (0, 1)
     steps: int = 35  # DDIM steps when generating for evaluation
     guidance: float = 7.5
-    prompts: str = "target,related,unrelated"
+    prompts: str = "target,related,unrelated"  # the task's suites evaluated, or a CSV file
+    task: str = "shapes"  # what each concept is measured by (tasks.load_task)
+    clip: str | None = None  # a CLIP model for tasks whose detector is CLIP
     train_seed: int = 0
     batch_size: int = 32
     device: str = "auto"
@@ -112,11 +116,21 @@ class Base:
         return cls(pipe, unet_fingerprint(pipe.unet))
 
 
-def run_cell(out: Path, method: str, concept: str, method_settings: dict, settings: BenchSettings, detector, base: Base, progress: bool,
+def measure(settings: BenchSettings, concept: str):
+    """The concept's task and its detector, as the bench's settings name them."""
+    from ..tasks import load_task
+
+    task = load_task(settings.task, concept)
+    return task, task.make_detector(**({"model": settings.clip} if task.detector == "clip" and settings.clip else {}))
+
+
+def run_cell(out: Path, method: str, task, method_settings: dict, settings: BenchSettings, detector, base: Base, progress: bool,
              attacks: tuple[str, ...] = ()) -> dict:
-    """Train (unless inference-time), evaluate, attack and store one cell; reuse what is already there."""
+    """Train (unless inference-time), evaluate, attack and store one cell of `task`'s concept; reuse what is already there."""
     from ..model import load_pipeline
     from .evaluate import evaluate
+
+    concept = task.concept
 
     folder = out / "cells" / f"{method}-{concept}-{cell_key(method, concept, method_settings, settings, base.fingerprint)}"
     base_folder = out / "cells" / f"base-{concept}-{cell_key('base', concept, {}, settings, base.fingerprint)}"
@@ -133,16 +147,16 @@ def run_cell(out: Path, method: str, concept: str, method_settings: dict, settin
                     return pipe
                 return get_method(method).sampler(base.pipe, None, concept, method_settings, settings.train_seed, None, progress)
 
-            result["attacks"] = attack_cell(out, folder, erased_again, concept, settings, base, attacks, None, progress)
+            result["attacks"] = attack_cell(out, folder, erased_again, task, detector, settings, base, attacks, None, progress)
         return result
 
     started = time.perf_counter()
     erased = get_method(method).sampler(base.pipe, lambda: load_pipeline(settings.model, settings.device, settings.dtype), concept,
                                         method_settings, settings.train_seed, folder / "erasure.safetensors", progress)
     train_s = time.perf_counter() - started
-    suites = load_prompts(settings.prompts, concept)
+    suites = task.select(settings.prompts)
     evaluation = evaluate(
-        base.pipe, erased, concept, suites, detector, seeds=list(settings.seeds), steps=settings.steps, guidance=settings.guidance,
+        base.pipe, erased, task, suites, detector, seeds=list(settings.seeds), steps=settings.steps, guidance=settings.guidance,
         batch_size=settings.batch_size, replacement=method_settings.get("replacement"),
         base_images=base.images.get(concept), progress=progress,
     )
@@ -150,26 +164,25 @@ def run_cell(out: Path, method: str, concept: str, method_settings: dict, settin
         base.images[concept] = {name: evaluation.images[name]["base"] for name in suites}
         _save_samples(base_folder, evaluation, "base")
     _save_samples(folder, evaluation, "erased")
-    result = {"method": method, "concept": concept, "method_settings": method_settings, "train_s": round(train_s, 1),
+    result = {"method": method, "concept": concept, "task": task.name, "attribute": getattr(task, "attribute", None), "method_settings": method_settings, "train_s": round(train_s, 1),
               "cell": folder.name, "base_cell": base_folder.name, "evaluation": evaluation.as_dict()}
     atomic_write_text(result_file, json.dumps(result, indent=2))
     if attacks:
         target = evaluation.images["target"]["erased"] if "target" in suites else None
-        result["attacks"] = attack_cell(out, folder, lambda: erased, concept, settings, base, attacks, target, progress)
+        result["attacks"] = attack_cell(out, folder, lambda: erased, task, detector, settings, base, attacks, target, progress)
     return result
 
 
-def attack_cell(out: Path, folder: Path, erased, concept: str, settings: BenchSettings, base: Base, attacks: tuple[str, ...],
+def attack_cell(out: Path, folder: Path, erased, task, detector, settings: BenchSettings, base: Base, attacks: tuple[str, ...],
                 target_images: list | None, progress: bool) -> dict[str, dict]:
-    """Each attack against one cell's model (`erased()` builds it) on the target prompts and the bench's
-    seeds, cached per attack in <cell>/attacks/<attack>-<key>/ (attack.json, successes.png, learned
-    tokens). A model-agnostic attack's prompts are found once per concept and kept in out/cells/."""
+    """Each attack against one cell's model (`erased()` builds it) on the task's target prompts and the
+    bench's seeds, judged by `detector`, cached per attack in <cell>/attacks/<attack>-<key>/ (attack.json,
+    successes.png, learned tokens). A model-agnostic attack's prompts are found once per concept and kept in out/cells/."""
     from ..api import generate_jobs
     from ..attacks import Found, get_attack, run_attack, successes_grid
-    from .detectors import ShapesDetector
 
-    detector = ShapesDetector()
-    prompts = [p.text for p in load_prompts("target", concept)["target"]]
+    concept = task.concept
+    prompts = task.target_texts()
     results, pipe, before = {}, None, None
     for name in attacks:
         attack = get_attack(name)
@@ -185,9 +198,10 @@ def attack_cell(out: Path, folder: Path, erased, concept: str, settings: BenchSe
         any_seed = cell_key("base", concept, {}, replace(settings, train_seed=0), base.fingerprint)
         shared = out / "cells" / f"found-{name}-{concept}-{attack.key()}-{any_seed}.json"
         found = Found.from_json(json.loads(shared.read_text())) if attack.model_agnostic and shared.exists() else None
+        options = ({"paraphrases": task.paraphrases} if name == "paraphrase" else {}) | ({"word": task.word} if task.word else {})
         result = run_attack(name, pipe, concept, prompts, list(settings.seeds), detector, base=base.pipe, before=before,
                             sample_steps=settings.steps, guidance=settings.guidance, batch_size=settings.batch_size,
-                            progress=progress, found=found)
+                            progress=progress, found=found, **options)
         if attack.model_agnostic and found is None:
             atomic_write_text(shared, json.dumps(result.tried.to_json()))
         grid = successes_grid(base.pipe, pipe, result, n=4, sample_steps=settings.steps, guidance=settings.guidance)
@@ -205,7 +219,7 @@ def check_bench(methods: list[str], concepts: list[str], settings: BenchSettings
     settings with device and dtype resolved (so a cell computed on the CPU in fp32 is never
     reused for bf16 on a GPU)."""
     from ..api import check_generation
-    from .shapes import attribute_of
+    from ..tasks import load_task
 
     if not methods or not concepts:
         raise ErasekitError("bench needs at least one method and one concept")
@@ -215,7 +229,11 @@ def check_bench(methods: list[str], concepts: list[str], settings: BenchSettings
     for m in methods:
         _resolved(m, method_settings.get(m, {}))  # unknown methods and bad settings are refused here
     for c in concepts:
-        attribute_of(c)
+        task = load_task(settings.task, c)  # unknown concepts and tasks are refused here
+        if settings.prompts:
+            task.select(settings.prompts)
+        if "paraphrase" in attacks:
+            get_attack("paraphrase").check_prompts(task.target_texts(), task.concept, paraphrases=task.paraphrases)
     for a in attacks:
         get_attack(a)
     device = resolve_device(settings.device)
@@ -239,16 +257,14 @@ def bench_cells(out: Path, methods: list[str], concepts: list[str], settings: Be
                 progress: bool = True, attacks: tuple[str, ...] = ()):
     """bench's cells, each yielded as soon as it is computed or reused, without the report (settings as
     `check_bench` returns them)."""
-    from .detectors import ShapesDetector
-
-    detector = ShapesDetector()
     base = Base.load(settings.model, settings.device, settings.dtype)
     for concept in concepts:
+        task, detector = measure(settings, concept)
         if attacks:  # first the sanity row: an attack must reach the concept on the unerased model
             folder = out / "cells" / f"base-{concept}-{cell_key('base', concept, {}, replace(settings, train_seed=0), base.fingerprint)}"
-            sanity = attack_cell(out, folder, lambda: base.pipe, concept, settings, base, attacks, None, progress)
+            sanity = attack_cell(out, folder, lambda: base.pipe, task, detector, settings, base, attacks, None, progress)
         for method in methods:
-            row = run_cell(out, method, concept, method_settings.get(method, {}), settings, detector, base, progress, attacks)
+            row = run_cell(out, method, task, method_settings.get(method, {}), settings, detector, base, progress, attacks)
             yield row | ({"base_attacks": sanity} if attacks else {})
 
 
@@ -273,20 +289,18 @@ def _fid_kid(base: dict, erased: dict) -> str:
 
 def table_rows(rows: list[dict]) -> list[list[str]]:
     """The report's table, one list of cells per (method, concept)."""
-    from .shapes import attribute_of
-
     table = []
     for r in rows:
         suites = r["evaluation"]["suites"]
         target, related, unrelated = suites.get("target"), suites.get("related"), suites.get("unrelated")
-        attribute = attribute_of(r["concept"])[0]
+        attribute = r.get("attribute")  # shapes world: the attribute related prompts are aligned on
         dist = r["evaluation"].get("distribution") or {}
         base, erased = dist.get("base") or {}, dist.get("erased") or {}
         timing = r["evaluation"]["timing"]
         table.append([
             r["method"], r["concept"],
             _target_cell(target, r["method_settings"].get("replacement")),
-            f"{_pct(related['alignment_base'][attribute])} → {_pct(related['alignment'][attribute])}" if related and related["alignment"] else "—",
+            f"{_pct(related['alignment_base'][attribute])} → {_pct(related['alignment'][attribute])}" if related and related["alignment"] and attribute else "—",
             " / ".join(f"{a} {_pct(unrelated['alignment'][a])}" for a in unrelated["alignment"]) if unrelated and unrelated["alignment"] else "—",
             f"{related['ssim']:.3f}" if related else "—",
             f"{unrelated['ssim']:.3f}" if unrelated else "—",
@@ -305,8 +319,9 @@ def attack_lines(rows: list[dict]) -> list[str]:
     """The report's attack section: budgets, the sanity rows, and pictures of successful attacks."""
     if not rows or "attacks" not in rows[0]:
         return []
-    lines = ["## Attacks", "", "ASR: share of target prompts x seeds whose image shows the concept (the shapes classifier's top-1, "
-             "as UnlearnDiffAtk judges objects); after counts a prompt that succeeded as written or under the attack.", ""]
+    detector = rows[0]["evaluation"]["settings"].get("detector", "shapes")
+    lines = ["## Attacks", "", f"ASR: share of target prompts x seeds whose image shows the concept (the {detector} detector's verdict); "
+             "after counts a prompt that succeeded as written or under the attack.", ""]
     first = rows[0]["attacks"]
     lines += [f"- {name}: {', '.join(f'{k} {v}' for k, v in a['budget'].items() if k != 'paraphrases' or v)}" for name, a in first.items()]
     lines += ["", "Against the unerased model (each attack must reach the concept here, or a low number elsewhere proves nothing):", ""]
@@ -381,10 +396,12 @@ def write_bench_report(out: Path, rows: list[dict], settings: BenchSettings) -> 
         grids.append((concept, name))
 
     def intro(model: str) -> str:
-        return (f"Model {model} ({settings.dtype} on {settings.device}); evaluation: prompts {settings.prompts}, seeds {list(settings.seeds)}, "
-                f"{settings.steps} DDIM steps, guidance {settings.guidance}; base and erased models from the same seeds. "
-                "Alignment: the shapes classifier agrees with what the prompt names. FID/KID: shapes-classifier features "
-                "against rendered ground truth for the non-target prompts.")
+        text = (f"Model {model} ({settings.dtype} on {settings.device}); task {settings.task}; evaluation: prompts {settings.prompts}, "
+                f"seeds {list(settings.seeds)}, {settings.steps} DDIM steps, guidance {settings.guidance}; base and erased models from the same seeds. ")
+        if settings.task.split(":")[0] == "shapes":
+            return text + ("Alignment: the shapes classifier agrees with what the prompt names. FID/KID: shapes-classifier features "
+                           "against rendered ground truth for the non-target prompts.")
+        return text + "FID/KID: the task's features, against the task's reference images or the base model's, for the non-target prompts."
 
     md = ["# erasekit bench", "", intro(markdown_text(settings.model)), "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     md += ["| " + " | ".join(cells) + " |" for cells in table]

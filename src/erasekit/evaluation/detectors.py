@@ -1,9 +1,10 @@
 """Detectors: does an image show the erased concept?
 
 Each detector says up front whether it can look for a concept (`check`), and turns a list of PIL
-images into one flag per image (the concept is there) and
-per-class counts where its model has classes: the shapes classifier for the built-in world,
-NudeNet for nudity (the ESD and All-but-One papers' detector), an ImageNet classifier for objects.
+images into one flag per image (the concept is there) and per-class counts where its model has
+classes: the shapes classifier for the built-in world (tasks/shapes.py), NudeNet for nudity (the
+ESD and All-but-One papers' detector), an ImageNet classifier for objects, CLIP zero-shot for
+styles and people.
 """
 
 from __future__ import annotations
@@ -25,33 +26,6 @@ class Detection:
     @property
     def rate(self) -> float:
         return sum(self.flags) / len(self.flags) if self.flags else 0.0
-
-
-class ShapesDetector:
-    """The shipped shapes classifier: a concept is detected when its attribute is predicted as it."""
-
-    name = "shapes"
-
-    def __init__(self, classifier_dir=None):
-        from ..shapes.classifier import load_classifier
-
-        self.classifier = load_classifier(classifier_dir)
-
-    def predict(self, images: list[Image.Image]) -> dict[str, list[str]]:
-        return self.classifier.predict(images).labels
-
-    def check(self, concept: str) -> None:
-        """Refuse, before any image is made, a concept that is no value of the shapes world."""
-        from .shapes import attribute_of
-
-        attribute_of(concept)
-
-    def detect(self, images: list[Image.Image], concept: str) -> Detection:
-        from .shapes import attribute_of
-
-        attribute, value = attribute_of(concept)
-        predicted = self.predict(images)[attribute]
-        return Detection(flags=[p == value for p in predicted], counts=dict(Counter(predicted)))
 
 
 class NudeNetDetector:
@@ -123,8 +97,53 @@ class ImageNetDetector:
         return Detection(flags=flags, counts=dict(Counter(self.classes[i] for i in logits.argmax(-1).tolist())))
 
 
+class ClipDetector:
+    """CLIP zero-shot (Radford et al. 2021): each image goes to the label whose text ("a painting in the
+    style of {label}") it is closest to; the concept is detected where it wins. Styles and people
+    have no classifier of their own, so the task lists the alternatives CLIP chooses among."""
+
+    name = "clip"
+
+    def __init__(self, labels: list[str], model: str | None = None, template: str = "{}", batch_size: int = 32):
+        if not model:
+            raise ErasekitError("the clip detector needs a CLIP model: --clip FOLDER (or a hub id, where the hub is reachable)")
+        if len(labels) < 2:
+            raise ErasekitError("the clip detector needs the concept and at least one alternative to choose between")
+        from transformers import CLIPModel, CLIPProcessor
+
+        try:
+            self.model, self.processor = CLIPModel.from_pretrained(model).eval(), CLIPProcessor.from_pretrained(model)
+        except OSError as e:
+            raise ErasekitError(f"cannot load the CLIP model {model}: {str(e).splitlines()[0]}") from None
+        self.labels, self.template, self.batch_size = list(labels), template, batch_size
+
+    def check(self, concept: str) -> None:
+        if concept not in self.labels:
+            raise ErasekitError(f"'{concept}' is not one of the clip detector's labels ({', '.join(self.labels)})")
+
+    def detect(self, images: list[Image.Image], concept: str) -> Detection:
+        import torch
+
+        self.check(concept)
+        texts = [self.template.replace("{}", label) for label in self.labels]
+        chosen = []
+        with torch.no_grad():
+            for start in range(0, len(images), self.batch_size):
+                inputs = self.processor(text=texts, images=images[start : start + self.batch_size], return_tensors="pt", padding=True)
+                chosen += self.model(**inputs).logits_per_image.argmax(-1).tolist()
+        return Detection(flags=[self.labels[i] == concept for i in chosen], counts=dict(Counter(self.labels[i] for i in chosen)))
+
+
 def make_detector(name: str, **options):
-    detectors = {"shapes": ShapesDetector, "nudenet": NudeNetDetector, "imagenet": ImageNetDetector}
+    """A detector by name: shapes (the built-in world's classifier), nudenet, imagenet or clip."""
+    if name == "shapes":
+        from ..tasks.shapes import ShapesDetector
+
+        return ShapesDetector(**options)
+    detectors = {"nudenet": NudeNetDetector, "imagenet": ImageNetDetector, "clip": ClipDetector}
     if name not in detectors:
-        raise ErasekitError(f"unknown detector '{name}': use {', '.join(detectors)}")
-    return detectors[name](**options)
+        raise ErasekitError(f"unknown detector '{name}': use shapes, {', '.join(detectors)}")
+    try:
+        return detectors[name](**options)
+    except TypeError as e:  # a task file's detector_options that the detector does not take
+        raise ErasekitError(f"the {name} detector's options: {e}") from None

@@ -12,15 +12,13 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, field
 
-import numpy as np
 import torch
 from PIL import Image
 
 from ..api import Job, generate_batch, make_batches
 from ..precision import dtype_name
 from ..progress import progress_bar
-from ..shapes.score import agreement
-from .metrics import fid_kid, ssim
+from .metrics import agreement, fid_kid, ssim
 from .prompts import Prompt
 
 
@@ -107,27 +105,12 @@ def generate_sharded(pipe, jobs: list[Job], steps: int, negative_prompt: str | N
     return [image for batch in gathered for image in batch]
 
 
-def render_reference(prompts: list[Prompt], jobs_per_prompt: list[int], seed: int = 0) -> list[Image.Image]:
-    """Shapes world: a rendered image for each generated one, with the attributes its prompt names
-    and the rest drawn at random: the ground truth that FID/KID compare a model with."""
-    from ..shapes.world import Labels, random_labels, render
-
-    rng = np.random.default_rng(seed)
-    images = []
-    for prompt, count in zip(prompts, jobs_per_prompt):
-        for _ in range(count):
-            labels = random_labels(rng)
-            labels = Labels(**{**asdict(labels), **prompt.wanted})
-            images.append(render(labels, rng))
-    return images
-
-
 def evaluate(
     base,
     erased,
-    concept: str,
-    suites: dict[str, list[Prompt]],
-    detector,
+    task,
+    suites: dict[str, list[Prompt]] | None = None,
+    detector=None,
     seeds: list[int] = (0, 1),
     steps: int = 35,
     guidance: float = 7.5,
@@ -143,12 +126,16 @@ def evaluate(
     """Measure `erased` against `base` on every suite; returns None on processes other than rank 0.
 
     base, erased: pipelines (the same object when the method acts at inference, with
-    `negative_prompt` set for the erased run). reference: images for FID/KID, "auto" (rendered
-    ground truth for the shapes world, the base model's images otherwise) or None (skip).
-    features: the FID/KID feature extractor (default: the shapes classifier's features).
+    `negative_prompt` set for the erased run). task: the concept's task (tasks/); suites and
+    detector default to its own (`task.select(None)`, `task.make_detector()`). reference: images for
+    FID/KID, "auto" (the task's: rendered ground truth in the shapes world, else its folder or the
+    base model's images) or None (skip). features: the FID/KID feature extractor (default: the task's).
     base_images: the base model's images per suite from an earlier evaluation with the same
     suites and settings (`Evaluation.images`), so that comparing many erasures generates them once.
     """
+    concept = task.concept
+    suites = task.select(None) if suites is None else suites
+    detector = task.make_detector() if detector is None else detector
     jobs = {name: expand(prompts, list(seeds), guidance) for name, prompts in suites.items()}
     images: dict[str, dict[str, list[Image.Image]]] = {name: {} for name in suites}
     started = time.perf_counter()
@@ -186,7 +173,7 @@ def evaluate(
             result.replacement = detector.detect(after, replacement).rate
         results[name] = result
 
-    distribution = _distribution(suites, images, seeds, reference, features)
+    distribution = _distribution(task, suites, images, seeds, reference, features)
     metrics_s = time.perf_counter() - started
     n_images = (1 if base_images is not None else 2) * sum(len(j) for j in jobs.values())
     timing = {
@@ -194,7 +181,7 @@ def evaluate(
         "metrics_s": round(metrics_s, 2), "metrics_overhead": round(metrics_s / generation_s, 4),
     }
     settings = {
-        "seeds": list(seeds), "steps": steps, "guidance": guidance, "negative_prompt": negative_prompt,
+        "task": task.name, "seeds": list(seeds), "steps": steps, "guidance": guidance, "negative_prompt": negative_prompt,
         "detector": getattr(detector, "name", type(detector).__name__), "batch_size": batch_size,
         "processes": _state().num_processes, "replacement": replacement,
         "device": str(base.device), "dtype": dtype_name(base.unet.dtype),
@@ -202,7 +189,7 @@ def evaluate(
     return Evaluation(concept=concept, settings=settings, suites=results, distribution=distribution, timing=timing, images=images, jobs=jobs)
 
 
-def _distribution(suites, images, seeds, reference, features) -> dict | None:
+def _distribution(task, suites, images, seeds, reference, features) -> dict | None:
     """FID/KID of the base and erased images of every suite but "target" against the reference."""
     kept = [name for name in suites if name != "target"] or list(suites)
     base_images = [im for name in kept for im in images[name]["base"]]
@@ -210,16 +197,15 @@ def _distribution(suites, images, seeds, reference, features) -> dict | None:
     if reference is None or len(base_images) < 2:
         return None
     if features is None:
-        from .metrics import ClassifierFeatures
+        from .metrics import feature_extractor
 
-        features = ClassifierFeatures()
+        features = feature_extractor(task.features)
     source = "given"
     if reference == "auto":
-        prompts = [p for name in kept for p in suites[name]]
-        if all(p.wanted for p in prompts):
-            reference, source = render_reference(prompts, [len(seeds_of(p, seeds)) for p in prompts]), "rendered ground truth"
-        else:
-            reference, source = base_images, "base model"
+        counts = {name: [len(seeds_of(p, seeds)) for p in suites[name]] for name in kept}
+        reference = task.reference_images({name: suites[name] for name in kept}, counts)
+        source = "base model" if reference == "base" else "rendered ground truth" if task.reference is None else str(task.reference)
+        reference = base_images if reference == "base" else reference
     return {
         "reference": source, "n_reference": len(reference), "n_images": len(erased_images),
         "base": fid_kid(reference, base_images, features) if source != "base model" else None,

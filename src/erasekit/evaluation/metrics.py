@@ -22,26 +22,11 @@ def ssim(a: list[Image.Image], b: list[Image.Image], window: int = 25) -> torch.
     )
 
 
-class ClassifierFeatures(torch.nn.Module):
-    """The shapes classifier's penultimate features, as torchmetrics' FID/KID want a feature extractor:
-    images as floats in [0, 1], (B, 3, H, W) -> (B, num_features)."""
-
-    def __init__(self, detector=None):
-        super().__init__()
-        if detector is None:
-            from ..shapes.classifier import load_classifier
-
-            detector = load_classifier()
-        self.detector = detector
-        self.num_features = detector.model.widths[-1]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.detector.features(x * 2 - 1)
-
-
 def feature_extractor(name: str):
     """'shapes' (the shapes classifier) or 'inception' (torchmetrics' InceptionV3, needs torch-fidelity)."""
     if name == "shapes":
+        from ..tasks.shapes import ClassifierFeatures
+
         return ClassifierFeatures()
     if name == "inception":
         try:
@@ -54,6 +39,15 @@ def feature_extractor(name: str):
     from ..errors import ErasekitError
 
     raise ErasekitError(f"unknown feature extractor '{name}': use shapes or inception")
+
+
+def agreement(predicted: dict[str, list[str]], wanted: list[dict[str, str]]) -> dict[str, float]:
+    """Per attribute, the share of matching predictions among the images whose prompt names it."""
+    result = {}
+    for attribute in sorted({a for w in wanted for a in w}):
+        pairs = [(p, w[attribute]) for p, w in zip(predicted[attribute], wanted) if attribute in w]
+        result[attribute] = sum(p == w for p, w in pairs) / len(pairs)
+    return result
 
 
 def fid_kid(reference: list[Image.Image], generated: list[Image.Image], features) -> dict[str, float]:

@@ -1,4 +1,4 @@
-"""Prompt sets for evaluation: the shapes world's built-in suites and CSV files (I2P, COCO captions).
+"""Prompts for evaluation, and the CSV files they come in (I2P, COCO captions); a task (tasks/) holds the suites.
 
 A suite is a list of `Prompt`s. A prompt either carries its own seed and guidance (CSV rows, as the
 ESD repo's files do, so that every model is judged on the same images) or takes the run's seeds.
@@ -14,11 +14,6 @@ from pathlib import Path
 
 from ..errors import ErasekitError
 from ..io import read_utf8
-from ..shapes.world import ATTRIBUTES
-from .shapes import attribute_of, described_prompts, other_prompts, target_prompts
-
-SUITES = ("target", "related", "described", "unrelated")
-
 
 @dataclass(frozen=True)
 class Prompt:
@@ -28,32 +23,6 @@ class Prompt:
     case: str = ""  # the row's id in its file (case_number), for tracing an image back
     categories: tuple[str, ...] = ()  # I2P's categories, e.g. ("sexual", "violence")
     wanted: dict[str, str] = field(default_factory=dict)  # attributes it names (shapes world)
-
-
-def shapes_suite(name: str, concept: str) -> list[Prompt]:
-    """The shapes world's suites around a concept.
-
-    target: prompts naming the concept; related: prompts naming another value of the same
-    attribute (other shapes when erasing "circle"), which an erasure must keep; described: the
-    related prompts with the attribute they leave open named too ("a dotted red circle"), so the
-    prompt fixes all three; unrelated: prompts naming only the other attributes ("a red shape"),
-    where the erased concept may still appear.
-    """
-    attribute, value = attribute_of(concept)
-    if name == "target":
-        return [Prompt(text, wanted={attribute: value}) for text in target_prompts(concept)]
-    if name == "related":
-        return [Prompt(text, wanted=wanted) for text, wanted in other_prompts(concept)]
-    if name == "described":
-        return [Prompt(text, wanted=wanted) for text, wanted in described_prompts(concept)]
-    if name == "unrelated":
-        return [
-            Prompt(f"a {v}" if other == "shape" else f"a {v} shape", wanted={other: v})
-            for other in ATTRIBUTES
-            if other != attribute
-            for v in ATTRIBUTES[other]
-        ]
-    raise ErasekitError(f"unknown prompt suite '{name}': use {', '.join(SUITES)} or a CSV file")
 
 
 # Columns each file format must have; the first format whose columns are all present wins.
@@ -100,15 +69,3 @@ def load_csv(path: Path | str) -> list[Prompt]:
     if not prompts:
         raise ErasekitError(f"{path} has no prompts")
     return prompts
-
-
-def load_prompts(spec: str, concept: str | None = None) -> dict[str, list[Prompt]]:
-    """`spec` is a comma-separated list of suite names (needs `concept`) or a path to a CSV file."""
-    if spec.endswith(".csv") or Path(spec).is_file():
-        return {Path(spec).stem: load_csv(spec)}
-    names = [s.strip() for s in spec.split(",") if s.strip()]
-    if not names:
-        raise ErasekitError("no prompts: name suites (target,related,unrelated) or a CSV file")
-    if concept is None:
-        raise ErasekitError("the built-in suites are built around a concept: pass --concept")
-    return {name: shapes_suite(name, concept) for name in names}

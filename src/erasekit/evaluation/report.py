@@ -129,13 +129,12 @@ def erasure_report(model, erasure_file: Path, concept: str, out: Path, seeds: in
     Returns (path of report.md, the Evaluation)."""
     from ..erasure_file import load_erasure
     from ..model import load_pipeline
-    from .detectors import ShapesDetector
+    from ..tasks import load_task
     from .evaluate import evaluate
-    from .prompts import load_prompts
 
     base = load_pipeline(model, device, dtype, model_config)
     erased = load_pipeline(model, device, dtype, model_config)
     metadata = load_erasure(erased, erasure_file)
-    evaluation = evaluate(base, erased, concept, load_prompts(REPORT_SUITES, concept), ShapesDetector(),
-                          seeds=list(range(seeds)), replacement=replacement)
+    task = load_task("shapes", concept)
+    evaluation = evaluate(base, erased, task, task.select(REPORT_SUITES), seeds=list(range(seeds)), replacement=replacement)
     return write_evaluation(out, evaluation, metadata), evaluation

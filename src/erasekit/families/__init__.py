@@ -102,6 +102,11 @@ class Family:
         return [pipe.text_encoder]
 
     @classmethod
+    def tokenizers(cls, pipe) -> list:
+        """Each text encoder's tokenizer, in the order of `text_encoders`."""
+        return [pipe.tokenizer]
+
+    @classmethod
     def checkpoint_text_encoders(cls, pipe) -> list[tuple[str, str, torch.nn.Module]]:
         """Where each text encoder goes in a single-file checkpoint: (key prefix, "hf" or "openclip", encoder)."""
         raise NotImplementedError

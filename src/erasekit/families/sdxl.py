@@ -33,5 +33,9 @@ class StableDiffusionXL(Family):
         return [pipe.text_encoder, pipe.text_encoder_2]
 
     @classmethod
+    def tokenizers(cls, pipe):
+        return [pipe.tokenizer, pipe.tokenizer_2]
+
+    @classmethod
     def checkpoint_text_encoders(cls, pipe):
         return [("conditioner.embedders.0.transformer.", "hf", pipe.text_encoder), ("conditioner.embedders.1.model.", "openclip", pipe.text_encoder_2)]

@@ -43,21 +43,19 @@ class Ablating(ImageBankMethod):
 
     def __init__(self, pipe, concepts, config: AblatingConfig, replacement=None):
         super().__init__(pipe, concepts, config, replacement)
-        self.anchor = config.anchor or replacement or ""
-        self.anchor_emb = embed(pipe, [self.anchor])
+        self.anchor_emb = embed(pipe, [config.anchor or self.replacements[c] or "" for c in concepts])  # c* per concept
 
     images_label = "anchor images"
 
     def image_prompt(self, concept):
-        return self.anchor_emb.expand(len(concept), -1, -1)
+        return self.anchor_emb[concept]
 
     def n_images(self):
         return self.config.anchor_images
 
     def loss(self, batch):
         x = batch["x"].to(self.device)
-        n = x.shape[0]
-        embs = torch.cat([self.concept_emb[batch["concept"]], self.anchor_emb.expand(n, -1, -1)])
+        embs = torch.cat([self.concept_emb[batch["concept"]], self.anchor_emb[batch["concept"]]])
         eps_concept, eps_anchor = unet_out(self.unet, x.repeat(2, 1, 1, 1), batch["t"].repeat(2), embs).chunk(2)
         loss = ablating_loss(eps_concept, eps_anchor)
         return loss, {"ablating": loss.item()}

@@ -80,11 +80,11 @@ class AboConfig(MethodConfig):
             raise ErasekitError(f"lambda must be >= 0, got {self.lam}")
 
 
-def trajectory_for(config: AboConfig, replacement: str | None) -> str:
+def trajectory_for(config: AboConfig, replaced: bool) -> str:
     """The trajectory x_t follows, "auto" resolved: a replacement is learnt only where x_t shows it."""
     if config.trajectory != "auto":
         return config.trajectory
-    return "erased" if replacement else "concept"
+    return "erased" if replaced else "concept"
 
 
 PAPER = {"trajectory": "erased", "optimizer": "adamw", "lr": 1e-5, "adam_eps": 1e-8, "gamma1": 7.5, "gamma2": 7.5, "lam": 5.0, "warmup": 5, "ddim_steps": 35, "steps": 200, "batch_size": 1}
@@ -102,13 +102,15 @@ class Abo(TrajectoryBankMethod):
 
     def __init__(self, pipe, concepts, config: AboConfig, replacement=None):
         super().__init__(pipe, concepts, config, replacement)
-        self.trajectory = trajectory_for(config, replacement)
+        replaced = any(self.replacements.values())
+        self.trajectory = trajectory_for(config, replaced)
         window = dict(kappa=config.kappa, warmup=config.warmup, start=config.window_start, end=config.window_end)
-        # C_I of the paper: "−c" (the step's target concept) and, with a replacement, "+c'".
+        # C_I of the paper: "−c" (the step's target concept) and, with a replacement, "+c'" (each concept's own).
         self.instructions = [Instruction("-target", -config.erase_scale, **window)]
-        if replacement:
-            self.instructions.append(Instruction(replacement, config.replace_scale, **window))
-            self.replacement_emb = embed(pipe, [replacement])
+        if replaced:
+            self.instructions.append(Instruction("+replacement", config.replace_scale, **window))
+            # A concept without one takes "": its Δ = ε(∅) − ε(∅) is zero, so "+c'" leaves it alone.
+            self.replacement_emb = embed(pipe, [self.replacements[c] or "" for c in concepts])
         self.ptp_weights = token_weights(pipe.tokenizer, concepts, concepts, config.ptp_weight)
 
     def delta(self, x, t, i, concept, eps_uncond, eps_concept):
@@ -120,8 +122,8 @@ class Abo(TrajectoryBankMethod):
                 eps_ptp = unet_out(self.unet, x, t, self.concept_emb[concept])
             return cfg.gamma1 * (eps_ptp - eps_concept)
         eps_instructions = [eps_concept]  # "−target" is the step's own concept: its output is at hand
-        if self.replacement:
-            eps_instructions.append(unet_out(self.unet, x, t, self.replacement_emb.expand(x.shape[0], -1, -1)))
+        if len(self.instructions) > 1:
+            eps_instructions.append(unet_out(self.unet, x, t, self.replacement_emb[concept]))
         return explicit_delta(eps_uncond, eps_instructions, self.instructions, i)
 
     def teacher_step(self, x, t, i, concept):

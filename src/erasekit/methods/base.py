@@ -72,6 +72,16 @@ class MethodConfig:
         return one_each(math.ceil(self.steps * self.batch_size / DRAWS_PER_TRAJECTORY), n_concepts, "trajectories")
 
 
+def replacements_for(concepts: list[str], replacement: str | dict[str, str] | None) -> dict[str, str | None]:
+    """Each concept's replacement: one for all (a string), or per concept (a dict; a concept it leaves out has none)."""
+    if not isinstance(replacement, dict):
+        return {c: replacement for c in concepts}
+    unknown = sorted(set(replacement) - set(concepts))
+    if unknown:
+        raise ErasekitError(f"a replacement is given for '{unknown[0]}', which is not among the concepts erased ({', '.join(concepts)})")
+    return {c: replacement.get(c) for c in concepts}
+
+
 def one_each(count: int, n_concepts: int, what: str) -> int:
     """A bank's size grown to the number of concepts where it is smaller, with a warning: bank.py
     gives entry k to concept k mod n, so a concept past the bank's size would never train."""
@@ -144,9 +154,10 @@ class Method:
 class WeightEditingMethod(Method):
     """A method whose result is new weights for some UNet parameters, saved as an erasure file."""
 
-    def __init__(self, pipe, concepts: list[str], config: MethodConfig, replacement: str | None = None):
+    def __init__(self, pipe, concepts: list[str], config: MethodConfig, replacement: str | dict[str, str] | None = None):
         self.pipe, self.unet, self.config = pipe, pipe.unet, config
-        self.concepts, self.replacement = concepts, replacement
+        self.concepts, self.replacement = concepts, replacement  # as given: the run's identity and the metadata
+        self.replacements = replacements_for(concepts, replacement)
         self.device, self.dtype = pipe.unet.device, pipe.unet.dtype  # dtype: the compute dtype, taken before training holds masters in float32
         self.latent_shape = latent_shape(pipe)
         self.uncond = embed(pipe, [""])

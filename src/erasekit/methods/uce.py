@@ -73,7 +73,7 @@ class Uce(ClosedFormMethod):
     def __init__(self, pipe, concepts, config: UceConfig, replacement=None):
         super().__init__(pipe, concepts, config, replacement)
         # The token embeddings, while the text encoder is at hand (erase() moves it off an accelerator for the edit).
-        pairs = [self._aligned_tokens(c, replacement or "") for c in concepts]
+        pairs = [self._aligned_tokens(c, self.replacements[c] or "") for c in concepts]
         self.erase_inputs, self.erase_targets = torch.cat([p[0] for p in pairs]), torch.cat([p[1] for p in pairs])
         self.kept = [c.strip() for c in config.preserve.split(",") if c.strip()]
         self.preserve_inputs = (torch.cat([self._aligned_tokens(c, c)[0] for c in self.kept]) if self.kept

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..evaluation.metrics import agreement
 from .world import COLOURS, SHAPES, TEXTURES
 
 
@@ -24,15 +25,6 @@ class Score:
     agreement: dict[str, float]
     n_images: int
     per_prompt: list[dict] = field(default_factory=list)
-
-
-def agreement(predicted: dict[str, list[str]], wanted: list[dict[str, str]]) -> dict[str, float]:
-    """Per attribute, the share of matching predictions among the images whose prompt names it."""
-    result = {}
-    for attribute in sorted({a for w in wanted for a in w}):
-        pairs = [(p, w[attribute]) for p, w in zip(predicted[attribute], wanted) if attribute in w]
-        result[attribute] = sum(p == w for p, w in pairs) / len(pairs)
-    return result
 
 
 def score_model(pipe, detector, seeds: int = 2, steps: int = 35, guidance: float = 7.5, batch_size: int = 54, progress: bool = True) -> Score:
