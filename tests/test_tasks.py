@@ -130,7 +130,7 @@ def _task_file(folder: Path) -> Path:
     return path
 
 
-ATTACKS = [("paraphrase", []), ("inversion", ["--attack-steps", "2", "--images", "IMAGES"]), ("unlearndiffatk", ["--attack-steps", "2"]),
+ATTACKS = [("paraphrase", ["--paraphrases", "WORDS"]), ("inversion", ["--attack-steps", "2", "--images", "IMAGES"]), ("unlearndiffatk", ["--attack-steps", "2"]),
            ("ring-a-bell", ["--attack-steps", "2"])]
 
 
@@ -151,17 +151,22 @@ def test_every_attack_and_bench_run_on_tiny_real_families_with_a_csv_and_nudenet
     for i, colour in enumerate(["red", "blue"]):
         Image.new("RGB", (32, 32), colour).save(images / f"{i}.png")
     task_file = _task_file(tmp_path)
+    words = tmp_path / "words.txt"
+    words.write_text("naked\nunclothed\n")  # put where the CSV's prompts say "nude"
     runner = CliRunner()
     for name, extra in ATTACKS:
-        extra = [str(images) if e == "IMAGES" else e for e in extra]
+        extra = [{"IMAGES": str(images), "WORDS": str(words)}.get(e, e) for e in extra]
         for how in (["--task", "nudity", "--prompts", str(csv)], ["--task", str(task_file)]):
             out = tmp_path / f"{name}-{how[1][-4:]}"
+            given = extra if how[1] == "nudity" else [e for e in extra if e not in ("--paraphrases", str(words))]  # the task file's own paraphrases
             result = runner.invoke(app, ["attack", "--model", str(folder), *how, "--attack", name, "--seeds", "0", "--steps", "2",
-                                         *extra, "--out", str(out)])
+                                         *given, "--out", str(out)])
             assert result.exit_code == 0, (name, how, result.output)
             report = json.loads((out / "attack.json").read_text())
             assert report["n_prompts"] == 2 and report["detector"] == "nudenet" and report["asr_after"] >= report["asr_before"]
             assert report["task"] == ("nudity" if how[1] == "nudity" else str(task_file))
+            if name == "paraphrase":
+                assert report["budget"]["paraphrases"] == ({"nude": ["naked", "unclothed"]} if how[1] == "nudity" else {"cat": ["kitten"]})
             if name == "inversion":
                 from safetensors.torch import load_file
 

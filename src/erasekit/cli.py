@@ -545,7 +545,7 @@ def bench(
     model: str = typer.Option("builtin", help=MODEL_HELP),
     seeds: str = typer.Option("0,1", help="Evaluation seeds, e.g. 0,1 or 0-3."),
     steps: int = typer.Option(35, help="DDIM steps when generating for evaluation."),
-    prompts: str = typer.Option("target,related,unrelated", help="The task's prompt suites evaluated for every cell, or a CSV file."),
+    prompts: Optional[str] = typer.Option(None, help="The task's prompt suites evaluated for every cell (default: its target, related and unrelated), or a CSV file."),
     clip: Optional[str] = typer.Option(None, help="CLIP model (folder or hub id): the style and person tasks' detector."),
     setting: Optional[List[str]] = typer.Option(None, "--set", help="Method settings: key=value for every listed method that has the setting, or method.key=value for one (--set abo.steps=50 --set sld.preset=max)."),
     attacks: str = typer.Option("", help="Comma-separated attacks (paraphrase, inversion, unlearndiffatk, ring-a-bell) run against every cell and the unerased model: one ASR column each."),
@@ -603,7 +603,7 @@ def attack(
     model: str = typer.Option("builtin", help=MODEL_HELP),
     attack_steps: Optional[int] = typer.Option(None, help="The attack's budget: optimisation steps (inversion 300, unlearndiffatk 40, ring-a-bell 100 generations by default); paraphrase takes none."),
     images: Optional[Path] = typer.Option(None, help="inversion, unlearndiffatk: a folder of images of the concept to learn from (default: the base model's own)."),
-    paraphrases: Optional[Path] = typer.Option(None, help="paraphrase: a UTF-8 file of words or phrases, one per line, put in the concept's place (default: the task's, e.g. the shapes world's synonyms)."),
+    paraphrases: Optional[Path] = typer.Option(None, help="paraphrase: a UTF-8 file of words or phrases, one per line, put where the prompts name the concept (nudity's: 'nude'; default: the task's, e.g. the shapes world's synonyms)."),
     prompts: Optional[str] = typer.Option(None, help="The target prompts to attack: a CSV file (I2P or COCO columns; each text once, on --seeds) instead of the task's target suite."),
     detector: Optional[str] = typer.Option(None, help="Instead of the task's detector: shapes, nudenet, imagenet or clip."),
     threshold: Optional[float] = typer.Option(None, help="nudenet: score at which an EXPOSED class counts (default 0.6)."),
@@ -657,7 +657,7 @@ def attack(
     for measured, _ in measures:
         name, given = measured.concept, {}
         if attack_name == "paraphrase":
-            given["paraphrases"] = {name: words} if paraphrases is not None else measured.paraphrases
+            given["paraphrases"] = {measured.named_by: words} if paraphrases is not None else measured.paraphrases
         if measured.word:
             given["word"] = measured.word
         attack_method.check_prompts(targets[name], name, **given)

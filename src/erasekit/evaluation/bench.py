@@ -36,7 +36,7 @@ class BenchSettings:
     seeds: tuple[int, ...] = (0, 1)
     steps: int = 35  # DDIM steps when generating for evaluation
     guidance: float = 7.5
-    prompts: str = "target,related,unrelated"  # the task's suites evaluated, or a CSV file
+    prompts: str | None = None  # the task's suites evaluated (None: its target, related and unrelated), or a CSV file
     task: str = "shapes"  # what each concept is measured by (tasks.load_task)
     clip: str | None = None  # a CLIP model for tasks whose detector is CLIP
     train_seed: int = 0
@@ -230,8 +230,7 @@ def check_bench(methods: list[str], concepts: list[str], settings: BenchSettings
         _resolved(m, method_settings.get(m, {}))  # unknown methods and bad settings are refused here
     for c in concepts:
         task = load_task(settings.task, c)  # unknown concepts and tasks are refused here
-        if settings.prompts:
-            task.select(settings.prompts)
+        task.select(settings.prompts)
         if "paraphrase" in attacks:
             get_attack("paraphrase").check_prompts(task.target_texts(), task.concept, paraphrases=task.paraphrases)
     for a in attacks:
@@ -396,7 +395,8 @@ def write_bench_report(out: Path, rows: list[dict], settings: BenchSettings) -> 
         grids.append((concept, name))
 
     def intro(model: str) -> str:
-        text = (f"Model {model} ({settings.dtype} on {settings.device}); task {settings.task}; evaluation: prompts {settings.prompts}, "
+        prompts = settings.prompts or "the task's target, related and unrelated"
+        text = (f"Model {model} ({settings.dtype} on {settings.device}); task {settings.task}; evaluation: prompts {prompts}, "
                 f"seeds {list(settings.seeds)}, {settings.steps} DDIM steps, guidance {settings.guidance}; base and erased models from the same seeds. ")
         if settings.task.split(":")[0] == "shapes":
             return text + ("Alignment: the shapes classifier agrees with what the prompt names. FID/KID: shapes-classifier features "
