@@ -56,11 +56,7 @@ def _task(task: str, concept: Optional[str], clip: Optional[str] = None, detecto
     from .tasks import load_task
 
     found = load_task(task, concept)
-    name = detector or found.detector
-    options = {"threshold": threshold} if threshold is not None else {}
-    if name == "clip" and clip:
-        options["model"] = clip
-    return found, found.make_detector(detector, **options)
+    return found, found.make_detector(detector, clip, **({"threshold": threshold} if threshold is not None else {}))
 
 
 def _measured(task: str, concepts: Optional[List[str]], erasure: Optional[Path], clip: Optional[str], detector: Optional[str] = None,
@@ -72,6 +68,13 @@ def _measured(task: str, concepts: Optional[List[str]], erasure: Optional[Path],
 
         concepts = read_metadata(erasure).get("concepts") or None
     return [_task(task, c, clip, detector, threshold) for c in (concepts or [None])]
+
+
+def _folders(measures: list, out: Path) -> dict:
+    """Where each measured concept's files go: OUT itself for one concept, OUT/CONCEPT/ for several."""
+    from .images import slug
+
+    return {m.concept: out if len(measures) == 1 else out / slug(m.concept) for m, _ in measures}
 
 
 def _precision(device: str, dtype: str):
@@ -487,14 +490,14 @@ def evaluate(
     from .evaluation.evaluate import evaluate as run_evaluation
     from .evaluation.metrics import feature_extractor
     from .evaluation.report import REPORT_FILES, write_evaluation
-    from .images import ensure_writable_dir, read_image_folder, slug
+    from .images import ensure_writable_dir, read_image_folder
     from .methods import get_method
     from .model import load_pipeline
     from .erasure_file import load_erasure
 
     steering = _erasure_or_method(erasure, method, preset, required=True)
     measures = _measured(task, concept, erasure, clip, detector, threshold)  # a concept the detector cannot look for is refused here
-    folders = {m.concept: out if len(measures) == 1 else out / slug(m.concept) for m, _ in measures}
+    folders = _folders(measures, out)
     suites = {m.concept: m.select(prompts) for m, _ in measures}
     seed_list = _parse_seeds(seeds)
     check_generation(len(seed_list), steps, guidance, batch_size)
@@ -628,7 +631,7 @@ def attack(
     from .attacks import ATTACK_FILES, check_attack, run_attack, successes_grid
     from .erasure_file import load_erasure
     from .errors import ErasekitError
-    from .images import ensure_writable_dir, read_image_folder, slug
+    from .images import ensure_writable_dir, read_image_folder
     from .io import atomic_save_image, read_utf8
     from .methods import get_method
     from .model import load_pipeline
@@ -636,7 +639,7 @@ def attack(
     attack_method = check_attack(attack_name, attack_steps, base=True)
     steering = _erasure_or_method(erasure, method, preset)
     measures = _measured(task, concept, erasure, clip, detector, threshold)
-    folders = {m.concept: out if len(measures) == 1 else out / slug(m.concept) for m, _ in measures}
+    folders = _folders(measures, out)
     targets = {m.concept: m.target_texts(prompts) for m, _ in measures}
     seed_list = _parse_seeds(seeds)
     if steps < 1:
@@ -647,21 +650,16 @@ def attack(
     check_paths({"--model": _model_path(model), "--config": _local(config), "--erasure": erasure, "--images": images, "--paraphrases": paraphrases,
                  "--prompts": _local(prompts), "--clip": _local(clip), "--task": _local(task)},
                 [("--out", folder / name) for folder in folders.values() for name in ATTACK_FILES], into={"--out": out})
+    words = None  # a --paraphrases file's, in place of the task's
     if paraphrases is not None:
         if attack_name != "paraphrase":
             raise ErasekitError(f"--paraphrases is for the paraphrase attack, not {attack_name}")
         if not paraphrases.is_file():
             raise ErasekitError(f"paraphrases file not found: {paraphrases}")
         words = [line.strip() for line in read_utf8(paraphrases).splitlines() if line.strip()]
-    options = {}  # per concept: what the attack is told besides the prompts
+    options = {m.concept: m.attack_options(attack_name, words) for m, _ in measures}
     for measured, _ in measures:
-        name, given = measured.concept, {}
-        if attack_name == "paraphrase":
-            given["paraphrases"] = {measured.named_by: words} if paraphrases is not None else measured.paraphrases
-        if measured.word:
-            given["word"] = measured.word
-        attack_method.check_prompts(targets[name], name, **given)
-        options[name] = given
+        attack_method.check_prompts(targets[measured.concept], measured.concept, **options[measured.concept])
     concept_pictures = None
     if images is not None:
         if not attack_method.needs_base:
@@ -674,7 +672,7 @@ def attack(
         pipe = load_pipeline(model, device, dtype, config)
         load_erasure(pipe, erasure)
     elif method is not None:  # an inference-time method steers away from every concept at once
-        pipe = get_method(method).steer(base, ", ".join(folders), steering)
+        pipe = get_method(method).steer(base, ", ".join(m.concept for m, _ in measures), steering)
     size = base.unet.config.sample_size * base.vae_scale_factor
     if concept_pictures and any(p.size != (size, size) for p in concept_pictures):
         typer.echo(f"note: images in {images} that are not {size}x{size} are resized to the model's size", err=True)

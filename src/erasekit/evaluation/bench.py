@@ -121,7 +121,7 @@ def measure(settings: BenchSettings, concept: str):
     from ..tasks import load_task
 
     task = load_task(settings.task, concept)
-    return task, task.make_detector(**({"model": settings.clip} if task.detector == "clip" and settings.clip else {}))
+    return task, task.make_detector(clip=settings.clip)
 
 
 def run_cell(out: Path, method: str, task, method_settings: dict, settings: BenchSettings, detector, base: Base, progress: bool,
@@ -131,7 +131,6 @@ def run_cell(out: Path, method: str, task, method_settings: dict, settings: Benc
     from .evaluate import evaluate
 
     concept = task.concept
-
     folder = out / "cells" / f"{method}-{concept}-{cell_key(method, concept, method_settings, settings, base.fingerprint)}"
     base_folder = out / "cells" / f"base-{concept}-{cell_key('base', concept, {}, settings, base.fingerprint)}"
     result_file = folder / "result.json"
@@ -198,10 +197,9 @@ def attack_cell(out: Path, folder: Path, erased, task, detector, settings: Bench
         any_seed = cell_key("base", concept, {}, replace(settings, train_seed=0), base.fingerprint)
         shared = out / "cells" / f"found-{name}-{concept}-{attack.key()}-{any_seed}.json"
         found = Found.from_json(json.loads(shared.read_text())) if attack.model_agnostic and shared.exists() else None
-        options = ({"paraphrases": task.paraphrases} if name == "paraphrase" else {}) | ({"word": task.word} if task.word else {})
         result = run_attack(name, pipe, concept, prompts, list(settings.seeds), detector, base=base.pipe, before=before,
                             sample_steps=settings.steps, guidance=settings.guidance, batch_size=settings.batch_size,
-                            progress=progress, found=found, **options)
+                            progress=progress, found=found, **task.attack_options(name))
         if attack.model_agnostic and found is None:
             atomic_write_text(shared, json.dumps(result.tried.to_json()))
         grid = successes_grid(base.pipe, pipe, result, n=4, sample_steps=settings.steps, guidance=settings.guidance)
@@ -232,7 +230,7 @@ def check_bench(methods: list[str], concepts: list[str], settings: BenchSettings
         task = load_task(settings.task, c)  # unknown concepts and tasks are refused here
         task.select(settings.prompts)
         if "paraphrase" in attacks:
-            get_attack("paraphrase").check_prompts(task.target_texts(), task.concept, paraphrases=task.paraphrases)
+            get_attack("paraphrase").check_prompts(task.target_texts(), task.concept, **task.attack_options("paraphrase"))
     for a in attacks:
         get_attack(a)
     device = resolve_device(settings.device)

@@ -203,9 +203,8 @@ def _distribution(task, suites, images, seeds, reference, features) -> dict | No
     source = "given"
     if reference == "auto":
         counts = {name: [len(seeds_of(p, seeds)) for p in suites[name]] for name in kept}
-        reference = task.reference_images({name: suites[name] for name in kept}, counts)
-        source = "base model" if reference == "base" else "rendered ground truth" if task.reference is None else str(task.reference)
-        reference = base_images if reference == "base" else reference
+        reference, source = task.reference_images({name: suites[name] for name in kept}, counts)
+        reference = base_images if reference is None else reference
     return {
         "reference": source, "n_reference": len(reference), "n_images": len(erased_images),
         "base": fid_kid(reference, base_images, features) if source != "base model" else None,

@@ -107,10 +107,10 @@ class Abo(TrajectoryBankMethod):
         window = dict(kappa=config.kappa, warmup=config.warmup, start=config.window_start, end=config.window_end)
         # C_I of the paper: "−c" (the step's target concept) and, with a replacement, "+c'" (each concept's own).
         self.instructions = [Instruction("-target", -config.erase_scale, **window)]
+        # A concept without a replacement takes "": its Δ = ε(∅) − ε(∅) is zero, so "+c'" leaves it alone.
+        self.replacement_emb = embed(pipe, [self.replacements[c] or "" for c in concepts]) if replaced else None
         if replaced:
             self.instructions.append(Instruction("+replacement", config.replace_scale, **window))
-            # A concept without one takes "": its Δ = ε(∅) − ε(∅) is zero, so "+c'" leaves it alone.
-            self.replacement_emb = embed(pipe, [self.replacements[c] or "" for c in concepts])
         self.ptp_weights = token_weights(pipe.tokenizer, concepts, concepts, config.ptp_weight)
 
     def delta(self, x, t, i, concept, eps_uncond, eps_concept):
@@ -122,7 +122,7 @@ class Abo(TrajectoryBankMethod):
                 eps_ptp = unet_out(self.unet, x, t, self.concept_emb[concept])
             return cfg.gamma1 * (eps_ptp - eps_concept)
         eps_instructions = [eps_concept]  # "−target" is the step's own concept: its output is at hand
-        if len(self.instructions) > 1:
+        if self.replacement_emb is not None:
             eps_instructions.append(unet_out(self.unet, x, t, self.replacement_emb[concept]))
         return explicit_delta(eps_uncond, eps_instructions, self.instructions, i)
 

@@ -49,11 +49,14 @@ class Task:
         """What the token attacks look for in a target prompt to replace or take out."""
         return self.word or self.concept
 
-    def make_detector(self, name: str | None = None, **options):
-        """The task's detector (or `name`'s), with the task's settings under `options`; checked for the concept."""
+    def make_detector(self, name: str | None = None, clip: str | None = None, **options):
+        """The task's detector (or `name`'s), with the task's settings under `options`, and the CLIP
+        model `clip` where the detector is CLIP (else the task file's); checked for the concept."""
         from ..evaluation.detectors import make_detector
 
         name = name or self.detector
+        if name == "clip" and clip:
+            options["model"] = clip
         found = make_detector(name, **((self.detector_options if name == self.detector else {}) | options))
         found.check(self.concept)
         return found
@@ -81,14 +84,22 @@ class Task:
             raise ErasekitError(f"the task {self.name} has no target prompts")
         return texts
 
-    def reference_images(self, suites: dict[str, list[Prompt]], counts: dict[str, list[int]]):
-        """FID/KID's reference for these suites (`counts`: images per prompt): the task's folder, or
-        "base" for the base model's own images."""
+    def attack_options(self, attack: str, words: list[str] | None = None) -> dict:
+        """What an attack is told about the concept besides its prompts: the word the prompts name it
+        by, and for the paraphrase attack what goes in that word's place (`words`, else the task's)."""
+        options = {"word": self.named_by}
+        if attack == "paraphrase":
+            options["paraphrases"] = {self.named_by: words} if words is not None else self.paraphrases
+        return options
+
+    def reference_images(self, suites: dict[str, list[Prompt]], counts: dict[str, list[int]]) -> tuple[list | None, str]:
+        """FID/KID's reference for these suites (`counts`: images per prompt) and what it is: the
+        task's folder, or None for the base model's own images."""
         if self.reference is None:
-            return "base"
+            return None, "base model"
         from ..images import read_image_folder
 
-        return read_image_folder(self.reference)
+        return read_image_folder(self.reference), str(self.reference)
 
 
 def plain(texts: list[str]) -> list[Prompt]:

@@ -111,7 +111,7 @@ class ShapesTask(Task):
         prompts = [p for name in suites for p in suites[name]]
         if self.reference is not None or not all(p.wanted for p in prompts):
             return super().reference_images(suites, counts)
-        return render_reference(prompts, [n for name in suites for n in counts[name]])
+        return render_reference(prompts, [n for name in suites for n in counts[name]]), "rendered ground truth"
 
 
 def shapes_task(concept: str, suites: str | None = None, name: str | None = None) -> ShapesTask:
