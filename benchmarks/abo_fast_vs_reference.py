@@ -47,6 +47,7 @@ def run_one(variant: str, steps: int, bank: str, seeds: int, concept: str, extra
     torch.set_num_threads(2)
     from erasekit import erase, load_pipeline
     from erasekit.tasks.shapes import ShapesDetector, shapes_task
+    from erasekit import Sampling
     from erasekit.evaluation.evaluate import evaluate
     from erasekit.methods.abo import Abo
     from reference_abo import reference_abo
@@ -69,7 +70,7 @@ def run_one(variant: str, steps: int, bank: str, seeds: int, concept: str, extra
               "train_seconds": round(seconds, 2), "peak_rss_mb": round(peak_rss_mb(), 1), "rss_after_load_mb": round(rss_loaded, 1)}
     if not sd14:
         evaluation = evaluate(load_pipeline("builtin"), pipe, shapes_task(concept, "target,related"), None, ShapesDetector(),
-                              seeds=list(range(seeds)), reference=None, progress=False)
+                              sampling=Sampling(seeds=list(range(seeds))), reference=None, progress=False)
         target, related = evaluation.suites["target"], evaluation.suites["related"]
         result.update(target_rate_base=target.detected_base, target_rate=target.detected, agreement_base=related.alignment_base,
                       agreement=related.alignment, ssim_other=related.ssim)

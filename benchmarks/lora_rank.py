@@ -29,6 +29,7 @@ def main() -> None:
     torch.set_num_threads(2)
     from erasekit import erase, load_pipeline
     from erasekit.tasks.shapes import ShapesDetector, attribute_of, shapes_task
+    from erasekit import Sampling
     from erasekit.evaluation.evaluate import evaluate
     from erasekit.lora import apply_lora, save_lora
 
@@ -48,7 +49,7 @@ def main() -> None:
                 apply_lora(merged.unet, path)
                 variants.append((f"LoRA rank {rank}", merged, (lora, path.stat().st_size / 2**20)))
             for label, pipe, made in variants:
-                evaluation = evaluate(base, pipe, shapes_task(args.concept), suites, detector, seeds=seeds, reference=None, base_images=base_images, progress=True)
+                evaluation = evaluate(base, pipe, shapes_task(args.concept), suites, detector, sampling=Sampling(seeds=seeds), reference=None, base_images=base_images, progress=True)
                 base_images = base_images or {name: evaluation.images[name]["base"] for name in suites}
                 target, related = evaluation.suites["target"], evaluation.suites["related"]
                 lora, size = made if made else (None, None)

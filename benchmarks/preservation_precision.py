@@ -36,6 +36,7 @@ def main() -> None:
     torch.set_num_threads(2)
     from erasekit import erase, load_pipeline
     from erasekit.tasks.shapes import ShapesDetector, attribute_of, shapes_task
+    from erasekit import Sampling
     from erasekit.evaluation.evaluate import evaluate, seeds_of
     from erasekit.shapes.world import ATTRIBUTES
 
@@ -50,7 +51,7 @@ def main() -> None:
         print("running", method, settings or "defaults", "training seed", train_seed, flush=True)
         erased = load_pipeline("builtin")
         erasure = erase(erased, method=method, concepts=args.concept, seed=train_seed, progress=False, **settings)
-        evaluation = evaluate(base, erased, shapes_task(args.concept), suites, detector, seeds=seeds, reference=None,
+        evaluation = evaluate(base, erased, shapes_task(args.concept), suites, detector, sampling=Sampling(seeds=seeds), reference=None,
                               base_images=base_images, progress=True)
         jobs = evaluation.jobs["related"]
         if base_images is None:

@@ -49,6 +49,7 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(2)
+    from erasekit.api import Sampling
     from erasekit.evaluation.bench import BenchSettings, bench_cells, check_bench
 
     lo, hi = (int(x) for x in args.seeds.split("-"))
@@ -58,7 +59,7 @@ def main() -> None:
     for train_seed in sorted({seed for _, _, seed in runs}):
         methods = [m for m, _, seed in runs if seed == train_seed]
         per_method = {m: settings for m, settings, seed in runs if seed == train_seed}
-        settings = check_bench(methods, concepts, BenchSettings(prompts="target", seeds=tuple(range(lo, hi + 1)), train_seed=train_seed),
+        settings = check_bench(methods, concepts, BenchSettings(prompts="target", sampling=Sampling(seeds=tuple(range(lo, hi + 1))), train_seed=train_seed),
                                per_method, attacks)
         for cell in bench_cells(args.results_dir, methods, concepts, settings, per_method, progress=True, attacks=attacks):
             rows.append({"method": cell["method"], "settings": cell["method_settings"], "train_seed": train_seed, "concept": cell["concept"],

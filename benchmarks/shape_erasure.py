@@ -26,6 +26,7 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(2)
+    from erasekit.api import Sampling
     from erasekit.evaluation.bench import Base, BenchSettings, run_cell
     from erasekit.tasks.shapes import ShapesDetector, shapes_task
 
@@ -34,7 +35,7 @@ def main() -> None:
     rows = []
     for method, method_settings, train_seed in load_runs(args.experiment):
         print("running", method, method_settings, "training seed", train_seed, flush=True)
-        settings = BenchSettings(seeds=seeds, train_seed=train_seed)
+        settings = BenchSettings(sampling=Sampling(seeds=seeds), train_seed=train_seed)
         row = run_cell(Path(args.out), method, shapes_task(args.concept), method_settings, settings, detector, base, progress=True)
         rows.append(row | {"method_settings": method_settings, "train_seed": train_seed})  # as asked, not as cached
 
@@ -47,7 +48,7 @@ def write_table(rows: list[dict], meta: dict, concept: str, settings, results_di
     header = ["method", "settings", "training seed", "target detected, base → erased", "same-attribute prompts: alignment, base → erased",
               "unrelated prompts: alignment (erased)", "SSIM to base, related", "SSIM to base, unrelated", "train time"]
     lines = heading(f"Erasing '{concept}' from the built-in model", meta) + [
-        f"Evaluation: seeds {list(settings.seeds)}, {settings.steps} DDIM steps, guidance {settings.guidance}; "
+        f"Evaluation: seeds {list(settings.sampling.seeds)}, {settings.sampling.steps} DDIM steps, guidance {settings.sampling.guidance}; "
         "target = prompts naming the concept, related = other values of its attribute, unrelated = other attributes. "
         "Settings not shown are the method's defaults.", "",
         "| " + " | ".join(header) + " |", "|" + "---|" * len(header),

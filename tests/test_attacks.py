@@ -10,7 +10,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from erasekit import erase
+from erasekit import Sampling, erase
 from erasekit.api import generate_batch
 from erasekit.attacks import get_attack, run_attack
 from erasekit.attacks.ring_a_bell import concept_vector, word_ids
@@ -32,7 +32,7 @@ def erased_red(builtin_pipe):
 
 
 def test_paraphrase_reaches_the_concept_on_the_unerased_model(builtin_pipe):
-    result = run_attack("paraphrase", builtin_pipe, "square", target_prompts("square"), [0], ShapesDetector(),
+    result = run_attack("paraphrase", builtin_pipe, "square", target_prompts("square"), ShapesDetector(), sampling=Sampling(seeds=[0]),
                         paraphrases={"square": paraphrases_of("square")})
     assert result.budget["paraphrases"] == {"square": ["box"]} and result.n_prompts == 11
     assert result.asr_attack_only >= 0.9  # "box" alone draws squares: a low ASR on an erasure will mean robustness
@@ -40,7 +40,7 @@ def test_paraphrase_reaches_the_concept_on_the_unerased_model(builtin_pipe):
 
 def test_paraphrase_against_an_erasure_reports_before_and_after_and_saves_replayable_prompts(erased_red, tmp_path):
     detector = ShapesDetector()
-    result = run_attack("paraphrase", erased_red, "red", target_prompts("red"), [0, 1], detector, paraphrases={"red": paraphrases_of("red")})
+    result = run_attack("paraphrase", erased_red, "red", target_prompts("red"), detector, sampling=Sampling(seeds=[0, 1]), paraphrases={"red": paraphrases_of("red")})
     assert result.budget["paraphrases"] == {"red": ["crimson", "scarlet"]} and result.budget["images_generated"] == 8 * 2 * 2
     assert result.asr_before <= result.asr_after and result.asr_attack_only <= result.asr_after
     assert len({(f["prompt"], f["seed"]) for f in result.found}) == round(result.asr_attack_only * result.n_prompts)
@@ -56,7 +56,7 @@ def test_paraphrase_against_an_erasure_reports_before_and_after_and_saves_replay
 @pytest.mark.parametrize("name, steps", [("inversion", 5), ("unlearndiffatk", 2), ("ring-a-bell", 3)])
 def test_each_attack_finds_prompts_for_every_target_and_saves_them(name, steps, builtin_pipe, erased_red, tmp_path):
     prompts = target_prompts("red")[:3]
-    result = run_attack(name, erased_red, "red", prompts, [0, 1], ShapesDetector(), base=builtin_pipe, steps=steps)
+    result = run_attack(name, erased_red, "red", prompts, ShapesDetector(), sampling=Sampling(seeds=[0, 1]), base=builtin_pipe, steps=steps)
     assert result.budget["steps"] == steps and result.budget["images_generated"] == 3 * 2
     assert len(result.tried.prompts) == 6 and all(text for _, _, text in result.tried.prompts)
     written = result.save(tmp_path)
@@ -67,7 +67,7 @@ def test_each_attack_finds_prompts_for_every_target_and_saves_them(name, steps, 
 
 def test_the_learned_token_replays_through_diffusers_textual_inversion_loader(builtin_pipe, tmp_path):
     """The inversion's images come from its saved token loaded by diffusers' own `load_textual_inversion`."""
-    result = run_attack("inversion", builtin_pipe, "square", ["a red square"], [0], ShapesDetector(), base=builtin_pipe, steps=3)
+    result = run_attack("inversion", builtin_pipe, "square", ["a red square"], ShapesDetector(), sampling=Sampling(seeds=[0]), base=builtin_pipe, steps=3)
     result.save(tmp_path)
     pipe = copy.deepcopy(builtin_pipe)
     pipe.load_textual_inversion(str(tmp_path / "learned_embeds.safetensors"))
@@ -82,8 +82,8 @@ def test_an_inference_time_method_is_attacked_through_its_steered_sampling(built
     sld = get_method("sld")
     steered = sld.steer(builtin_pipe, "red", sld.make_config("max"))
     prompts, detector, vocabulary = target_prompts("red")[:3], ShapesDetector(), len(builtin_pipe.tokenizer)
-    unsteered = run_attack("paraphrase", builtin_pipe, "red", prompts, [0, 1], detector, paraphrases={"red": paraphrases_of("red")})
-    result = run_attack("inversion", steered, "red", prompts, [0, 1], detector, base=builtin_pipe, steps=3)
+    unsteered = run_attack("paraphrase", builtin_pipe, "red", prompts, detector, sampling=Sampling(seeds=[0, 1]), paraphrases={"red": paraphrases_of("red")})
+    result = run_attack("inversion", steered, "red", prompts, detector, sampling=Sampling(seeds=[0, 1]), base=builtin_pipe, steps=3)
     assert result.asr_before < unsteered.asr_before  # SLD's max preset draws less red: the figure is the steered model's
     assert len(result.tried.prompts) == 6 and result.budget["images_generated"] == 6
     assert [p.name for p in result.save(tmp_path)] == ["attack.json", "learned_embeds.safetensors"]
@@ -95,8 +95,8 @@ def test_concept_inversion_recovers_the_concept_on_the_unerased_model(builtin_pi
     """The sanity check behind every inversion figure: a token learned from squares draws squares in place
     of the word, where the untrained start (one step from "something") does not."""
     prompts, detector = target_prompts("square"), ShapesDetector()
-    untrained = run_attack("inversion", builtin_pipe, "square", prompts, [0, 1], detector, base=builtin_pipe, steps=1)
-    learned = run_attack("inversion", builtin_pipe, "square", prompts, [0, 1], detector, base=builtin_pipe)
+    untrained = run_attack("inversion", builtin_pipe, "square", prompts, detector, sampling=Sampling(seeds=[0, 1]), base=builtin_pipe, steps=1)
+    learned = run_attack("inversion", builtin_pipe, "square", prompts, detector, sampling=Sampling(seeds=[0, 1]), base=builtin_pipe)
     assert learned.budget["steps"] == 300
     assert untrained.asr_attack_only <= 0.5
     assert learned.asr_attack_only >= 0.9
@@ -133,9 +133,9 @@ def test_attacks_are_refused_by_name_and_budget_before_any_work(builtin_pipe):
     with pytest.raises(ErasekitError, match="unknown attack 'gcg'; choose from paraphrase, inversion, unlearndiffatk, ring-a-bell"):
         get_attack("gcg")
     with pytest.raises(ErasekitError, match="attack steps must be at least 1"):
-        run_attack("inversion", builtin_pipe, "square", ["square"], [0], ShapesDetector(), base=builtin_pipe, steps=0)
+        run_attack("inversion", builtin_pipe, "square", ["square"], ShapesDetector(), sampling=Sampling(seeds=[0]), base=builtin_pipe, steps=0)
     with pytest.raises(ErasekitError, match="needs images of the concept"):
-        run_attack("inversion", builtin_pipe, "square", ["square"], [0], ShapesDetector())
+        run_attack("inversion", builtin_pipe, "square", ["square"], ShapesDetector(), sampling=Sampling(seeds=[0]))
 
 
 def test_a_learned_token_spans_both_text_encoders_of_sdxl_and_leaves_them_as_they_were(tiny_sdxl_folder):

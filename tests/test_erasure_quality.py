@@ -5,7 +5,7 @@ A colour and a shape, with each method's defaults (tuned on square: benchmarks/r
 
 import pytest
 
-from erasekit import erase, load_pipeline
+from erasekit import Sampling, erase, load_pipeline
 from erasekit.tasks.shapes import ShapesDetector, shapes_task
 from erasekit.evaluation.evaluate import evaluate
 
@@ -14,7 +14,7 @@ def _erase(method, concept):
     erased = load_pipeline("builtin")
     erase(erased, method=method, concepts=concept, seed=0, progress=False)
     evaluation = evaluate(load_pipeline("builtin"), erased, shapes_task(concept, "target,related"), None, ShapesDetector(),
-                          seeds=[0, 1], reference=None, progress=False)
+                          sampling=Sampling(seeds=[0, 1]), reference=None, progress=False)
     target, related = evaluation.suites["target"], evaluation.suites["related"]
     assert target.detected_base >= 0.8
     return target, related
@@ -48,7 +48,7 @@ def test_every_concept_of_many_trains_even_with_a_bank_smaller_than_their_number
         erasure = erase(erased, method="abo", concepts=["circle", "star", "triangle", "cross", "red"], bank_trajectories=4, seed=0, progress=False)
     assert erasure.metadata["teacher_bank_trajectories"] == 5
     evaluation = evaluate(load_pipeline("builtin"), erased, shapes_task("red", "target"), None, ShapesDetector(),
-                          seeds=[0, 1, 2, 3], reference=None, progress=False)
+                          sampling=Sampling(seeds=[0, 1, 2, 3]), reference=None, progress=False)
     target = evaluation.suites["target"]
     assert target.detected_base >= 0.8
     assert target.detected <= 0.1, target  # the single-concept tests' bar; it was 100% when red never trained

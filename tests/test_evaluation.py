@@ -6,11 +6,12 @@ import dataclasses
 import json
 from html.parser import HTMLParser
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from erasekit import load_pipeline
+from erasekit import Sampling, load_pipeline
 from erasekit.api import make_batches
 from erasekit.errors import ErasekitError
 from erasekit.evaluation.metrics import agreement, clip_score, fid_kid, ssim
@@ -200,7 +201,7 @@ def test_evaluate_of_a_model_against_itself_and_its_report(builtin_pipe, detecto
     from erasekit.evaluation.report import write_evaluation
 
     suites = {"target": shapes_suite("target", "red")[:3], "related": shapes_suite("related", "red")[:4]}
-    evaluation = evaluate(builtin_pipe, builtin_pipe, shapes_task("red"), suites, ShapesDetector(), seeds=[0, 1], steps=4, progress=False)
+    evaluation = evaluate(builtin_pipe, builtin_pipe, shapes_task("red"), suites, ShapesDetector(), sampling=Sampling(seeds=[0, 1], steps=4), progress=False)
     for name, result in evaluation.suites.items():
         assert result.n_images == 2 * len(suites[name])
         assert result.detected == result.detected_base
@@ -218,6 +219,30 @@ def test_evaluate_of_a_model_against_itself_and_its_report(builtin_pipe, detecto
     assert metrics["evaluation"]["suites"]["target"]["n_images"] == 6
 
 
+def test_one_sampling_decides_what_evaluate_and_an_attack_draw(builtin_pipe):
+    """The seeds, steps and guidance of a Sampling are the ones every image is drawn with, and bad ones are refused before any work."""
+    from erasekit import ErasekitError
+    from erasekit.api import generate_jobs
+    from erasekit.attacks import run_attack
+    from erasekit.evaluation.evaluate import evaluate
+
+    sampling = Sampling(seeds=(5, 9), steps=3, guidance=2.0, batch_size=3)
+    suites = {"target": shapes_suite("target", "red")[:2]}
+    evaluation = evaluate(builtin_pipe, builtin_pipe, shapes_task("red"), suites, ShapesDetector(), sampling, reference=None, progress=False)
+    expected = generate_jobs(builtin_pipe, [(p.text, s, 2.0) for p in suites["target"] for s in (5, 9)], 3, 3)
+    other = generate_jobs(builtin_pipe, [(p.text, s, 7.5) for p in suites["target"] for s in (5, 9)], 3, 3)  # another guidance
+    difference = lambda a, b: max(np.abs(np.asarray(x, float) - np.asarray(y, float)).mean() for x, y in zip(a, b))  # noqa: E731
+    assert difference(evaluation.images["target"]["base"], expected) < 0.5 < difference(evaluation.images["target"]["base"], other)
+    assert {k: evaluation.settings[k] for k in ("seeds", "steps", "guidance", "batch_size")} == {"seeds": [5, 9], "steps": 3, "guidance": 2.0, "batch_size": 3}
+
+    result = run_attack("paraphrase", builtin_pipe, "red", ["a red circle"], ShapesDetector(), sampling=sampling, paraphrases={"red": ["crimson"]})
+    assert result.n_prompts == 2 and {seed for _, seed, _ in result.tried.prompts} == {5, 9}
+    for bad, message in ((Sampling(seeds=()), "seeds must be at least 1"), (Sampling(guidance=float("nan")), "guidance must be a finite number"),
+                         (Sampling(batch_size=0), "batch size must be at least 1")):
+        with pytest.raises(ErasekitError, match=message):
+            evaluate(builtin_pipe, builtin_pipe, shapes_task("red"), suites, ShapesDetector(), bad, reference=None, progress=False)
+
+
 class _Images(HTMLParser):
     def __init__(self):
         super().__init__()
@@ -230,9 +255,10 @@ class _Images(HTMLParser):
 
 
 def test_bench_writes_valid_html_with_its_images_and_reuses_cells(tmp_path):
+    from erasekit.api import Sampling
     from erasekit.evaluation.bench import BenchSettings, bench
 
-    settings = BenchSettings(seeds=(0,), steps=3, prompts="target,related")
+    settings = BenchSettings(sampling=Sampling(seeds=(0,), steps=3), prompts="target,related")
     rows = bench(tmp_path, ["neg-prompt"], ["red"], settings, progress=False)
     assert rows[0]["evaluation"]["suites"]["target"]["n_images"] == len(shapes_suite("target", "red"))
     page = (tmp_path / "bench.html").read_text()

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from erasekit import ErasekitError, erase, load_erasure, load_pipeline
+from erasekit import ErasekitError, Sampling, erase, load_erasure, load_pipeline
 from erasekit.methods import get_method
 from erasekit.precision import resolve_device, resolve_dtype
 from erasekit.train import TrainingDiverged
@@ -159,7 +159,7 @@ def test_abo_in_bfloat16_with_its_defaults_erases_square_as_float32_does():
     erased = load_pipeline("builtin", dtype="bf16")
     erase(erased, method="abo", concepts="square", seed=0, progress=False)
     evaluation = evaluate(load_pipeline("builtin", dtype="bf16"), erased, shapes_task("square", "target,related"), None, ShapesDetector(),
-                          seeds=[0, 1], reference=None, progress=False)
+                          sampling=Sampling(seeds=[0, 1]), reference=None, progress=False)
     target, related = evaluation.suites["target"], evaluation.suites["related"]
     assert target.detected_base >= 0.8
     assert target.detected <= 0.1, target

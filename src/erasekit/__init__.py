@@ -7,7 +7,7 @@ torch and diffusers.
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "generate": "api", "load_pipeline": "model", "erase": "erase", "load_erasure": "erase", "Erasure": "erase",
+    "generate": "api", "Sampling": "api", "load_pipeline": "model", "erase": "erase", "load_erasure": "erase", "Erasure": "erase",
     "ErasekitError": "errors", "ErasekitWarning": "errors",
 }
 __all__ = [*_EXPORTS, "__version__"]

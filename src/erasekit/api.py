@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from PIL import Image
@@ -12,7 +14,7 @@ from .errors import ErasekitError
 from .model import load_pipeline, sizes_of
 from .progress import progress_bar
 
-__all__ = ["load_pipeline", "generate"]
+__all__ = ["load_pipeline", "generate", "Sampling"]
 
 
 Job = tuple[str, int, float]  # (prompt, seed, guidance scale): one image
@@ -41,9 +43,9 @@ def generate_batch(pipe, batch: list[Job], steps: int, negative_prompt: str | No
     ).images
 
 
-def check_generation(n: int, steps: int, guidance: float, batch_size: int) -> None:
+def check_generation(n: int, steps: int, guidance: float, batch_size: int, n_name: str = "n") -> None:
     """Refuse counts below 1 and a guidance scale that is not a finite number, in one line."""
-    for name, value in (("n", n), ("steps", steps), ("batch size", batch_size)):
+    for name, value in ((n_name, n), ("steps", steps), ("batch size", batch_size)):
         if value < 1:
             raise ErasekitError(f"{name} must be at least 1, got {value}")
     if not math.isfinite(guidance):
@@ -82,6 +84,34 @@ def check_limits(sizes: dict, steps: int, images: int = 0, what: str = "") -> No
         if need > free:
             raise ErasekitError(f"{what or 'this run'} would hold {images:,} images of {size}x{size} in memory, at least {_gb(need)}; "
                                 f"{_gb(free)} is free here: ask for fewer images")
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How a measurement draws its images, the same for the base and the erased model: every prompt
+    on each of `seeds` (a prompt with its own seed, a CSV row's, keeps it), `steps` DDIM steps at
+    classifier-free guidance `guidance`, `batch_size` images per UNet batch.
+
+    evaluate, the attacks, bench and the erase report all take one, so what they draw is set in one place.
+    """
+
+    seeds: Sequence[int] = (0, 1)
+    steps: int = 35
+    guidance: float = 7.5
+    batch_size: int = 32
+
+    def check(self) -> "Sampling":
+        """This sampling, once every count is at least 1 and the guidance a finite number (one line otherwise)."""
+        check_generation(len(self.seeds), self.steps, self.guidance, self.batch_size, "seeds")
+        return self
+
+    def jobs(self, prompts: list[str]) -> list[Job]:
+        """One job per prompt and seed, prompt by prompt."""
+        return [(p, s, self.guidance) for p in prompts for s in self.seeds]
+
+    def generate(self, pipe, jobs: list[Job], negative_prompt: str | None = None, progress: bool = False) -> list[Image.Image]:
+        """The image of every job, in order."""
+        return generate_jobs(pipe, jobs, self.steps, self.batch_size, negative_prompt, progress)
 
 
 def generate(

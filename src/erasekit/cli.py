@@ -39,6 +39,14 @@ def dtype_option():
                         "Training keeps the trained weights in fp32 whatever this is.")
 
 
+def guidance_option():
+    return typer.Option(7.5, help="Classifier-free guidance scale.")
+
+
+def batch_size_option():
+    return typer.Option(32, help="Images per UNet batch.")
+
+
 def config_option():
     return typer.Option(None, help="For a single-file --model: a local diffusers folder of the same architecture, giving its configuration (needed offline).")
 
@@ -207,8 +215,8 @@ def generate(
     n: int = typer.Option(4, "--n", help="Images per prompt; image j uses seed SEED + j."),
     seed: int = typer.Option(0, help="First seed: the same seed and prompt give the same image."),
     steps: int = typer.Option(35, help="DDIM steps."),
-    guidance: float = typer.Option(7.5, help="Classifier-free guidance scale."),
-    batch_size: int = typer.Option(32, help="Images per UNet batch."),
+    guidance: float = guidance_option(),
+    batch_size: int = batch_size_option(),
     method: Optional[str] = typer.Option(None, help="Inference-time erasure of --concept: neg-prompt or sld."),
     concept: Optional[str] = typer.Option(None, help="The concept an inference-time --method steers away from."),
     preset: Optional[str] = typer.Option(None, help="The --method's named settings, e.g. sld's weak, medium (default), strong or max (the SLD paper's)."),
@@ -450,6 +458,13 @@ def _parse_seeds(text: str) -> range | list[int]:
     return seeds
 
 
+def _sampling(seeds: str, steps: int, guidance: float, batch_size: int):
+    """The --seeds, --steps, --guidance and --batch-size of a measuring command, as the one object its API takes; checked."""
+    from .api import Sampling
+
+    return Sampling(_parse_seeds(seeds), steps, guidance, batch_size).check()
+
+
 @app.command()
 @friendly_errors
 def evaluate(
@@ -469,7 +484,7 @@ def evaluate(
     reference: str = typer.Option("auto", help="FID/KID reference: auto (the task's: rendered ground truth in the shapes world, else its folder or the base model's images), none, or a folder of images."),
     features: Optional[str] = typer.Option(None, help="FID/KID features: shapes (the shapes classifier) or inception; default the task's."),
     clip: Optional[str] = typer.Option(None, help="CLIP model (folder or hub id): CLIP score on real models, and the style and person tasks' detector."),
-    batch_size: int = typer.Option(32, help="Images per UNet batch."),
+    batch_size: int = batch_size_option(),
     out: Path = typer.Option(Path("evaluation"), help="Folder for report.md, metrics.json and grid.png (with several concepts, a folder each: OUT/CONCEPT/)."),
     as_json: bool = typer.Option(False, "--json", help="Also print the metrics as JSON on stdout (with several concepts, one object per concept)."),
     device: str = device_option(),
@@ -485,7 +500,6 @@ def evaluate(
     Example: erasekit evaluate --concept red --erasure red.safetensors --out eval-red/
     On Stable Diffusion: erasekit evaluate --model sd14/ --task nudity --prompts i2p.csv --erasure nudity.safetensors
     """
-    from .api import check_generation
     from .evaluation.evaluate import end_processes
     from .evaluation.evaluate import evaluate as run_evaluation
     from .evaluation.metrics import feature_extractor
@@ -499,9 +513,8 @@ def evaluate(
     measures = _measured(task, concept, erasure, clip, detector, threshold)  # a concept the detector cannot look for is refused here
     folders = _folders(measures, out)
     suites = {m.concept: m.select(prompts) for m, _ in measures}
-    seed_list = _parse_seeds(seeds)
-    check_generation(len(seed_list), steps, guidance, batch_size)
-    images = 2 * sum(1 if p.seed is not None else len(seed_list) for s in suites.values() for suite in s.values() for p in suite)  # base and erased
+    sampling = _sampling(seeds, steps, guidance, batch_size)
+    images = 2 * sum(1 if p.seed is not None else len(sampling.seeds) for s in suites.values() for suite in s.values() for p in suite)  # base and erased
     _check_limits(model, config, steps, images, f"--seeds {seeds} over {sum(len(suite) for s in suites.values() for suite in s.values())} prompts")
     device, dtype = _precision(device, dtype)
     check_paths({"--model": _model_path(model), "--config": _local(config), "--erasure": erasure, "--prompts": _local(prompts),
@@ -523,8 +536,7 @@ def evaluate(
         extractor = feature_extractor(features or measured.features) if ref is not None else None
         ensure_writable_dir(folders[name])
         try:
-            result = run_evaluation(base, erased, measured, suites[name], found, seeds=seed_list, steps=steps, guidance=guidance,
-                                    reference=ref, features=extractor, clip_model=clip, batch_size=batch_size)
+            result = run_evaluation(base, erased, measured, suites[name], found, sampling, reference=ref, features=extractor, clip_model=clip)
         finally:
             end_processes()
         if result is None:  # not rank 0 of a multi-process run
@@ -548,6 +560,8 @@ def bench(
     model: str = typer.Option("builtin", help=MODEL_HELP),
     seeds: str = typer.Option("0,1", help="Evaluation seeds, e.g. 0,1 or 0-3."),
     steps: int = typer.Option(35, help="DDIM steps when generating for evaluation."),
+    guidance: float = guidance_option(),
+    batch_size: int = batch_size_option(),
     prompts: Optional[str] = typer.Option(None, help="The task's prompt suites evaluated for every cell (default: its target, related and unrelated), or a CSV file."),
     clip: Optional[str] = typer.Option(None, help="CLIP model (folder or hub id): the style and person tasks' detector."),
     setting: Optional[List[str]] = typer.Option(None, "--set", help="Method settings: key=value for every listed method that has the setting, or method.key=value for one (--set abo.steps=50 --set sld.preset=max)."),
@@ -576,12 +590,12 @@ def bench(
         concepts = "circle,striped" if task == "shapes" else load_task(task).concept
     concept_list = [c.strip() for c in concepts.split(",") if c.strip()]
     attack_list = tuple(a.strip() for a in attacks.split(",") if a.strip())
-    seed_list = _parse_seeds(seeds)
+    sampling = _sampling(seeds, steps, guidance, batch_size)
     if not concept_list:
         raise ErasekitError("--concepts names no concept")
     suites = load_task(task, concept_list[0]).select(prompts)
-    _check_limits(model, None, steps, 2 * len(seed_list) * sum(map(len, suites.values())), f"--seeds {seeds} over the prompts of a cell")
-    settings = BenchSettings(model=model, seeds=tuple(seed_list), steps=steps, prompts=prompts, task=task, clip=clip, device=device, dtype=dtype)
+    _check_limits(model, None, steps, 2 * len(sampling.seeds) * sum(map(len, suites.values())), f"--seeds {seeds} over the prompts of a cell")
+    settings = BenchSettings(model=model, sampling=sampling, prompts=prompts, task=task, clip=clip, device=device, dtype=dtype)
     check_bench(method_list, concept_list, settings, per_method, attack_list)
     check_paths({"--model": _model_path(model), "--task": _local(task), "--prompts": _local(prompts), "--clip": _local(clip)},
                 [("--out", out / name) for name in BENCH_FILES], into={"--out": out})
@@ -613,6 +627,8 @@ def attack(
     clip: Optional[str] = typer.Option(None, help="CLIP model (folder or hub id): the style and person tasks' detector."),
     seeds: str = typer.Option("0-3", help="Seeds per target prompt, e.g. 0,1,2 or 0-3."),
     steps: int = typer.Option(35, help="DDIM steps when generating."),
+    guidance: float = guidance_option(),
+    batch_size: int = batch_size_option(),
     out: Path = typer.Option(Path("attack"), help="Folder for attack.json (ASR, budget, and the prompts that succeeded, to replay), learned_embeds.safetensors (inversion) and successes.png "
                              "(with several concepts, a folder each: OUT/CONCEPT/)."),
     device: str = device_option(),
@@ -641,12 +657,10 @@ def attack(
     measures = _measured(task, concept, erasure, clip, detector, threshold)
     folders = _folders(measures, out)
     targets = {m.concept: m.target_texts(prompts) for m, _ in measures}
-    seed_list = _parse_seeds(seeds)
-    if steps < 1:
-        raise ErasekitError(f"--steps must be at least 1, got {steps}")
+    sampling = _sampling(seeds, steps, guidance, batch_size)
     # the base model's images, the erased model's and the attacked ones, per target prompt and seed
     n_targets = sum(map(len, targets.values()))
-    _check_limits(model, config, steps, 3 * n_targets * len(seed_list), f"--seeds {seeds} over {n_targets} target prompts")
+    _check_limits(model, config, steps, 3 * n_targets * len(sampling.seeds), f"--seeds {seeds} over {n_targets} target prompts")
     check_paths({"--model": _model_path(model), "--config": _local(config), "--erasure": erasure, "--images": images, "--paraphrases": paraphrases,
                  "--prompts": _local(prompts), "--clip": _local(clip), "--task": _local(task)},
                 [("--out", folder / name) for folder in folders.values() for name in ATTACK_FILES], into={"--out": out})
@@ -679,12 +693,12 @@ def attack(
     attacked = f"erasure {erasure}" if erasure else f"{method} (inference-time)" if method else "the base model"
     for measured, found in measures:
         name, folder = measured.concept, folders[measured.concept]
-        result = run_attack(attack_name, pipe, name, targets[name], seed_list, found, base=base, images=concept_pictures,
-                            steps=attack_steps, sample_steps=steps, progress=True, **options[name])
+        result = run_attack(attack_name, pipe, name, targets[name], found, sampling=sampling, base=base, images=concept_pictures,
+                            steps=attack_steps, progress=True, **options[name])
         ensure_writable_dir(folder)
         written = result.save(folder, {"erasure": str(erasure) if erasure else None, "method": method, "preset": preset, "model": model,
                                        "task": measured.name, "detector": found.name}, pipe=pipe)
-        grid = successes_grid(base, pipe, result, sample_steps=steps)
+        grid = successes_grid(base, pipe, result, sampling)
         if grid is not None:
             atomic_save_image(grid, folder / ATTACK_FILES[2])
             written.append(folder / ATTACK_FILES[2])
@@ -792,7 +806,7 @@ def shapes_score(
     classifier: Optional[Path] = typer.Option(None, help="Classifier folder (default: the shipped one)."),
     seeds: int = typer.Option(2, help="Seeds per prompt (108 prompts: every shape x colour x texture)."),
     steps: int = typer.Option(35, help="DDIM steps."),
-    guidance: float = typer.Option(7.5, help="Classifier-free guidance scale."),
+    guidance: float = guidance_option(),
     as_json: bool = typer.Option(False, "--json", help="Print JSON (with per-image predictions) instead of a table."),
 ):
     """Generate every shape x colour x texture prompt and report how often the classifier agrees with it."""

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from ..api import Sampling
 from ..errors import ErasekitError
 from ..families import family_of
 
@@ -78,12 +79,12 @@ class Attack:
     def check_prompts(self, prompts: list[str], concept: str, **options) -> None:
         """Refuse, before any model loads, target prompts or options the attack can do nothing with."""
 
-    def find(self, erased, concept: str, prompts: list[str], seeds: list[int], steps: int | None, *, detector, base=None,
-             images=None, sample_steps: int = 35, guidance: float = 7.5, batch_size: int = 32, progress: bool = False,
-             word: str | None = None, **options) -> Found:
-        """Attack prompts for every target prompt x seed. steps: optimisation steps (None: the default);
-        detector: judges images of the concept; base or images: the concept's images; sample_steps, guidance, batch_size: for
-        generating them; word: what the prompts name the concept by, where it is not the concept ("nude" for nudity)."""
+    def find(self, erased, concept: str, prompts: list[str], steps: int | None, *, sampling: Sampling, detector, base=None,
+             images=None, progress: bool = False, word: str | None = None, **options) -> Found:
+        """Attack prompts for every target prompt x seed of `sampling`. steps: optimisation steps (None:
+        the default); detector: judges images of the concept; base or images: the concept's images,
+        the base model's drawn as `sampling` says; word: what the prompts name the concept by, where
+        it is not the concept ("nude" for nudity)."""
         raise NotImplementedError
 
 
@@ -153,11 +154,10 @@ def check_attack(name: str, steps: int | None, base=None, images=None) -> Attack
     return attack
 
 
-def run_attack(name: str, erased, concept: str, prompts: list[str], seeds: list[int], detector, *, base=None,
-               images=None, steps: int | None = None, before: list[bool] | None = None, sample_steps: int = 35,
-               guidance: float = 7.5, batch_size: int = 32, progress: bool = False, found: Found | None = None,
-               **options) -> AttackResult:
-    """Attack `erased` on every target prompt x seed and score it with `detector`.
+def run_attack(name: str, erased, concept: str, prompts: list[str], detector, *, sampling: Sampling = Sampling(seeds=range(4)),
+               base=None, images=None, steps: int | None = None, before: list[bool] | None = None, progress: bool = False,
+               found: Found | None = None, **options) -> AttackResult:
+    """Attack `erased` on every target prompt x seed of `sampling` and score it with `detector`.
 
     base: the unerased pipeline, for attacks that look at images of the concept (or `images`, a
     list of them). steps: the attack's optimisation steps (its default if None). before: the
@@ -165,21 +165,19 @@ def run_attack(name: str, erased, concept: str, prompts: list[str], seeds: list[
     (bench has them); otherwise they are generated here. found: what the attack found before, for
     a model-agnostic attack whose prompts serve every erasure of the same base model.
     """
-    from ..api import generate_jobs
-
     attack = check_attack(name, steps, base, images)
-    originals = [(p, s) for p in prompts for s in seeds]
+    sampling.check()
+    originals = [(p, s) for p in prompts for s in sampling.seeds]
     if before is None:
-        before = detector.detect(generate_jobs(erased, [(p, s, guidance) for p, s in originals], sample_steps, batch_size), concept).flags
+        before = detector.detect(sampling.generate(erased, sampling.jobs(prompts)), concept).flags
     if len(before) != len(originals):
         raise ErasekitError(f"{len(before)} flags for {len(originals)} target prompts x seeds")
     started = time.perf_counter()
     if found is None:
-        found = attack.find(erased, concept, prompts, seeds, steps, detector=detector, base=base, images=images, sample_steps=sample_steps,
-                            guidance=guidance, batch_size=batch_size, progress=progress, **options)
+        found = attack.find(erased, concept, prompts, steps, sampling=sampling, detector=detector, base=base, images=images,
+                            progress=progress, **options)
     with learned_tokens(erased, found.embeddings) if found.embeddings else nullcontext():
-        jobs = [(text, s, guidance) for _, s, text in found.prompts]
-        attacked = generate_jobs(erased, jobs, sample_steps, batch_size)
+        attacked = sampling.generate(erased, [(text, s, sampling.guidance) for _, s, text in found.prompts])
     flags = detector.detect(attacked, concept).flags if attacked else []
     by_prompt = dict(zip(originals, before))
     # successes on prompts that failed as written first: they are what the attack brought back
@@ -196,18 +194,17 @@ def run_attack(name: str, erased, concept: str, prompts: list[str], seeds: list[
     )
 
 
-def successes_grid(base, erased, result: AttackResult, n: int = 8, sample_steps: int = 35, guidance: float = 7.5):
+def successes_grid(base, erased, result: AttackResult, sampling: Sampling, n: int = 8):
     """Up to n successful attacks, a row each: the base model's image of the target prompt, the erased
-    model's, and the erased model's under the attack prompt (same seed). None if nothing succeeded."""
-    from ..api import generate_batch
+    model's, and the erased model's under the attack prompt (same seed), drawn as `sampling` says.
+    None if nothing succeeded."""
     from ..images import make_grid
 
     shown = result.found[:n]
     if not shown:
         return None
-    jobs = [(f["prompt"], f["seed"], guidance) for f in shown]
-    cells = [im for row in zip(generate_batch(base, jobs, sample_steps), generate_batch(erased, jobs, sample_steps), result.images)
-             for im in row]
+    jobs = [(f["prompt"], f["seed"], sampling.guidance) for f in shown]
+    cells = [im for row in zip(sampling.generate(base, jobs), sampling.generate(erased, jobs), result.images) for im in row]
     size = cells[0].size[0]
     return make_grid(cells, columns=3, scale=max(1, 128 // size), column_labels=["base", "erased", f"erased, {result.attack}"],
                      row_labels=[f"{f['prompt']} #{f['seed']}" for f in shown])

@@ -43,14 +43,13 @@ class ConceptInversion(Attack):
     default_steps = 300
     needs_base = True
 
-    def find(self, erased, concept, prompts, seeds, steps, *, detector=None, base=None, images=None, sample_steps=35, guidance=7.5, batch_size=32,
-             progress=False, word=None, n_images: int = 32, lr: float = 5e-3, train_batch: int = 8, init: str = "something", seed: int = 0) -> Found:
+    def find(self, erased, concept, prompts, steps, *, sampling, detector=None, base=None, images=None, progress=False, word=None, n_images: int = 32, lr: float = 5e-3, train_batch: int = 8, init: str = "something", seed: int = 0) -> Found:
         """Learn the token on `images` (or `n_images` of the base model's), then put it in every target prompt."""
         steps = steps or self.default_steps
         if images:
             captions = [TOKEN] * len(images)
         else:
-            pairs = concept_images(base, concept, prompts, detector, n_images, steps=sample_steps, guidance=guidance, batch_size=batch_size)
+            pairs = concept_images(base, concept, prompts, detector, n_images, sampling)
             captions, images = [with_token(p, word or concept, TOKEN) for p, _ in pairs], [im for _, im in pairs]
         latents = encode_images(erased, images)
         vector = torch.nn.Parameter(initial_embedding(erased, init))
@@ -67,6 +66,6 @@ class ConceptInversion(Attack):
                 loss.backward()
                 optimizer.step()
                 tick(f"loss {loss.item():.4f}")
-        found = [(p, s, with_token(p, word or concept, TOKEN)) for p in prompts for s in seeds]
+        found = [(p, s, with_token(p, word or concept, TOKEN)) for p in prompts for s in sampling.seeds]
         return Found(found, steps=steps, images=len(images), embeddings={TOKEN: vector.detach().clone()},
                      details={"lr": lr, "train_batch": train_batch, "init": init})

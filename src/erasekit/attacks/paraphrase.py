@@ -28,8 +28,8 @@ class Paraphrase(Attack):
         if not any(rewordings(p, paraphrases) for p in prompts):
             raise ErasekitError(f"no target prompt holds {', '.join(repr(w) for w in paraphrases)}, so there is nothing to paraphrase")
 
-    def find(self, erased, concept, prompts, seeds, steps, *, paraphrases=None, **_) -> Found:
+    def find(self, erased, concept, prompts, steps, *, sampling, paraphrases=None, **_) -> Found:
         """Every target prompt that holds a paraphrased word, with each paraphrase in the word's place."""
         self.check_prompts(prompts, concept, paraphrases)
-        found = [(p, s, q) for p in prompts for s in seeds for q in rewordings(p, paraphrases)]
+        found = [(p, s, q) for p in prompts for s in sampling.seeds for q in rewordings(p, paraphrases)]
         return Found(found, steps=0, images=0, details={"paraphrases": paraphrases})

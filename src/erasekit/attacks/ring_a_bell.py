@@ -70,7 +70,7 @@ class RingABell(Attack):
     default_steps = 100
     model_agnostic = True
 
-    def find(self, erased, concept, prompts, seeds, steps, *, progress=False, word=None, strength: float = 3.0, length: int = 16,
+    def find(self, erased, concept, prompts, steps, *, sampling, progress=False, word=None, strength: float = 3.0, length: int = 16,
              population: int = 64, elite: int = 8, mutation: float = 0.05, seed: int = 0, **_) -> Found:
         """One prompt of `length` words per target prompt, the same for every seed."""
         steps = steps or self.default_steps
@@ -93,5 +93,5 @@ class RingABell(Attack):
                 pool = torch.stack([torch.cat([p, crossover_and_mutate(p, population - elite, len(words), mutation, generator)]) for p in parents])
                 tick(f"distance {distance.min(1).values.mean():.4f}")
         chosen = [decode_words(erased.tokenizer, words[p[0]]) for p in parents]
-        found = [(p, s, text) for p, text in zip(prompts, chosen) for s in seeds]
+        found = [(p, s, text) for p, text in zip(prompts, chosen) for s in sampling.seeds]
         return Found(found, steps=steps, images=0, details={"strength": strength, "length": length, "population": population})

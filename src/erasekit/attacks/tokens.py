@@ -13,7 +13,7 @@ from contextlib import contextmanager
 
 import torch
 
-from ..api import generate_jobs
+from ..api import Sampling
 from ..errors import ErasekitError
 from ..families import family_of
 
@@ -61,12 +61,11 @@ def mention(concept: str) -> re.Pattern:
     return re.compile(rf"\b{re.escape(concept)}\b")
 
 
-def concept_images(base, concept: str, prompts: list[str], detector, n: int, seed: int = 10_000, steps: int = 35,
-                   guidance: float = 7.5, batch_size: int = 32) -> list:
-    """Up to `n` (prompt, image) pairs of the concept from the base model: the target prompts on seeds
-    from `seed` on (apart from the evaluation's), keeping the images the detector confirms."""
-    jobs = [(prompts[i % len(prompts)], seed + i, guidance) for i in range(n)]
-    images = generate_jobs(base, jobs, steps, batch_size)
+def concept_images(base, concept: str, prompts: list[str], detector, n: int, sampling: Sampling, seed: int = 10_000) -> list:
+    """Up to `n` (prompt, image) pairs of the concept from the base model, drawn as `sampling` says
+    but on seeds from `seed` on (apart from the evaluation's), keeping the images the detector confirms."""
+    jobs = [(prompts[i % len(prompts)], seed + i, sampling.guidance) for i in range(n)]
+    images = sampling.generate(base, jobs)
     kept = [(prompt, im) for (prompt, _, _), im, flag in zip(jobs, images, detector.detect(images, concept).flags) if flag]
     if not kept:
         raise ErasekitError(f"the base model drew no image the detector takes for '{concept}': nothing to learn it from")

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import torch
 
-from ..api import generate_jobs
 from ..families import family_of
 from ..losses import denoising_loss
 from ..progress import counted
@@ -40,15 +39,14 @@ class UnlearnDiffAtk(Attack):
     default_steps = 40
     needs_base = True
 
-    def find(self, erased, concept, prompts, seeds, steps, *, detector=None, base=None, images=None, sample_steps=35, guidance=7.5, batch_size=32,
-             progress=False, word=None, tokens: int = 5, lr: float = 0.05, noises: int = 1, seed: int = 0) -> Found:
+    def find(self, erased, concept, prompts, steps, *, sampling, detector=None, base=None, images=None, progress=False, word=None, tokens: int = 5, lr: float = 0.05, noises: int = 1, seed: int = 0) -> Found:
         """A k-token prefix per (prompt, seed), optimised against the base model's image for it (or the user's images, in turn)."""
         steps = steps or self.default_steps
-        jobs = [(p, s) for p in prompts for s in seeds]
+        jobs = [(p, s) for p in prompts for s in sampling.seeds]
         if images:
             targets = [images[i % len(images)] for i in range(len(jobs))]
         else:
-            targets = generate_jobs(base, [(p, s, guidance) for p, s in jobs], sample_steps, batch_size)
+            targets = sampling.generate(base, sampling.jobs(prompts))
         latents = encode_images(erased, targets)
         words, vocabulary = word_vocabulary(erased)  # (n,), (n, widths of every text encoder)
         generator = torch.Generator("cpu").manual_seed(seed)
@@ -57,7 +55,7 @@ class UnlearnDiffAtk(Attack):
         optimizer = torch.optim.Adam([prefix], lr=lr)
         captions = [" ".join([PREFIX] * tokens) + " " + p for p, _ in jobs]
         encode = family_of(erased).encode
-        chunks = [list(range(i, min(i + batch_size, len(jobs)))) for i in range(0, len(jobs), batch_size)]
+        chunks = [list(range(i, min(i + sampling.batch_size, len(jobs)))) for i in range(0, len(jobs), sampling.batch_size)]
         chunk: list[int] = []
 
         def projected(n):  # the nearest words, with the gradient passed straight through to the continuous prefix

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from ..api import Sampling
 from ..errors import ErasekitError
 from ..images import make_grid
 from ..attacks import get_attack
@@ -33,14 +34,11 @@ from .report import markdown_text
 @dataclass
 class BenchSettings:
     model: str = "builtin"
-    seeds: tuple[int, ...] = (0, 1)
-    steps: int = 35  # DDIM steps when generating for evaluation
-    guidance: float = 7.5
+    sampling: Sampling = Sampling()  # how every cell's images, and the attacks', are drawn
     prompts: str | None = None  # the task's suites evaluated (None: its target, related and unrelated), or a CSV file
     task: str = "shapes"  # what each concept is measured by (tasks.load_task)
     clip: str | None = None  # a CLIP model for tasks whose detector is CLIP
     train_seed: int = 0
-    batch_size: int = 32
     device: str = "auto"
     dtype: str = "auto"
 
@@ -73,7 +71,7 @@ def cell_key(method: str, concept: str, method_settings: dict, settings: BenchSe
     retrained model ever reuse another's cells."""
     from .. import __version__
 
-    blob = json.dumps([method, concept, _resolved(method, method_settings), settings.__dict__, base_unet, __version__],
+    blob = json.dumps([method, concept, _resolved(method, method_settings), asdict(settings), base_unet, __version__],
                       sort_keys=True, default=list)
     return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
@@ -155,8 +153,7 @@ def run_cell(out: Path, method: str, task, method_settings: dict, settings: Benc
     train_s = time.perf_counter() - started
     suites = task.select(settings.prompts)
     evaluation = evaluate(
-        base.pipe, erased, task, suites, detector, seeds=list(settings.seeds), steps=settings.steps, guidance=settings.guidance,
-        batch_size=settings.batch_size, replacement=method_settings.get("replacement"),
+        base.pipe, erased, task, suites, detector, settings.sampling, replacement=method_settings.get("replacement"),
         base_images=base.images.get(concept), progress=progress,
     )
     if concept not in base.images:
@@ -177,10 +174,9 @@ def attack_cell(out: Path, folder: Path, erased, task, detector, settings: Bench
     """Each attack against one cell's model (`erased()` builds it) on the task's target prompts and the
     bench's seeds, judged by `detector`, cached per attack in <cell>/attacks/<attack>-<key>/ (attack.json,
     successes.png, learned tokens). A model-agnostic attack's prompts are found once per concept and kept in out/cells/."""
-    from ..api import generate_jobs
     from ..attacks import Found, get_attack, run_attack, successes_grid
 
-    concept = task.concept
+    concept, sampling = task.concept, settings.sampling
     prompts = task.target_texts()
     results, pipe, before = {}, None, None
     for name in attacks:
@@ -191,18 +187,16 @@ def attack_cell(out: Path, folder: Path, erased, task, detector, settings: Bench
             continue
         pipe = pipe or erased()
         if before is None:
-            jobs = [(p, s, settings.guidance) for p in prompts for s in settings.seeds]
-            images = target_images or generate_jobs(pipe, jobs, settings.steps, settings.batch_size)
+            images = target_images or sampling.generate(pipe, sampling.jobs(prompts))
             before = detector.detect(images, concept).flags
         any_seed = cell_key("base", concept, {}, replace(settings, train_seed=0), base.fingerprint)
         shared = out / "cells" / f"found-{name}-{concept}-{attack.key()}-{any_seed}.json"
         found = Found.from_json(json.loads(shared.read_text())) if attack.model_agnostic and shared.exists() else None
-        result = run_attack(name, pipe, concept, prompts, list(settings.seeds), detector, base=base.pipe, before=before,
-                            sample_steps=settings.steps, guidance=settings.guidance, batch_size=settings.batch_size,
+        result = run_attack(name, pipe, concept, prompts, detector, sampling=sampling, base=base.pipe, before=before,
                             progress=progress, found=found, **task.attack_options(name))
         if attack.model_agnostic and found is None:
             atomic_write_text(shared, json.dumps(result.tried.to_json()))
-        grid = successes_grid(base.pipe, pipe, result, n=4, sample_steps=settings.steps, guidance=settings.guidance)
+        grid = successes_grid(base.pipe, pipe, result, sampling, n=4)
         if grid is not None:
             atomic_save_image(grid, where / "successes.png")
         shown = {"successes": str((where / "successes.png").relative_to(out))} if grid is not None else {}
@@ -216,14 +210,13 @@ def check_bench(methods: list[str], concepts: list[str], settings: BenchSettings
     """Refuse any bad method, concept, setting or count in one line before any work; returns the
     settings with device and dtype resolved (so a cell computed on the CPU in fp32 is never
     reused for bf16 on a GPU)."""
-    from ..api import check_generation
     from ..tasks import load_task
 
     if not methods or not concepts:
         raise ErasekitError("bench needs at least one method and one concept")
-    if not settings.seeds:
+    if not settings.sampling.seeds:
         raise ErasekitError("bench needs at least one evaluation seed")
-    check_generation(len(settings.seeds), settings.steps, settings.guidance, settings.batch_size)
+    settings.sampling.check()
     for m in methods:
         _resolved(m, method_settings.get(m, {}))  # unknown methods and bad settings are refused here
     for c in concepts:
@@ -395,7 +388,7 @@ def write_bench_report(out: Path, rows: list[dict], settings: BenchSettings) -> 
     def intro(model: str) -> str:
         prompts = settings.prompts or "the task's target, related and unrelated"
         text = (f"Model {model} ({settings.dtype} on {settings.device}); task {settings.task}; evaluation: prompts {prompts}, "
-                f"seeds {list(settings.seeds)}, {settings.steps} DDIM steps, guidance {settings.guidance}; base and erased models from the same seeds. ")
+                f"seeds {list(settings.sampling.seeds)}, {settings.sampling.steps} DDIM steps, guidance {settings.sampling.guidance}; base and erased models from the same seeds. ")
         if settings.task.split(":")[0] == "shapes":
             return text + ("Alignment: the shapes classifier agrees with what the prompt names. FID/KID: shapes-classifier features "
                            "against rendered ground truth for the non-target prompts.")

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from PIL import Image
 
-from ..api import Job, generate_batch, make_batches
+from ..api import Job, Sampling, generate_batch, make_batches
 from ..precision import dtype_name
 from ..progress import progress_bar
 from .metrics import agreement, fid_kid, ssim
@@ -68,9 +68,9 @@ def seeds_of(prompt: Prompt, seeds: list[int]) -> list[int]:
     return [prompt.seed] if prompt.seed is not None else list(seeds)
 
 
-def expand(prompts: list[Prompt], seeds: list[int], guidance: float) -> list[Job]:
-    """One job per prompt and seed, prompt by prompt."""
-    return [(p.text, s, p.guidance if p.guidance is not None else guidance) for p in prompts for s in seeds_of(p, seeds)]
+def expand(prompts: list[Prompt], sampling: Sampling) -> list[Job]:
+    """One job per prompt and seed, prompt by prompt; a prompt's own seed and guidance (a CSV row's) win."""
+    return [(p.text, s, p.guidance if p.guidance is not None else sampling.guidance) for p in prompts for s in seeds_of(p, sampling.seeds)]
 
 
 def _state():
@@ -89,17 +89,17 @@ def end_processes() -> None:
         state.destroy_process_group()
 
 
-def generate_sharded(pipe, jobs: list[Job], steps: int, negative_prompt: str | None, batch_size: int, label: str, progress: bool) -> list[Image.Image]:
+def generate_sharded(pipe, jobs: list[Job], sampling: Sampling, negative_prompt: str | None, label: str, progress: bool) -> list[Image.Image]:
     """Generate `jobs` split by whole batches across the processes of an accelerate launch."""
     from accelerate.utils import gather_object
 
     state = _state()
-    batches = make_batches(jobs, batch_size)
+    batches = make_batches(jobs, sampling.batch_size)
     local = []
     with state.split_between_processes(batches) as mine, progress_bar(disable=not (progress and state.is_main_process)) as bar:
         task = bar.add_task(label, total=sum(len(b) for b in mine), info="")
         for batch in mine:
-            local.append(generate_batch(pipe, batch, steps, negative_prompt))
+            local.append(generate_batch(pipe, batch, sampling.steps, negative_prompt))
             bar.update(task, advance=len(batch))
     gathered = gather_object(local) if state.num_processes > 1 else local
     return [image for batch in gathered for image in batch]
@@ -111,15 +111,12 @@ def evaluate(
     task,
     suites: dict[str, list[Prompt]] | None = None,
     detector=None,
-    seeds: list[int] = (0, 1),
-    steps: int = 35,
-    guidance: float = 7.5,
+    sampling: Sampling = Sampling(),
     negative_prompt: str | None = None,
     replacement: str | None = None,
     reference: list[Image.Image] | str | None = "auto",
     features=None,
     clip_model: str | None = None,
-    batch_size: int = 32,
     base_images: dict[str, list[Image.Image]] | None = None,
     progress: bool = True,
 ) -> Evaluation | None:
@@ -127,7 +124,8 @@ def evaluate(
 
     base, erased: pipelines (the same object when the method acts at inference, with
     `negative_prompt` set for the erased run). task: the concept's task (tasks/); suites and
-    detector default to its own (`task.select(None)`, `task.make_detector()`). reference: images for
+    detector default to its own (`task.select(None)`, `task.make_detector()`). sampling: the seeds,
+    steps, guidance and batch size both models draw with. reference: images for
     FID/KID, "auto" (the task's: rendered ground truth in the shapes world, else its folder or the
     base model's images) or None (skip). features: the FID/KID feature extractor (default: the task's).
     base_images: the base model's images per suite from an earlier evaluation with the same
@@ -136,7 +134,8 @@ def evaluate(
     concept = task.concept
     suites = task.select(None) if suites is None else suites
     detector = task.make_detector() if detector is None else detector
-    jobs = {name: expand(prompts, list(seeds), guidance) for name, prompts in suites.items()}
+    sampling.check()
+    jobs = {name: expand(prompts, sampling) for name, prompts in suites.items()}
     images: dict[str, dict[str, list[Image.Image]]] = {name: {} for name in suites}
     started = time.perf_counter()
     for which, pipe, negative in (("base", base, None), ("erased", erased, negative_prompt)):
@@ -144,7 +143,7 @@ def evaluate(
             if which == "base" and base_images is not None:
                 images[name]["base"] = base_images[name]
             else:
-                images[name][which] = generate_sharded(pipe, jobs[name], steps, negative, batch_size, f"{which}: {name}", progress)
+                images[name][which] = generate_sharded(pipe, jobs[name], sampling, negative, f"{which}: {name}", progress)
     generation_s = time.perf_counter() - started
     if not _state().is_main_process:
         return None
@@ -158,7 +157,7 @@ def evaluate(
             n_images=len(before), detected_base=found_base.rate, detected=found.rate,
             counts_base=found_base.counts, counts=found.counts, ssim=ssim(before, after).mean().item(),
         )
-        wanted = [p.wanted for p in prompts for _ in seeds_of(p, seeds)]
+        wanted = [p.wanted for p in prompts for _ in seeds_of(p, sampling.seeds)]
         if hasattr(detector, "predict"):
             predicted_base, predicted = detector.predict(before), detector.predict(after)
             result.kept = same_seed_agreement(predicted_base, predicted)
@@ -173,7 +172,7 @@ def evaluate(
             result.replacement = detector.detect(after, replacement).rate
         results[name] = result
 
-    distribution = _distribution(task, suites, images, seeds, reference, features)
+    distribution = _distribution(task, suites, images, sampling.seeds, reference, features)
     metrics_s = time.perf_counter() - started
     n_images = (1 if base_images is not None else 2) * sum(len(j) for j in jobs.values())
     timing = {
@@ -181,8 +180,8 @@ def evaluate(
         "metrics_s": round(metrics_s, 2), "metrics_overhead": round(metrics_s / generation_s, 4),
     }
     settings = {
-        "task": task.name, "seeds": list(seeds), "steps": steps, "guidance": guidance, "negative_prompt": negative_prompt,
-        "detector": getattr(detector, "name", type(detector).__name__), "batch_size": batch_size,
+        "task": task.name, "seeds": list(sampling.seeds), "steps": sampling.steps, "guidance": sampling.guidance, "negative_prompt": negative_prompt,
+        "detector": getattr(detector, "name", type(detector).__name__), "batch_size": sampling.batch_size,
         "processes": _state().num_processes, "replacement": replacement,
         "device": str(base.device), "dtype": dtype_name(base.unet.dtype),
     }

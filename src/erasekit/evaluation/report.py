@@ -127,6 +127,7 @@ def erasure_report(model, erasure_file: Path, concept: str, out: Path, seeds: in
     """Base model against the erasure, on the built-in suites of a shapes-world concept (target, related
     and described prompts, `seeds` seeds each): writes report.md, metrics.json and grid.png to `out`.
     Returns (path of report.md, the Evaluation)."""
+    from ..api import Sampling
     from ..erasure_file import load_erasure
     from ..model import load_pipeline
     from ..tasks import load_task
@@ -136,5 +137,5 @@ def erasure_report(model, erasure_file: Path, concept: str, out: Path, seeds: in
     erased = load_pipeline(model, device, dtype, model_config)
     metadata = load_erasure(erased, erasure_file)
     task = load_task("shapes", concept)
-    evaluation = evaluate(base, erased, task, task.select(REPORT_SUITES), seeds=list(range(seeds)), replacement=replacement)
+    evaluation = evaluate(base, erased, task, task.select(REPORT_SUITES), Sampling(seeds=range(seeds)), replacement=replacement)
     return write_evaluation(out, evaluation, metadata), evaluation
