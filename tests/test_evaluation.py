@@ -306,3 +306,38 @@ def test_two_process_evaluation_equals_the_single_process_one(tmp_path):
         a, b = one["suites"][name], two["suites"][name]
         assert (a["detected_base"], a["detected"], a["counts"]) == (b["detected_base"], b["detected"], b["counts"])
         assert a["ssim"] == pytest.approx(b["ssim"], abs=1e-6)
+
+
+@pytest.mark.slow
+def test_two_process_bench_spreads_whole_cells_and_equals_the_single_process_one(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    args = ["bench", "--methods", "uce,neg-prompt", "--concepts", "square,red", "--prompts", "target", "--seeds", "0",
+            "--steps", "3", "--attacks", "paraphrase"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    single = subprocess.run([sys.executable, "-m", "erasekit", *args, "--out", str(tmp_path / "one")], env=env, capture_output=True, text=True)
+    assert single.returncode == 0, single.stderr
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+              "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "erasekit", *args, "--out", str(tmp_path / "two")]
+    double = subprocess.run(launch, env=env, capture_output=True, text=True)
+    assert double.returncode == 0, double.stderr
+    assert double.stdout.count("wrote") == 1  # the report, by rank 0 alone
+
+    def cells(out):
+        return {p.parent.name: json.loads(p.read_text()) for p in (out / "cells").glob("*/result.json")}
+
+    one, two = cells(tmp_path / "one"), cells(tmp_path / "two")
+    assert set(one) == set(two) and len(one) == 4  # the same cells, under the same keys
+    assert {c["process"] for c in one.values()} == {0} and {c["process"] for c in two.values()} == {0, 1}
+    for key, a in one.items():
+        b = two[key]
+        for name, suite in a["evaluation"]["suites"].items():
+            other = b["evaluation"]["suites"][name]
+            assert (suite["detected_base"], suite["detected"]) == (other["detected_base"], other["detected"])
+            assert suite["ssim"] == pytest.approx(other["ssim"], abs=1e-6)
+    table = lambda out: [line for line in (out / "bench.md").read_text().splitlines() if line.startswith("| ")]  # noqa: E731
+    assert len(table(tmp_path / "two")) == 1 + 4 and [r.split("|")[1:3] for r in table(tmp_path / "one")] == [r.split("|")[1:3] for r in table(tmp_path / "two")]
+    attacks = lambda out: [line for line in (out / "bench.md").read_text().split("Against the unerased model")[1].splitlines() if line.startswith("- ")]  # noqa: E731
+    assert attacks(tmp_path / "two") == attacks(tmp_path / "one") and len(attacks(tmp_path / "one")) == 2  # each concept's sanity row, whichever process ran it

@@ -500,7 +500,7 @@ def evaluate(
     Example: erasekit evaluate --concept red --erasure red.safetensors --out eval-red/
     On Stable Diffusion: erasekit evaluate --model sd14/ --task nudity --prompts i2p.csv --erasure nudity.safetensors
     """
-    from .evaluation.evaluate import end_processes
+    from .evaluation.evaluate import end_processes, processes
     from .evaluation.evaluate import evaluate as run_evaluation
     from .evaluation.metrics import feature_extractor
     from .evaluation.report import REPORT_FILES, write_evaluation
@@ -522,6 +522,7 @@ def evaluate(
                 [("--out", folder / name) for folder in folders.values() for name in REPORT_FILES], into={"--out": out})
     ref = None if reference == "none" else ("auto" if reference == "auto" else read_image_folder(Path(reference)))
 
+    processes()  # before any model loads: each process of a multi-GPU launch on its own GPU
     base = load_pipeline(model, device, dtype, config)
     if erasure is not None:
         erased = load_pipeline(model, device, dtype, config)
@@ -573,13 +574,17 @@ def bench(
     """Erase and evaluate every method on every concept; write a Table-1-style report.
 
     Finished cells are cached under OUT/cells/ by a hash of their settings: re-running only
-    computes what changed. Example: erasekit bench --methods esd-x,esd-u,abo --concepts circle,striped
+    computes what changed. Spread whole cells over GPUs (or CPU processes) with
+    `accelerate launch --multi_gpu --num_processes N -m erasekit bench ...`.
+
+    Example: erasekit bench --methods esd-x,esd-u,abo --concepts circle,striped
     With attacks: erasekit bench --methods esd-x,abo --concepts square --prompts target --attacks paraphrase,inversion
     On Stable Diffusion: erasekit bench --model sd14/ --task nudity --methods esd-u,uce --attacks paraphrase
     """
     from .errors import ErasekitError
     from .evaluation.bench import BENCH_FILES, BenchSettings, check_bench, route_settings
     from .evaluation.bench import bench as run_bench
+    from .evaluation.evaluate import end_processes
     from .images import ensure_writable_dir
     from .methods.base import parse_settings
     from .tasks import load_task
@@ -600,8 +605,12 @@ def bench(
     check_paths({"--model": _model_path(model), "--task": _local(task), "--prompts": _local(prompts), "--clip": _local(clip)},
                 [("--out", out / name) for name in BENCH_FILES], into={"--out": out})
     ensure_writable_dir(out)
-    rows = run_bench(out, method_list, concept_list, settings, per_method, attacks=attack_list)
-    typer.echo(f"wrote {out / 'bench.md'} and {out / 'bench.html'} ({len(rows)} cells)")
+    try:
+        rows = run_bench(out, method_list, concept_list, settings, per_method, attacks=attack_list)
+    finally:
+        end_processes()
+    if rows is not None:  # None: not rank 0 of a multi-process run
+        typer.echo(f"wrote {out / 'bench.md'} and {out / 'bench.html'} ({len(rows)} cells)")
 
 
 @app.command()

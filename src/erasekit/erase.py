@@ -229,8 +229,10 @@ def erase(
         for path in (out, checkpoint_dir):
             if path is not None:
                 held.enter_context(output_lock(path))
-        erasure = _erase(model, model_config, method_cls, config, concepts, replacement, preset, seed, checkpoint_dir, checkpoint_every,
-                         resume, progress, device, dtype, gradient_checkpointing, strict, words_checked=tokenizer is not None)
+        erasure = _erase(model=model, model_config=model_config, method_cls=method_cls, config=config, concepts=concepts, replacement=replacement,
+                         preset=preset, seed=seed, checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every, resume=resume,
+                         progress=progress, device=device, dtype=dtype, gradient_checkpointing=gradient_checkpointing, strict=strict,
+                         words_checked=tokenizer is not None)
         try:
             check_change(erasure, save_dtype or erasure.unet.dtype)
         except ErasekitError:
@@ -272,8 +274,9 @@ def check_change(erasure: Erasure, dtype: torch.dtype) -> None:
                       "Raise the learning rate or the steps", ErasekitWarning, stacklevel=2)
 
 
-def _erase(model, model_config, method_cls, config, concepts, replacement, preset, seed, checkpoint_dir, checkpoint_every, resume, progress,
+def _erase(*, model, model_config, method_cls, config, concepts, replacement, preset, seed, checkpoint_dir, checkpoint_every, resume, progress,
            device, dtype, gradient_checkpointing, strict, words_checked: bool) -> Erasure:
+    """erase() once every argument is checked (keyword-only: seventeen of them in a row are too easy to misplace)."""
     pipe = load_pipeline(model, device, dtype, model_config) if isinstance(model, (str, Path)) else model
     if not words_checked:
         concepts, replacement = _check_words(pipe.tokenizer, concepts, replacement, strict)

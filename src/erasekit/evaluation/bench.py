@@ -27,6 +27,7 @@ from ..attacks import get_attack
 from ..methods import get_method
 from ..io import atomic_save_image, atomic_write_text
 from ..precision import dtype_name, resolve_device, resolve_dtype
+from .evaluate import processes
 from .report import markdown_text
 
 
@@ -123,8 +124,9 @@ def measure(settings: BenchSettings, concept: str):
 
 
 def run_cell(out: Path, method: str, task, method_settings: dict, settings: BenchSettings, detector, base: Base, progress: bool,
-             attacks: tuple[str, ...] = ()) -> dict:
-    """Train (unless inference-time), evaluate, attack and store one cell of `task`'s concept; reuse what is already there."""
+             attacks: tuple[str, ...] = (), shard: bool = True) -> dict:
+    """Train (unless inference-time), evaluate, attack and store one cell of `task`'s concept; reuse what is already there.
+    shard: split its images over the processes of an `accelerate launch` (evaluate's `shard`)."""
     from ..model import load_pipeline
     from .evaluate import evaluate
 
@@ -154,14 +156,14 @@ def run_cell(out: Path, method: str, task, method_settings: dict, settings: Benc
     suites = task.select(settings.prompts)
     evaluation = evaluate(
         base.pipe, erased, task, suites, detector, settings.sampling, replacement=method_settings.get("replacement"),
-        base_images=base.images.get(concept), progress=progress,
+        base_images=base.images.get(concept), progress=progress, shard=shard,
     )
     if concept not in base.images:
         base.images[concept] = {name: evaluation.images[name]["base"] for name in suites}
         _save_samples(base_folder, evaluation, "base")
     _save_samples(folder, evaluation, "erased")
     result = {"method": method, "concept": concept, "task": task.name, "attribute": getattr(task, "attribute", None), "method_settings": method_settings, "train_s": round(train_s, 1),
-              "cell": folder.name, "base_cell": base_folder.name, "evaluation": evaluation.as_dict()}
+              "cell": folder.name, "base_cell": base_folder.name, "process": processes().process_index, "evaluation": evaluation.as_dict()}
     atomic_write_text(result_file, json.dumps(result, indent=2))
     if attacks:
         target = evaluation.images["target"]["erased"] if "target" in suites else None
@@ -231,31 +233,72 @@ def check_bench(methods: list[str], concepts: list[str], settings: BenchSettings
 
 
 def bench(out: Path | str, methods: list[str], concepts: list[str], settings: BenchSettings | None = None,
-          method_settings: dict[str, dict] | None = None, progress: bool = True, attacks: tuple[str, ...] = ()) -> list[dict]:
+          method_settings: dict[str, dict] | None = None, progress: bool = True, attacks: tuple[str, ...] = ()) -> list[dict] | None:
     """Run every method on every concept (cached per cell) and write bench.md, bench.html, plots and grids.
 
     attacks: names of attacks (erasekit.attacks) to run against every cell on the target prompts, and
     against the unerased model once per concept (the sanity rows, `base_attacks` in each row).
+    Under `accelerate launch` (GPUs, or CPU processes) whole cells are spread over the processes;
+    rank 0 gathers them and writes the report, and the other processes return None.
     """
     settings = check_bench(methods, concepts, settings or BenchSettings(), method_settings or {}, attacks)
-    rows = list(bench_cells(Path(out), methods, concepts, settings, method_settings or {}, progress, attacks))
+    state = processes()  # before any model loads: each process of a multi-GPU launch on its own GPU
+    if state.num_processes == 1:
+        rows = list(bench_cells(Path(out), methods, concepts, settings, method_settings or {}, progress, attacks))
+    else:
+        rows = spread_cells(Path(out), methods, concepts, settings, method_settings or {}, progress and state.is_main_process, attacks, state)
+        if not state.is_main_process:
+            return None
     write_bench_report(Path(out), rows, settings)
     return rows
 
 
+Unit = tuple[str, str | None]  # (concept, method): a cell, or with method None the attacks' sanity row on the unerased model
+
+
+def units_of(methods: list[str], concepts: list[str], attacks: tuple[str, ...]) -> list[Unit]:
+    """bench's work in order: per concept, the sanity row first (when attacking), then a cell per method."""
+    return [(concept, method) for concept in concepts for method in ([None] if attacks else []) + list(methods)]
+
+
+def compute(out: Path, units: list[Unit], settings: BenchSettings, method_settings: dict[str, dict], progress: bool,
+            attacks: tuple[str, ...], shard: bool = True):
+    """Each unit's result, in order, as soon as it is computed or reused: (concept, method, result)."""
+    base = Base.load(settings.model, settings.device, settings.dtype)
+    measured = {}
+    for concept, method in units:
+        if concept not in measured:
+            measured[concept] = measure(settings, concept)
+        task, detector = measured[concept]
+        if method is None:  # an attack must reach the concept on the unerased model, or its numbers prove nothing
+            folder = out / "cells" / f"base-{concept}-{cell_key('base', concept, {}, replace(settings, train_seed=0), base.fingerprint)}"
+            yield concept, None, attack_cell(out, folder, lambda: base.pipe, task, detector, settings, base, attacks, None, progress)
+        else:
+            yield concept, method, run_cell(out, method, task, method_settings.get(method, {}), settings, detector, base, progress, attacks, shard)
+
+
 def bench_cells(out: Path, methods: list[str], concepts: list[str], settings: BenchSettings, method_settings: dict[str, dict],
                 progress: bool = True, attacks: tuple[str, ...] = ()):
-    """bench's cells, each yielded as soon as it is computed or reused, without the report (settings as
-    `check_bench` returns them)."""
-    base = Base.load(settings.model, settings.device, settings.dtype)
-    for concept in concepts:
-        task, detector = measure(settings, concept)
-        if attacks:  # first the sanity row: an attack must reach the concept on the unerased model
-            folder = out / "cells" / f"base-{concept}-{cell_key('base', concept, {}, replace(settings, train_seed=0), base.fingerprint)}"
-            sanity = attack_cell(out, folder, lambda: base.pipe, task, detector, settings, base, attacks, None, progress)
-        for method in methods:
-            row = run_cell(out, method, task, method_settings.get(method, {}), settings, detector, base, progress, attacks)
-            yield row | ({"base_attacks": sanity} if attacks else {})
+    """bench's cells in one process, each yielded as soon as it is computed or reused, without the
+    report (settings as `check_bench` returns them)."""
+    sanity = {}
+    for concept, method, result in compute(out, units_of(methods, concepts, attacks), settings, method_settings, progress, attacks):
+        if method is None:
+            sanity[concept] = result
+        else:
+            yield result | ({"base_attacks": sanity[concept]} if attacks else {})
+
+
+def spread_cells(out: Path, methods: list[str], concepts: list[str], settings: BenchSettings, method_settings: dict[str, dict],
+                 progress: bool, attacks: tuple[str, ...], state) -> list[dict]:
+    """bench's cells over the processes of an accelerate launch: process k computes units k, k + n, ...
+    whole (training, images and attacks), and every process gets every row, in bench_cells' order."""
+    from accelerate.utils import gather_object
+
+    units = units_of(methods, concepts, attacks)
+    mine = {(c, m): r for c, m, r in compute(out, units[state.process_index::state.num_processes], settings, method_settings, progress, attacks, shard=False)}
+    done = {unit: result for part in gather_object([mine]) for unit, result in part.items()}
+    return [done[(c, m)] | ({"base_attacks": done[(c, None)]} if attacks else {}) for c, m in units if m is not None]
 
 
 def _pct(v: float | None) -> str:

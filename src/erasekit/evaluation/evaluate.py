@@ -73,7 +73,9 @@ def expand(prompts: list[Prompt], sampling: Sampling) -> list[Job]:
     return [(p.text, s, p.guidance if p.guidance is not None else sampling.guidance) for p in prompts for s in seeds_of(p, sampling.seeds)]
 
 
-def _state():
+def processes():
+    """This process's place in an `accelerate launch` (one process when not launched). Called before a
+    model loads, it also points each process of a multi-GPU launch at its own GPU."""
     from accelerate import PartialState
 
     # On a machine without CUDA, accelerate only sets up multi-process CPU runs when told `cpu=True`.
@@ -84,16 +86,19 @@ def end_processes() -> None:
     """Take down the process group of a multi-process run once this process is done with it: left to
     interpreter exit, a rank that had finished its work aborted once ("terminate called without an
     active exception")."""
-    state = _state()
+    state = processes()
     if state.num_processes > 1:
         state.destroy_process_group()
 
 
-def generate_sharded(pipe, jobs: list[Job], sampling: Sampling, negative_prompt: str | None, label: str, progress: bool) -> list[Image.Image]:
-    """Generate `jobs` split by whole batches across the processes of an accelerate launch."""
+def generate_sharded(pipe, jobs: list[Job], sampling: Sampling, negative_prompt: str | None, label: str, progress: bool,
+                     shard: bool = True) -> list[Image.Image]:
+    """Generate `jobs` split by whole batches across the processes of an accelerate launch (all here unless `shard`)."""
     from accelerate.utils import gather_object
 
-    state = _state()
+    if not shard:
+        return sampling.generate(pipe, jobs, negative_prompt, progress)
+    state = processes()
     batches = make_batches(jobs, sampling.batch_size)
     local = []
     with state.split_between_processes(batches) as mine, progress_bar(disable=not (progress and state.is_main_process)) as bar:
@@ -119,6 +124,7 @@ def evaluate(
     clip_model: str | None = None,
     base_images: dict[str, list[Image.Image]] | None = None,
     progress: bool = True,
+    shard: bool = True,
 ) -> Evaluation | None:
     """Measure `erased` against `base` on every suite; returns None on processes other than rank 0.
 
@@ -130,6 +136,8 @@ def evaluate(
     base model's images) or None (skip). features: the FID/KID feature extractor (default: the task's).
     base_images: the base model's images per suite from an earlier evaluation with the same
     suites and settings (`Evaluation.images`), so that comparing many erasures generates them once.
+    shard: split the images over the processes of an `accelerate launch`; False draws them all here
+    (bench, which spreads whole cells over the processes instead).
     """
     concept = task.concept
     suites = task.select(None) if suites is None else suites
@@ -143,9 +151,9 @@ def evaluate(
             if which == "base" and base_images is not None:
                 images[name]["base"] = base_images[name]
             else:
-                images[name][which] = generate_sharded(pipe, jobs[name], sampling, negative, f"{which}: {name}", progress)
+                images[name][which] = generate_sharded(pipe, jobs[name], sampling, negative, f"{which}: {name}", progress, shard)
     generation_s = time.perf_counter() - started
-    if not _state().is_main_process:
+    if shard and not processes().is_main_process:
         return None
 
     started = time.perf_counter()
@@ -182,7 +190,7 @@ def evaluate(
     settings = {
         "task": task.name, "seeds": list(sampling.seeds), "steps": sampling.steps, "guidance": sampling.guidance, "negative_prompt": negative_prompt,
         "detector": getattr(detector, "name", type(detector).__name__), "batch_size": sampling.batch_size,
-        "processes": _state().num_processes, "replacement": replacement,
+        "processes": processes().num_processes if shard else 1, "replacement": replacement,
         "device": str(base.device), "dtype": dtype_name(base.unet.dtype),
     }
     return Evaluation(concept=concept, settings=settings, suites=results, distribution=distribution, timing=timing, images=images, jobs=jobs)
