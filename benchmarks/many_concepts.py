@@ -8,7 +8,8 @@ settings. Each concept is judged on its own target prompts (its name, alone and 
 the other attributes), on --eval-seeds seeds per prompt: the share of images where the shapes
 classifier finds it. Preservation is read on prompts that name a value of the same attribute that
 no erasure of the set touches (square, triangle and hexagon when the shapes are erased), as the
-share of images whose shape (or colour) is the one named.
+share of images whose shape (or colour) is the one named. A run whose settings say
+preserve = "untouched" keeps exactly those values (AbO's `preserve`), alone and together alike.
 """
 
 from __future__ import annotations
@@ -45,12 +46,15 @@ def main() -> None:
     def detected(pipe, concept):
         return detector.detect(images(pipe, target_prompts(concept)), concept).rate
 
+    def untouched(concepts):
+        """The values of the set's attribute that no concept of the set is."""
+        return [v for v in ATTRIBUTES[attribute_of(concepts[0])[0]] if v not in concepts]
+
     def kept(pipe, concepts):
         """Share of images showing the value named, over prompts naming values of the attribute no concept of the set is."""
         attribute = attribute_of(concepts[0])[0]
         other = "colour" if attribute != "colour" else "shape"
-        untouched = [v for v in ATTRIBUTES[attribute] if v not in concepts]
-        prompts = [(f"a {o} {v}" if attribute == "shape" else f"a {v} {o}", v) for v in untouched for o in ATTRIBUTES[other]]
+        prompts = [(f"a {o} {v}" if attribute == "shape" else f"a {v} {o}", v) for v in untouched(concepts) for o in ATTRIBUTES[other]]
         predicted = detector.predict(images(pipe, [p for p, _ in prompts]))[attribute]
         wanted = [v for _, v in prompts for _ in seeds]
         return sum(p == w for p, w in zip(predicted, wanted)) / len(wanted), len(wanted)
@@ -60,15 +64,18 @@ def main() -> None:
         base_rates = {c: detected(base, c) for c in concepts}
         base_kept, n_kept = kept(base, concepts)
         for method, settings, train_seed in load_runs(args.experiment):
-            print("erasing", concepts, "with", method, settings or "defaults", "training seed", train_seed, flush=True)
-            together = erase(load_pipeline("builtin"), method=method, concepts=concepts, seed=train_seed, progress=False, **settings).pipe
+            given = dict(settings)
+            if given.get("preserve") == "untouched":
+                given["preserve"] = ",".join(untouched(concepts))
+            print("erasing", concepts, "with", method, given or "defaults", "training seed", train_seed, flush=True)
+            together = erase(load_pipeline("builtin"), method=method, concepts=concepts, seed=train_seed, progress=False, **given).pipe
             row = {"set": set_name, "concepts": concepts, "method": method, "settings": settings, "train_seed": train_seed,
                    "eval_seeds": seeds, "n_target": len(target_prompts(concepts[0])) * len(seeds), "n_kept": n_kept,
                    "base": base_rates, "together": {c: detected(together, c) for c in concepts},
                    "kept_base": base_kept, "kept_together": kept(together, concepts)[0], "alone": {}}
             for c in concepts:
                 print("erasing", c, "alone, training seed", train_seed, flush=True)
-                alone = erase(load_pipeline("builtin"), method=method, concepts=c, seed=train_seed, progress=False, **settings).pipe
+                alone = erase(load_pipeline("builtin"), method=method, concepts=c, seed=train_seed, progress=False, **given).pipe
                 row["alone"][c] = detected(alone, c)
             rows.append(row)
     write_table(rows, run_meta(), args.results_dir)
@@ -76,25 +83,26 @@ def main() -> None:
 
 def write_table(rows: list[dict], meta: dict, results_dir) -> None:
     pct = lambda x: f"{100 * x:.1f}%"  # noqa: E731
+    named = lambda r: ", ".join(f"{k}={v}" for k, v in r["settings"].items()) or "defaults"  # noqa: E731
     r0 = rows[0]
     lines = heading("Erasing three concepts at once against each alone", meta) + [
-        f"Method {r0['method']} ({', '.join(f'{k}={v}' for k, v in r0['settings'].items()) or 'defaults'}); training seeds "
-        f"{sorted({r['train_seed'] for r in rows})}; evaluation seeds {r0['eval_seeds']}. Each concept: the share of its "
-        f"{r0['n_target']} target images where the shapes classifier finds it, mean over the training seeds (each seed's "
-        "figure in brackets). Untouched values: the share of images showing the value named, over "
-        f"{r0['n_kept']} images of prompts that name a value of the same attribute no erasure of the set touches.", "",
-        "| set | concept | base | erased alone | erased with the other two | points above alone |", "|---|---|---:|---:|---:|---:|",
+        f"Method {r0['method']}; training seeds {sorted({r['train_seed'] for r in rows})}; evaluation seeds {r0['eval_seeds']}. "
+        f"Each concept: the share of its {r0['n_target']} target images where the shapes classifier finds it, mean over "
+        "the training seeds (each seed's figure in brackets). Untouched values: the share of images showing the value "
+        f"named, over {r0['n_kept']} images of prompts that name a value of the same attribute no erasure of the set "
+        "touches (preserve=untouched: the erasure was told to keep exactly these).", "",
+        "| settings | set | concept | base | erased alone | erased with the other two | points above alone |", "|---|---|---|---:|---:|---:|---:|",
     ]
-    for set_name in dict.fromkeys(r["set"] for r in rows):
-        group = [r for r in rows if r["set"] == set_name]
+    for settings, set_name in dict.fromkeys((named(r), r["set"]) for r in rows):
+        group = [r for r in rows if r["set"] == set_name and named(r) == settings]
         for c in group[0]["concepts"]:
             alone, together = [r["alone"][c] for r in group], [r["together"][c] for r in group]
-            each = lambda xs: " (" + ", ".join(pct(x) for x in xs) + ")"  # noqa: E731
-            lines.append(f"| {set_name} | {c} | {pct(group[0]['base'][c])} | {pct(mean(alone))}{each(alone)} | "
+            each = lambda xs: " (" + ", ".join(pct(x) for x in xs) + ")" if len(xs) > 1 else ""  # noqa: E731
+            lines.append(f"| {settings} | {set_name} | {c} | {pct(group[0]['base'][c])} | {pct(mean(alone))}{each(alone)} | "
                          f"{pct(mean(together))}{each(together)} | {100 * (mean(together) - mean(alone)):+.1f} |")
         kept = [r["kept_together"] for r in group]
-        lines.append(f"| {set_name} | untouched values, drawn as named | {pct(group[0]['kept_base'])} | | "
-                     f"{pct(mean(kept))} ({', '.join(pct(x) for x in kept)}) | |")
+        lines.append(f"| {settings} | {set_name} | untouched values, drawn as named | {pct(group[0]['kept_base'])} | | "
+                     f"{pct(mean(kept))}{each(kept)} | |")
     write_results(results_dir, meta, rows, lines)
     print("\n".join(lines))
 

@@ -215,6 +215,36 @@ def test_abo_steps_x_t_along_the_chosen_trajectory_with_the_same_targets(tiny_fo
     torch.testing.assert_close(guided, eps_uncond + step_with, atol=1e-5, rtol=1e-4)
 
 
+def test_abo_keeps_each_preserved_concepts_guidance_as_the_frozen_model_gives_it(tiny_folder):
+    """L_keep (abo.py): at the bank's x_t the target is γ1 (ε*(x_t, p) − ε*(x_t, ∅)) for every kept p, and
+    the step's loss adds ‖γ2 (ε_θ(x_t, p) − ε_θ(x_t, ∅)) − target‖², computed here by hand, for the p drawn."""
+    pipe = load_pipeline(str(tiny_folder))
+    abo = get_method("abo")
+    method = abo(pipe, ["circle"], abo.make_config(preserve="square, red", **GENTLE["abo"]))
+    x, t = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0)), method.scheduler.timesteps[1]
+    out = lambda emb: method.unet(x, t, **emb.expand(2, -1, -1).unet_kwargs(x.dtype)).sample  # noqa: E731
+    with torch.no_grad():
+        _, targets = method.teacher_step(x, t, 1, torch.tensor([0, 0]))
+        eps_uncond, eps_square, eps_red = out(method.uncond), out(method.preserve_emb[0]), out(method.preserve_emb[1])
+    gamma1, gamma2 = method.config.gamma1, method.config.gamma2
+    assert targets["keep"].shape == (2, 2, 4, 8, 8)
+    torch.testing.assert_close(targets["keep"][:, 0], gamma1 * (eps_square - eps_uncond), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(targets["keep"][:, 1], gamma1 * (eps_red - eps_uncond), atol=1e-5, rtol=1e-4)
+
+    batch = {"x": x, "t": torch.stack([t, t]), "concept": torch.tensor([0, 0]), "kept": torch.tensor([1, 0]), **targets}
+    with torch.no_grad():
+        loss, terms = method.loss(batch)
+    wanted = torch.stack([targets["keep"][0, 1], targets["keep"][1, 0]])
+    by_hand = (gamma2 * (torch.stack([eps_red[0], eps_square[1]]) - eps_uncond) - wanted).pow(2).mean()
+    assert terms["keep"] == pytest.approx(by_hand.item(), rel=1e-4)
+    assert loss.item() == pytest.approx(terms["concept"] + method.config.lam * terms["penalty"] + terms["keep"], rel=1e-4)
+
+    with pytest.raises(ErasekitError, match="'circle' is both erased and preserved"):
+        abo(pipe, ["circle"], abo.make_config(preserve="circle", **GENTLE["abo"]))
+    with pytest.raises(ErasekitError, match="preserve_weight must be >= 0"):
+        abo.make_config(preserve_weight=-1)
+
+
 def test_abo_auto_trajectory_is_the_erased_one_only_with_a_replacement():
     from erasekit.methods.abo import trajectory_for
 

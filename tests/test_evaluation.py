@@ -283,14 +283,12 @@ def test_bench_writes_valid_html_with_its_images_and_reuses_cells(tmp_path):
     assert len(list((tmp_path / "cells").glob("neg-prompt-red-*"))) == 2  # another base model: its own cell
 
 
-@pytest.mark.slow
-def test_two_process_evaluation_equals_the_single_process_one(tmp_path):
+def _one_process_and_two(args: list[str], tmp_path):
+    """Run `erasekit ARGS` once alone (--out tmp_path/one) and once under a two-process CPU accelerate launch (tmp_path/two); returns the launch's stdout."""
     import os
     import subprocess
     import sys
 
-    args = ["evaluate", "--concept", "red", "--method", "neg-prompt", "--prompts", "target", "--seeds", "0,1",
-            "--steps", "4", "--batch-size", "4", "--reference", "none"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     single = subprocess.run([sys.executable, "-m", "erasekit", *args, "--out", str(tmp_path / "one")], env=env, capture_output=True, text=True)
     assert single.returncode == 0, single.stderr
@@ -298,6 +296,13 @@ def test_two_process_evaluation_equals_the_single_process_one(tmp_path):
               "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "erasekit", *args, "--out", str(tmp_path / "two")]
     double = subprocess.run(launch, env=env, capture_output=True, text=True)
     assert double.returncode == 0, double.stderr
+    return double.stdout
+
+
+@pytest.mark.slow
+def test_two_process_evaluation_equals_the_single_process_one(tmp_path):
+    _one_process_and_two(["evaluate", "--concept", "red", "--method", "neg-prompt", "--prompts", "target", "--seeds", "0,1",
+                          "--steps", "4", "--batch-size", "4", "--reference", "none"], tmp_path)
     one = json.loads((tmp_path / "one" / "metrics.json").read_text())["evaluation"]
     two = json.loads((tmp_path / "two" / "metrics.json").read_text())["evaluation"]
     assert two["settings"]["processes"] == 2 and one["settings"]["processes"] == 1
@@ -310,20 +315,9 @@ def test_two_process_evaluation_equals_the_single_process_one(tmp_path):
 
 @pytest.mark.slow
 def test_two_process_bench_spreads_whole_cells_and_equals_the_single_process_one(tmp_path):
-    import os
-    import subprocess
-    import sys
-
-    args = ["bench", "--methods", "uce,neg-prompt", "--concepts", "square,red", "--prompts", "target", "--seeds", "0",
-            "--steps", "3", "--attacks", "paraphrase"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    single = subprocess.run([sys.executable, "-m", "erasekit", *args, "--out", str(tmp_path / "one")], env=env, capture_output=True, text=True)
-    assert single.returncode == 0, single.stderr
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-              "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "erasekit", *args, "--out", str(tmp_path / "two")]
-    double = subprocess.run(launch, env=env, capture_output=True, text=True)
-    assert double.returncode == 0, double.stderr
-    assert double.stdout.count("wrote") == 1  # the report, by rank 0 alone
+    stdout = _one_process_and_two(["bench", "--methods", "uce,neg-prompt", "--concepts", "square,red", "--prompts", "target",
+                                   "--seeds", "0", "--steps", "3", "--attacks", "paraphrase"], tmp_path)
+    assert stdout.count("wrote") == 1  # the report, by rank 0 alone
 
     def cells(out):
         return {p.parent.name: json.loads(p.read_text()) for p in (out / "cells").glob("*/result.json")}

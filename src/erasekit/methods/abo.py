@@ -18,6 +18,11 @@ the erased trajectory (benchmarks/results/shape-erasure-square/results.md). So `
 default) follows the concept's trajectory without a replacement and Algorithm 1's with one; the
 `paper` preset and `trajectory="erased"` always follow Algorithm 1.
 
+Concepts to keep (`preserve`, as UCE's): each gets the concept loss with a zero δ,
+  L_keep = ‖γ2 (ε_θ(x_t, p) − sg[ε_θ(x_t, ∅)]) − γ1 (ε*(x_t, p) − ε*(x_t, ∅))‖²,
+so the student keeps the frozen model's guidance towards p at the same x_t where it unlearns c's:
+the anchors of the mass-erasure methods (MACE, ANT), in AbO's own terms. Not in the paper.
+
 Fast path: every x_τ of a trajectory and both targets at it are computed once, in batches, into the
 teacher bank (the frozen outputs at x_t are the very ones that drew it); each step then runs only
 the student, [c, ∅] stacked in one forward. The bank holds one trajectory per 25 draws
@@ -34,7 +39,7 @@ import torch
 from ..attention import reweighted_cross_attention, token_weights
 from ..errors import ErasekitError
 from ..guidance import Instruction, cfg, explicit_delta
-from ..losses import abo_guidance_target, abo_loss
+from ..losses import abo_concept_loss, abo_guidance_target, abo_loss
 from ..sampling import embed, unet_out
 from .base import MethodConfig, TrajectoryBankMethod
 
@@ -67,6 +72,8 @@ class AboConfig(MethodConfig):
     # "erased" with a replacement, "concept" without (why: the module docstring).
     trajectory: str = "auto"
     bank_trajectories: int | None = None  # one per 25 draws: 24 for the defaults, 8 for the paper's 200 x 1
+    preserve: str = ""  # comma-separated concepts to keep (the module docstring's L_keep), e.g. "square,triangle"
+    preserve_weight: float = 1.0  # the weight of L_keep, against L_concept's 1
 
     def validate(self) -> None:
         super().validate()
@@ -78,6 +85,11 @@ class AboConfig(MethodConfig):
             raise ErasekitError(f"kappa must be in [0, 1), got {self.kappa}")
         if self.lam < 0:
             raise ErasekitError(f"lambda must be >= 0, got {self.lam}")
+        if self.preserve_weight < 0:
+            raise ErasekitError(f"preserve_weight must be >= 0, got {self.preserve_weight}")
+
+    def kept(self) -> list[str]:
+        return [c.strip() for c in self.preserve.split(",") if c.strip()]
 
 
 def trajectory_for(config: AboConfig, replaced: bool) -> str:
@@ -112,6 +124,10 @@ class Abo(TrajectoryBankMethod):
         if replaced:
             self.instructions.append(Instruction("+replacement", config.replace_scale, **window))
         self.ptp_weights = token_weights(pipe.tokenizer, concepts, concepts, config.ptp_weight)
+        both = sorted(set(config.kept()) & set(concepts))
+        if both:
+            raise ErasekitError(f"'{both[0]}' is both erased and preserved: name it in one of them")
+        self.preserve_emb = embed(pipe, config.kept()) if config.kept() else None
 
     def delta(self, x, t, i, concept, eps_uncond, eps_concept):
         cfg = self.config
@@ -132,11 +148,30 @@ class Abo(TrajectoryBankMethod):
         delta = self.delta(x, t, i, concept, eps_uncond, eps_concept)
         target = abo_guidance_target(eps_concept, eps_uncond, delta, self.config.gamma1)
         guided = eps_uncond + target if self.trajectory == "erased" else cfg(eps_uncond, eps_concept, self.config.gamma1)
-        return guided, {"eps_uncond": eps_uncond, "target": target}
+        targets = {"eps_uncond": eps_uncond, "target": target}
+        if self.preserve_emb is not None:  # every kept concept's guidance at this x_τ: (n, kept, C, H, W)
+            k = len(self.preserve_emb)
+            eps_kept = unet_out(self.unet, x.repeat(k, 1, 1, 1), t, self.preserve_emb[torch.arange(k).repeat_interleave(n)])
+            targets["keep"] = abo_guidance_target(eps_kept.unflatten(0, (k, n)).transpose(0, 1), eps_uncond[:, None], 0.0, self.config.gamma1)
+        return guided, targets
+
+    def draw(self, generator):
+        batch = super().draw(generator)
+        if self.preserve_emb is not None:  # one kept concept per drawn x_t
+            batch["kept"] = torch.randint(0, len(self.preserve_emb), (len(batch["x"]),), generator=generator)
+        return batch
 
     def loss(self, batch):
         x = batch["x"].to(self.device)
         n = x.shape[0]
-        out = unet_out(self.unet, x.repeat(2, 1, 1, 1), batch["t"].repeat(2), torch.cat([self.concept_emb[batch["concept"]], self.uncond_like(n)]))
-        eps_concept, eps_uncond = out.chunk(2)
-        return abo_loss(eps_concept, eps_uncond, batch["target"].to(self.device), batch["eps_uncond"].to(self.device), self.config.gamma2, self.config.lam)
+        conditions = [self.concept_emb[batch["concept"]], self.uncond_like(n)]
+        if self.preserve_emb is not None:
+            conditions.append(self.preserve_emb[batch["kept"]])
+        out = unet_out(self.unet, x.repeat(len(conditions), 1, 1, 1), batch["t"].repeat(len(conditions)), torch.cat(conditions))
+        eps_concept, eps_uncond, *eps_kept = out.chunk(len(conditions))
+        loss, terms = abo_loss(eps_concept, eps_uncond, batch["target"].to(self.device), batch["eps_uncond"].to(self.device), self.config.gamma2, self.config.lam)
+        if eps_kept:
+            target = batch["keep"][torch.arange(n), batch["kept"]].to(self.device)
+            keep = abo_concept_loss(eps_kept[0], eps_uncond, target, self.config.gamma2)
+            loss, terms = loss + self.config.preserve_weight * keep, terms | {"keep": keep.item()}
+        return loss, terms
