@@ -30,11 +30,11 @@ def main() -> None:
     from erasekit.attention import reweighted_cross_attention, token_weights
     from erasekit.tasks.shapes import ShapesDetector, attribute_of, shapes_task
     from erasekit.guidance import cfg
-    from erasekit.sampling import ddim_sample, ddim_scheduler, decode, embed, initial_noise, latent_shape, unet_out
+    from erasekit.sampling import run_sampler, sampling_scheduler, decode, embed, initial_noise, latent_shape, unet_out
 
     pipe, detector = load_pipeline("builtin"), ShapesDetector()
     attribute, value = attribute_of(args.concept)
-    scheduler = ddim_scheduler(pipe, 35)
+    scheduler = sampling_scheduler(pipe, 35)
     prompts = shapes_task(args.concept, "target").suites["target"]
     n = args.seeds
     uncond = embed(pipe, [""]).expand(n, -1, -1)
@@ -60,7 +60,7 @@ def main() -> None:
                         eps_cond = unet_out(pipe.unet, x, t, cond)
                 return cfg(eps_uncond, eps_cond, 7.5)
 
-            labels = detector.predict(decode(pipe, ddim_sample(scheduler, noise, guided)))
+            labels = detector.predict(decode(pipe, run_sampler(scheduler, noise, guided)))
             c = counts.setdefault(scope, {"images": 0, "detected": 0})
             c["images"] += n
             c["detected"] += sum(label == value for label in labels[attribute])

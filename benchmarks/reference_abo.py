@@ -25,7 +25,7 @@ from erasekit.methods.abo import AboConfig, trajectory_for
 from erasekit.presets import select_parameters
 from erasekit.precision import autocast, cast_parameters, grad_scaler, hold_in_float32, scaled_step
 from erasekit.progress import progress_bar
-from erasekit.sampling import ddim_scheduler, embed, initial_noise, latent_shape, unet_out
+from erasekit.sampling import sampling_scheduler, embed, initial_noise, latent_shape, unet_out
 
 
 def two_unets(pipe, parameters: str):
@@ -47,7 +47,7 @@ def reference_abo(pipe, concept: str, config: AboConfig, replacement: str | None
     device, dtype = student.device, student.dtype
     opt = torch.optim.AdamW(params, lr=config.lr, eps=config.adam_eps, weight_decay=config.weight_decay)
     scaler = grad_scaler(device, dtype)
-    scheduler = ddim_scheduler(pipe, config.ddim_steps)
+    scheduler = sampling_scheduler(pipe, config.ddim_steps)
     uncond, c = embed(pipe, [""]), embed(pipe, [concept])
     window = dict(kappa=config.kappa, warmup=config.warmup, start=config.window_start, end=config.window_end)
     instructions = [Instruction(concept, -config.erase_scale, **window)]

@@ -19,7 +19,7 @@ from erasekit.guidance import cfg
 from erasekit.losses import esd_loss, esd_target
 from erasekit.methods.esd import EsdConfig
 from erasekit.precision import autocast, cast_parameters, grad_scaler, scaled_step
-from erasekit.sampling import ddim_sample, ddim_scheduler, embed, initial_noise, latent_shape, unet_out
+from erasekit.sampling import run_sampler, sampling_scheduler, embed, initial_noise, latent_shape, unet_out
 from reference_abo import two_unets
 
 
@@ -30,7 +30,7 @@ def reference_esd(pipe, concept: str, config: EsdConfig, seed: int = 0):
     device, dtype = student.device, student.dtype
     opt = torch.optim.Adam(params, lr=config.lr, eps=config.adam_eps)
     scaler = grad_scaler(device, dtype)
-    scheduler = ddim_scheduler(pipe, config.ddim_steps)
+    scheduler = sampling_scheduler(pipe, config.ddim_steps)
     uncond, c = embed(pipe, [""]), embed(pipe, [concept])
     both = torch.cat([uncond, c])
     history = []
@@ -43,7 +43,7 @@ def reference_esd(pipe, concept: str, config: EsdConfig, seed: int = 0):
                 eps_uncond, eps_concept = unet_out(student, x.repeat(2, 1, 1, 1), t, both).chunk(2)
                 return cfg(eps_uncond, eps_concept, config.start_guidance)
 
-            x = ddim_sample(scheduler, x, guided, stop=stop)
+            x = run_sampler(scheduler, x, guided, stop=stop)
             t = scheduler.timesteps[stop]
             eps_uncond, eps_concept = unet_out(frozen, x.repeat(2, 1, 1, 1), t, both).chunk(2)
             target = esd_target(eps_uncond, eps_concept, eps_uncond, config.eta)

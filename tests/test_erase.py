@@ -206,7 +206,7 @@ def test_abo_steps_x_t_along_the_chosen_trajectory_with_the_same_targets(tiny_fo
     x, t, concept = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0)), method.scheduler.timesteps[1], torch.tensor([0, 0])
     with torch.no_grad():
         guided, targets = method.teacher_step(x, t, 1, concept)
-        eps_uncond, eps_concept = (method.unet(x, t, **e.expand(2, -1, -1).unet_kwargs(x.dtype)).sample for e in (method.uncond, method.concept_emb[0]))
+        eps_uncond, eps_concept = (method.denoiser(x, t, **e.expand(2, -1, -1).unet_kwargs(x.dtype)).sample for e in (method.uncond, method.concept_emb[0]))
     gamma1 = method.config.gamma1
     # Line 11 of Algorithm 1: the target is γ1 guidance plus δ whichever way x_t was reached.
     assert not torch.allclose(targets["target"], gamma1 * (eps_concept - eps_uncond), atol=1e-4)
@@ -222,7 +222,7 @@ def test_abo_keeps_each_preserved_concepts_guidance_as_the_frozen_model_gives_it
     abo = get_method("abo")
     method = abo(pipe, ["circle"], abo.make_config(preserve="square, red", **GENTLE["abo"]))
     x, t = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0)), method.scheduler.timesteps[1]
-    out = lambda emb: method.unet(x, t, **emb.expand(2, -1, -1).unet_kwargs(x.dtype)).sample  # noqa: E731
+    out = lambda emb: method.denoiser(x, t, **emb.expand(2, -1, -1).unet_kwargs(x.dtype)).sample  # noqa: E731
     with torch.no_grad():
         _, targets = method.teacher_step(x, t, 1, torch.tensor([0, 0]))
         eps_uncond, eps_square, eps_red = out(method.uncond), out(method.preserve_emb[0]), out(method.preserve_emb[1])

@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 from .guidance import cfg
 from .io import atomic_path
 from .progress import progress_bar
-from .sampling import ddim_sample, initial_noise, unet_out
+from .sampling import initial_noise, run_sampler, training_noise, unet_out
 
 # teacher_step(x, t, step_index, concept_index) -> (guided output, {name: target tensor})
 TeacherStep = Callable[[torch.Tensor, torch.Tensor, int, torch.Tensor], tuple[torch.Tensor, dict[str, torch.Tensor]]]
@@ -52,11 +52,10 @@ class Bank:
         return {"x": self.x[idx], "t": self.t[idx], "concept": self.concept[idx], **{k: v[idx] for k, v in self.targets.items()}}
 
     def draw_noised(self, batch: int, scheduler, generator: torch.Generator) -> dict[str, torch.Tensor]:
-        """Draw clean latents and noise them: x_t ~ q(x_t | x_0) at uniform training timesteps."""
+        """Draw clean latents and noise them as the model was trained (sampling.training_noise)."""
         drawn = self.draw(batch, generator)
-        t = torch.randint(0, scheduler.config.num_train_timesteps, (batch,), generator=generator)
-        noise = torch.randn(drawn["x"].shape, generator=generator)
-        return {**drawn, "x": scheduler.add_noise(drawn["x"], noise, t), "t": t}
+        x_t, t, _ = training_noise(scheduler, drawn["x"], generator)
+        return {**drawn, "x": x_t, "t": t}
 
     def save(self, path: Path) -> None:
         tensors = {"x": self.x, "t": self.t, "concept": self.concept, **{f"target.{k}": v for k, v in self.targets.items()}}
@@ -87,14 +86,14 @@ def build_bank(
             def record(x, t, i):
                 guided, step_targets = teacher_step(x, t, i, concept)
                 xs.append(x.float().cpu())
-                ts.append(torch.full((n,), int(t)))
+                ts.append(torch.full((n,), t.item()))  # DDPM's integer timesteps stay integers, flow matching's stay real
                 concepts.append(concept)
                 for name, value in step_targets.items():
                     targets.setdefault(name, []).append(value.float().cpu())
                 bar.update(task, advance=n)
                 return guided
 
-            ddim_sample(scheduler, x_T, record)
+            run_sampler(scheduler, x_T, record)
     return Bank(torch.cat(xs), torch.cat(ts), torch.cat(concepts), {k: torch.cat(v) for k, v in targets.items()})
 
 
@@ -120,7 +119,7 @@ def sample_latents(scheduler, unet, uncond: torch.Tensor, cond_for: Callable[[to
                 eps_uncond, eps_cond = unet_out(unet, x.repeat(2, 1, 1, 1), t, embeddings).chunk(2)
                 return cfg(eps_uncond, eps_cond, guidance)
 
-            xs.append(ddim_sample(scheduler, initial_noise(k, latent_shape, generator, scheduler).to(device), guided).float().cpu())
+            xs.append(run_sampler(scheduler, initial_noise(k, latent_shape, generator, scheduler).to(device), guided).float().cpu())
             concepts.append(concept)
             bar.update(task, advance=k)
     x = torch.cat(xs)

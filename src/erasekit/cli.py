@@ -333,6 +333,12 @@ def erase(
 
     if lora_format not in FORMATS:
         raise ErasekitError(f"unknown --lora-format '{lora_format}': use {' or '.join(FORMATS)}")
+    from .model import peek_family
+
+    family = peek_family(model, config)
+    for flag, what in ((save_lora, "a LoRA (--save-lora)"), (save_checkpoint, "a single-file checkpoint (--save-checkpoint)")):
+        if flag is not None and family is not None:
+            family.check_exports(what)
     checkpoint, keeps = checkpoint_folder(out), "--out's checkpoint folder"
     check_paths({"--model": _model_path(model), "--config": _local(config), "--concepts-file": concepts_file},
                 [("--out", out), ("--save-lora", save_lora), ("--save-checkpoint", save_checkpoint),
@@ -364,6 +370,9 @@ def erase(
         from .lora import TOLERANCE
         from .lora import save_lora as write_lora
 
+        from .families import family_of
+
+        family_of(erasure.pipe).check_exports("a LoRA (--save-lora)")  # a hub model's family is known only once loaded
         lora = erasure.lora(lora_rank)
         write_lora(lora, save_lora, lora_format, {"erasekit.method": method, "erasekit.concepts": ",".join(concept), "erasekit.rank": lora.rank})
         worst = max(lora.error.values(), default=0.0)
@@ -661,7 +670,9 @@ def attack(
     from .methods import get_method
     from .model import load_pipeline
 
-    attack_method = check_attack(attack_name, attack_steps, base=True)
+    from .model import peek_family
+
+    attack_method = check_attack(attack_name, attack_steps, base=True, family=peek_family(model, config))
     steering = _erasure_or_method(erasure, method, preset)
     measures = _measured(task, concept, erasure, clip, detector, threshold)
     folders = _folders(measures, out)
@@ -696,7 +707,9 @@ def attack(
         load_erasure(pipe, erasure)
     elif method is not None:  # an inference-time method steers away from every concept at once
         pipe = get_method(method).steer(base, ", ".join(m.concept for m, _ in measures), steering)
-    size = base.unet.config.sample_size * base.vae_scale_factor
+    from .families import denoiser_of
+
+    size = denoiser_of(base).config.sample_size * base.vae_scale_factor
     if concept_pictures and any(p.size != (size, size) for p in concept_pictures):
         typer.echo(f"note: images in {images} that are not {size}x{size} are resized to the model's size", err=True)
     attacked = f"erasure {erasure}" if erasure else f"{method} (inference-time)" if method else "the base model"
@@ -766,7 +779,9 @@ def purify(
     base = load_pipeline(model, device, dtype, config)
     erased = load_pipeline(model, device, dtype, config)
     load_erasure(erased, erasure)
-    size = base.unet.config.sample_size * base.vae_scale_factor
+    from .families import denoiser_of
+
+    size = denoiser_of(base).config.sample_size * base.vae_scale_factor
     if picture.size != (size, size):
         typer.echo(f"note: {image.name} is {picture.size[0]}x{picture.size[1]}; resized to the model's {size}x{size}", err=True)
         picture = picture.resize((size, size), Image.Resampling.LANCZOS)

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from . import __version__
-from .families import family_of
+from .families import denoiser_of, family_of
 from .errors import ErasekitError, ErasekitWarning
 from .images import ensure_writable_dir
 from .io import output_lock
@@ -67,6 +67,7 @@ class Erasure:
         """The whole erased model as one safetensors file in the original layout (single_file); returns the tensor count."""
         from .single_file import save_checkpoint
 
+        family_of(self.pipe).check_exports("a single-file checkpoint")
         return save_checkpoint(self.pipe, path)
 
 
@@ -137,21 +138,21 @@ def check_concepts(tokenizer, concepts: list[str], strict: bool = False, replace
 def _training_memory(pipe, gradient_checkpointing: bool):
     """While the UNet trains: on an accelerator the text encoder and VAE wait on the host (every
     method embeds its prompts before training), and the student may recompute its activations."""
-    offload = pipe.unet.device.type != "cpu"
+    offload = denoiser_of(pipe).device.type != "cpu"
     frozen = [*family_of(pipe).text_encoders(pipe), pipe.vae]
     if offload:
         for module in frozen:
             module.to("cpu")
     if gradient_checkpointing:
-        pipe.unet.enable_gradient_checkpointing()
+        denoiser_of(pipe).enable_gradient_checkpointing()
     try:
         yield
     finally:
         if gradient_checkpointing:
-            pipe.unet.disable_gradient_checkpointing()
+            denoiser_of(pipe).disable_gradient_checkpointing()
         if offload:
             for module in frozen:
-                module.to(pipe.unet.device)
+                module.to(denoiser_of(pipe).device)
 
 
 def erase(
@@ -280,24 +281,24 @@ def _erase(*, model, model_config, method_cls, config, concepts, replacement, pr
     pipe = load_pipeline(model, device, dtype, model_config) if isinstance(model, (str, Path)) else model
     if not words_checked:
         concepts, replacement = _check_words(pipe.tokenizer, concepts, replacement, strict)
-    names = select_parameters(pipe.unet, config.parameters)
-    base_dtype, rounding = pipe.unet.dtype, hash_rounding(pipe.unet)
-    base_hash, base_norms = unet_fingerprint(pipe.unet, rounding), unet_norms(pipe.unet)
+    names = select_parameters(denoiser_of(pipe), config.parameters, family_of(pipe))
+    base_dtype, rounding = denoiser_of(pipe).dtype, hash_rounding(denoiser_of(pipe))
+    base_hash, base_norms = unet_fingerprint(denoiser_of(pipe), rounding), unet_norms(denoiser_of(pipe))
 
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     instance = method_cls(pipe, concepts, config, replacement)
     ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
-    params = dict(pipe.unet.named_parameters())
+    params = dict(denoiser_of(pipe).named_parameters())
     base = {name: params[name].detach().to("cpu", copy=True) for name in names}
-    masters = hold_in_float32(pipe.unet, names)
+    masters = hold_in_float32(denoiser_of(pipe), names)
     try:
         with _training_memory(pipe, gradient_checkpointing):
             history = instance.apply(names, generator, ckpt, checkpoint_every, resume, progress,
                                      identity={"seed": seed, "base_unet_sha256": base_hash})
         tensors = {name: p.detach().to("cpu", copy=True) for name, p in masters.items()}
     finally:
-        cast_parameters(pipe.unet, names, base_dtype)
+        cast_parameters(denoiser_of(pipe), names, base_dtype)
 
     metadata = {
         "method": method_cls.name,
@@ -318,4 +319,4 @@ def _erase(*, model, model_config, method_cls, config, concepts, replacement, pr
         "erasekit_version": __version__,
         "final_loss": history[-1] if history else None,
     }
-    return Erasure(metadata=metadata, names=names, tensors=tensors, unet=pipe.unet, history=history, base=base, pipe=pipe)
+    return Erasure(metadata=metadata, names=names, tensors=tensors, unet=denoiser_of(pipe), history=history, base=base, pipe=pipe)

@@ -17,6 +17,7 @@ from .errors import ErasekitError
 from .io import atomic_path
 from .model import same_base, unet_fingerprint
 from .precision import dtype_name
+from .families import denoiser_of
 
 
 def save_erasure(path: Path | str, tensors: dict[str, torch.Tensor], metadata: dict, dtype: torch.dtype) -> None:
@@ -90,7 +91,7 @@ def check_erasure(unet, state: dict[str, torch.Tensor], name: str) -> None:
 
 
 def load_erasure(pipe, path: Path | str) -> dict:
-    """Apply an erasure file to `pipe.unet` in place, cast to the UNet's dtype (an erasure made in
+    """Apply an erasure file to `denoiser_of(pipe)` in place, cast to the UNet's dtype (an erasure made in
     one precision loads into a pipeline of any).
 
     Every check comes before the UNet is touched, so a refused file changes nothing: the metadata
@@ -103,14 +104,14 @@ def load_erasure(pipe, path: Path | str) -> dict:
     metadata = read_metadata(path)
     check_metadata(metadata, path.name)
     expected = metadata["base_unet_sha256"]
-    state = load_file(str(path), device=str(pipe.unet.device))
-    check_erasure(pipe.unet, state, path.name)
+    state = load_file(str(path), device=str(denoiser_of(pipe).device))
+    check_erasure(denoiser_of(pipe), state, path.name)
     rounding = metadata.get("base_unet_hash_rounding", "fp16")  # files from before bf16 support hashed in fp16
-    if not same_base(pipe.unet, expected, rounding, metadata.get("base_unet_norms")):
+    if not same_base(denoiser_of(pipe), expected, rounding, metadata.get("base_unet_norms")):
         raise ErasekitError(
             f"{path.name} was made for base model '{metadata.get('base_model')}' (UNet {expected}), "
-            f"not for this one (UNet {unet_fingerprint(pipe.unet)}): load the model it was made for"
+            f"not for this one (UNet {unet_fingerprint(denoiser_of(pipe))}): load the model it was made for"
         )
     with torch.no_grad():
-        pipe.unet.load_state_dict({k: v.to(pipe.unet.dtype) for k, v in state.items()}, strict=False)
+        denoiser_of(pipe).load_state_dict({k: v.to(denoiser_of(pipe).dtype) for k, v in state.items()}, strict=False)
     return metadata

@@ -16,7 +16,7 @@ import torch
 
 from .assets import builtin_pipeline_dir
 from .errors import ErasekitError
-from .families import Family, family_named, family_of_checkpoint, supported
+from .families import Family, denoiser_of, family_named, family_of_checkpoint, supported
 from .precision import resolve_device, resolve_dtype
 
 PICKLE_SUFFIXES = {".ckpt", ".bin", ".pt", ".pth", ".pkl", ".pickle"}
@@ -60,6 +60,11 @@ def source_path(source: str | os.PathLike) -> Path:
     return builtin_pipeline_dir() if str(source) == "builtin" else Path(source).expanduser()
 
 
+def _absent(family: type[Family], index: dict) -> dict:
+    """None for each optional component the folder's model_index.json leaves out (SD3 without T5), as from_pretrained wants it said."""
+    return {c: None for c in family.optional if not isinstance(index.get(c), list) or index[c][0] is None}
+
+
 def _check_folder(path: Path) -> type[Family]:
     index_file = path / "model_index.json"
     if not index_file.is_file():
@@ -88,7 +93,9 @@ def _check_folder(path: Path) -> type[Family]:
 def _load_folder(path: Path, dtype):
     family = _check_folder(path)
     try:
-        return family.pipeline_type().from_pretrained(path, dtype=dtype, use_safetensors=True, local_files_only=True, **family.pipeline_kwargs())
+        index = json.loads((path / "model_index.json").read_text())
+        return family.pipeline_type().from_pretrained(path, dtype=dtype, use_safetensors=True, local_files_only=True,
+                                                      **family.pipeline_kwargs(), **_absent(family, index))
     except (OSError, ValueError, KeyError, RuntimeError) as e:
         raise ModelLoadError(f"could not load the pipeline in {path}: {_first_line(e)}") from None
 
@@ -153,7 +160,8 @@ def _from_hub(repo_id: str, dtype, local_files_only: bool):
     family = family_named(index.get("_class_name"))
     if family is None:
         raise ModelLoadError(f"hub model '{repo_id}' is a {index.get('_class_name')}; erasekit supports {supported()}")
-    return family.pipeline_type().from_pretrained(repo_id, dtype=dtype, use_safetensors=True, local_files_only=local_files_only, **family.pipeline_kwargs())
+    return family.pipeline_type().from_pretrained(repo_id, dtype=dtype, use_safetensors=True, local_files_only=local_files_only,
+                                                  **family.pipeline_kwargs(), **_absent(family, index))
 
 
 def _first_line(e: BaseException) -> str:
@@ -227,6 +235,15 @@ def peek_tokenizer(source: str | os.PathLike, config: str | None = None):
         return None
 
 
+def peek_family(source: str | os.PathLike, config: str | None = None) -> type[Family] | None:
+    """The model's family from its model_index.json alone; None where that cannot be read without loading."""
+    folder = _config_folder(source, config)
+    try:
+        return family_named(json.loads((folder / "model_index.json").read_text()).get("_class_name")) if folder else None
+    except (OSError, ValueError):
+        return None
+
+
 def peek_sizes(source: str | os.PathLike, config: str | None = None) -> dict:
     """What the configuration files say without loading weights: `image_size` (pixels per side) and
     `train_timesteps` (the scheduler's length, the most sampling steps it takes); {} where unknown."""
@@ -245,4 +262,4 @@ def peek_sizes(source: str | os.PathLike, config: str | None = None) -> dict:
 
 def sizes_of(pipe) -> dict:
     """peek_sizes of a loaded pipeline."""
-    return {"image_size": pipe.unet.config.sample_size * pipe.vae_scale_factor, "train_timesteps": pipe.scheduler.config.num_train_timesteps}
+    return {"image_size": denoiser_of(pipe).config.sample_size * pipe.vae_scale_factor, "train_timesteps": pipe.scheduler.config.num_train_timesteps}

@@ -1,4 +1,4 @@
-"""Which UNet parameters a method trains: named presets of parameter names."""
+"""Which denoiser parameters a method trains: named presets of parameter names (a family may have its own)."""
 
 from __future__ import annotations
 
@@ -15,11 +15,13 @@ PRESETS = {
 }
 
 
-def select_parameters(unet, preset: str) -> list[str]:
-    """Names of the UNet parameters that `preset` trains."""
-    if preset not in PRESETS:
-        raise ErasekitError(f"unknown parameter preset '{preset}'; choose from {', '.join(PRESETS)}")
-    names = [name for name, _ in unet.named_parameters() if PRESETS[preset](name)]
+def select_parameters(denoiser, preset: str, family=None) -> list[str]:
+    """Names of the denoiser's parameters that `preset` trains: the UNet's rules above, or where the
+    family has its own for a preset (SD3's transformer: `Family.presets`), those."""
+    rules = {**PRESETS, **(family.presets if family is not None else {})}
+    if preset not in rules:
+        raise ErasekitError(f"unknown parameter preset '{preset}'; choose from {', '.join(rules)}")
+    names = [name for name, _ in denoiser.named_parameters() if rules[preset](name)]
     if not names:
-        raise ErasekitError(f"parameter preset '{preset}' selects no parameter of this UNet")
+        raise ErasekitError(f"parameter preset '{preset}' selects no parameter of this {type(denoiser).__name__}")
     return names

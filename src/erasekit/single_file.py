@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from .families import family_of
+from .families import denoiser_of, family_of
 from .io import atomic_path
 
 UNET_PREFIX, VAE_PREFIX = "model.diffusion_model.", "first_stage_model."
@@ -121,8 +121,8 @@ def clip_tensors(encoder, layout: str) -> dict[str, torch.Tensor]:
 
 def checkpoint_tensors(pipe) -> dict[str, torch.Tensor]:
     """Every weight of the pipeline (UNet, VAE, text encoders) under its original single-file name."""
-    names = unet_names(pipe.unet)
-    tensors = {UNET_PREFIX + names[n]: p.detach() for n, p in pipe.unet.named_parameters()}
+    names = unet_names(denoiser_of(pipe))
+    tensors = {UNET_PREFIX + names[n]: p.detach() for n, p in denoiser_of(pipe).named_parameters()}
     tensors |= {VAE_PREFIX + k: v for k, v in vae_tensors(pipe.vae).items()}
     for prefix, layout, encoder in family_of(pipe).checkpoint_text_encoders(pipe):
         tensors |= {prefix + k: v for k, v in clip_tensors(encoder, layout).items()}

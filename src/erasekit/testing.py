@@ -1,5 +1,5 @@
-"""Random-weight Stable Diffusion pipelines built from configs alone: for tests and benchmarks that need
-a model of a given shape (even SD 1.4's or SDXL's full UNet) without downloading one."""
+"""Random-weight Stable Diffusion pipelines (SD 1.x/2.x, SDXL, SD3) built from configs alone: for tests and
+benchmarks that need a model of a given shape (even SD 1.4's or SDXL's full UNet) without downloading one."""
 
 from __future__ import annotations
 
@@ -59,6 +59,38 @@ def random_sdxl_pipeline(unet_config: dict, *, seed: int = 0):
     return pipe
 
 
+# SD3-medium's transformer (24 joint blocks of 24 heads x 64, text 4096 wide, pooled 2048), scaled
+# down: the same blocks and embeddings, narrower and two blocks deep, on the 4-channel tiny VAE.
+SD3_SCALED_DOWN = dict(
+    sample_size=8, patch_size=2, in_channels=4, out_channels=4, num_layers=2, attention_head_dim=8, num_attention_heads=2,
+    joint_attention_dim=64, caption_projection_dim=16, pooled_projection_dim=64, pos_embed_max_size=16,
+)
+
+
+def random_sd3_pipeline(transformer_config: dict = SD3_SCALED_DOWN, *, seed: int = 0):
+    """A StableDiffusion3Pipeline around a random SD3Transformer2DModel of `transformer_config`, with two
+    two-layer CLIP text encoders with projections (24 and 40 wide: their pooled outputs make the
+    64-wide pooled embedding, as 768 + 1280 make SD3's 2048), the shapes-world tokenizer for both, no
+    T5 (diffusers then conditions on zeros in its place), a two-level VAE and flow-matching Euler."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+    from transformers import CLIPTextModelWithProjection
+
+    torch.manual_seed(seed)
+    tokenizer = _tokenizer()
+    transformer = SD3Transformer2DModel(**transformer_config)
+    encoders = []
+    for width, act in ((3 * transformer.config.pooled_projection_dim // 8, "quick_gelu"), (5 * transformer.config.pooled_projection_dim // 8, "gelu")):
+        config = _text_config(tokenizer, width, 2, act)
+        config.projection_dim = width
+        encoders.append(CLIPTextModelWithProjection(config))
+    pipe = StableDiffusion3Pipeline(
+        transformer=transformer, vae=_vae(shift_factor=0.0), scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+        text_encoder=encoders[0], tokenizer=tokenizer, text_encoder_2=encoders[1], tokenizer_2=tokenizer, text_encoder_3=None, tokenizer_3=None,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 def _tokenizer():
     from .shapes.tokenizer import save_tokenizer
 
@@ -84,12 +116,12 @@ def _text_config(tokenizer, width: int, layers: int, act: str):
     )
 
 
-def _vae():
+def _vae(**config):
     from diffusers import AutoencoderKL
 
     return AutoencoderKL(
         in_channels=3, out_channels=3, block_out_channels=(8, 16), norm_num_groups=8, latent_channels=4,
-        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2, sample_size=16,
+        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2, sample_size=16, **config,
     )
 
 

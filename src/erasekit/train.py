@@ -100,7 +100,7 @@ def train(method, names: list[str], generator: torch.Generator, checkpoint_dir: 
     The parameters `names` must already be float32 masters; `method.dtype` is the compute dtype.
     Returns the loss terms of every step, those before a resumed checkpoint included.
     """
-    unet, config = method.unet, method.config
+    unet, config = method.denoiser, method.config
     unet.requires_grad_(False)
     params = {name: p for name, p in unet.named_parameters() if name in set(names)}
     for p in params.values():

@@ -66,6 +66,7 @@ class Attack:
     name: str
     default_steps: int | None = None
     needs_base: bool = False
+    learns_tokens: bool = False  # it puts a new token in the text encoders (diffusers' textual-inversion loader)
     model_agnostic: bool = False  # its prompts depend only on the text encoder, which erasures here leave alone
 
     def key(self) -> str:
@@ -142,9 +143,12 @@ def get_attack(name: str) -> Attack:
     return getattr(importlib.import_module(f".{module}", __name__), cls)()
 
 
-def check_attack(name: str, steps: int | None, base=None, images=None) -> Attack:
-    """The attack, once its name, step count and inputs are known good (one line otherwise)."""
+def check_attack(name: str, steps: int | None, base=None, images=None, family=None) -> Attack:
+    """The attack, once its name, step count and inputs, and that it runs on the model's `family`, are known good (one line otherwise)."""
     attack = get_attack(name)
+    if attack.learns_tokens and family is not None and not family.textual_inversion:
+        raise ErasekitError(f"the {name} attack learns a new token, which erasekit adds with diffusers' textual-inversion loader; "
+                            f"{family.pipeline_class} has none: paraphrase and ring-a-bell run on {family.label}")
     if steps is not None and steps < 1:
         raise ErasekitError(f"attack steps must be at least 1, got {steps}")
     if steps is not None and attack.default_steps is None:
@@ -165,7 +169,7 @@ def run_attack(name: str, erased, concept: str, prompts: list[str], detector, *,
     (bench has them); otherwise they are generated here. found: what the attack found before, for
     a model-agnostic attack whose prompts serve every erasure of the same base model.
     """
-    attack = check_attack(name, steps, base, images)
+    attack = check_attack(name, steps, base, images, family_of(erased))
     sampling.check()
     originals = [(p, s) for p in prompts for s in sampling.seeds]
     if before is None:

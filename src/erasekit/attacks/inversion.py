@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from ..families import family_of
+from ..families import denoiser_of, family_of
 from ..losses import denoising_loss
 from ..progress import counted
 from ..sampling import encode_images, unet_out
@@ -42,6 +42,7 @@ class ConceptInversion(Attack):
     name = "inversion"
     default_steps = 300
     needs_base = True
+    learns_tokens = True
 
     def find(self, erased, concept, prompts, steps, *, sampling, detector=None, base=None, images=None, progress=False, word=None, n_images: int = 32, lr: float = 5e-3, train_batch: int = 8, init: str = "something", seed: int = 0) -> Found:
         """Learn the token on `images` (or `n_images` of the base model's), then put it in every target prompt."""
@@ -61,7 +62,7 @@ class ConceptInversion(Attack):
                 pick = torch.randint(0, len(captions), (min(train_batch, len(captions)),), generator=generator)
                 x_t, t, target = denoising_inputs(erased, latents[pick], generator)
                 conditioning = encode(erased, [captions[i] for i in pick])
-                loss = denoising_loss(unet_out(erased.unet, x_t, t, conditioning), target).mean()
+                loss = denoising_loss(unet_out(denoiser_of(erased), x_t, t, conditioning), target).mean()
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()

@@ -19,7 +19,8 @@ from PIL import Image
 
 from ..errors import ErasekitError
 from ..guidance import cfg
-from ..sampling import ddim_sample, ddim_scheduler, decode, embed, encode_images, unet_out
+from ..sampling import run_sampler, sampling_scheduler, decode, embed, encode_images, unet_out
+from ..families import denoiser_of
 
 
 @dataclass
@@ -47,7 +48,7 @@ def invert(pipe, latents: torch.Tensor, conditioning, steps: int, stop: int, gui
     (`conditioning`: the null prompt's, then the prompt's)."""
     inverse = DDIMInverseScheduler.from_config(pipe.scheduler.config)
     inverse.set_timesteps(steps)
-    guided = _guided(pipe.unet, conditioning, guidance)
+    guided = _guided(denoiser_of(pipe), conditioning, guidance)
     x = latents
     for i, t in enumerate(inverse.timesteps[:stop]):
         x = inverse.step(guided(x, t, i), t, x).prev_sample
@@ -68,8 +69,8 @@ def purify(base, erased, images: list[Image.Image], prompt: str = "", strength: 
     noisy = invert(base, encode_images(base, images), conditioning, steps, stop, guidance)
     outputs = []
     for pipe in (erased, base):
-        scheduler = ddim_scheduler(pipe, steps)
+        scheduler = sampling_scheduler(pipe, steps)
         scheduler.timesteps = scheduler.timesteps[steps - stop:]  # start where the inversion stopped
-        x = ddim_sample(scheduler, noisy.to(pipe.unet.device, pipe.unet.dtype), _guided(pipe.unet, conditioning.to(pipe.unet.device), guidance))
+        x = run_sampler(scheduler, noisy.to(denoiser_of(pipe).device, denoiser_of(pipe).dtype), _guided(denoiser_of(pipe), conditioning.to(denoiser_of(pipe).device), guidance))
         outputs.append(decode(pipe, x))
     return Purified(images=outputs[0], reconstructed=outputs[1])

@@ -15,7 +15,8 @@ import torch
 
 from ..api import Sampling
 from ..errors import ErasekitError
-from ..families import family_of
+from ..families import denoiser_of, family_of
+from ..sampling import training_noise
 
 
 def text_pairs(pipe) -> list[tuple]:
@@ -80,7 +81,7 @@ def placeholder(pipe, token: str, vectors):
     from . import learned_tokens
 
     pairs = text_pairs(pipe)
-    modules = [pipe.unet, *(encoder for _, encoder in pairs)]
+    modules = [denoiser_of(pipe), *(encoder for _, encoder in pairs)]
     trainable = [[p.requires_grad for p in m.parameters()] for m in modules]
     widths = [encoder.get_input_embeddings().weight.shape[1] for _, encoder in pairs]
     with learned_tokens(pipe, {token: torch.zeros(sum(widths))}):
@@ -108,11 +109,5 @@ def placeholder(pipe, token: str, vectors):
 
 
 def denoising_inputs(pipe, latents: torch.Tensor, generator: torch.Generator):
-    """(x_t, t, target) for the denoising loss: each latent noised at a uniform random timestep, and
-    the noise (or, for v-prediction models, the velocity) the model should predict."""
-    scheduler = pipe.scheduler
-    noise = torch.randn(latents.shape, generator=generator).to(latents)
-    t = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],), generator=generator).to(latents.device)
-    x_t = scheduler.add_noise(latents, noise, t)
-    target = scheduler.get_velocity(latents, noise, t) if scheduler.config.prediction_type == "v_prediction" else noise
-    return x_t, t, target
+    """(x_t, t, target) for the denoising loss, as the model was trained (sampling.training_noise)."""
+    return training_noise(pipe.scheduler, latents, generator)

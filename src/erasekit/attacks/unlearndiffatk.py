@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from ..families import family_of
+from ..families import denoiser_of, family_of
 from ..losses import denoising_loss
 from ..progress import counted
 from ..sampling import encode_images, unet_out
@@ -38,6 +38,7 @@ class UnlearnDiffAtk(Attack):
     name = "unlearndiffatk"
     default_steps = 40
     needs_base = True
+    learns_tokens = True
 
     def find(self, erased, concept, prompts, steps, *, sampling, detector=None, base=None, images=None, progress=False, word=None, tokens: int = 5, lr: float = 0.05, noises: int = 1, seed: int = 0) -> Found:
         """A k-token prefix per (prompt, seed), optimised against the base model's image for it (or the user's images, in turn)."""
@@ -75,7 +76,7 @@ class UnlearnDiffAtk(Attack):
                 for chunk in chunks:
                     x_t, t, target = (x[:, chunk].flatten(0, 1) for x in fixed)
                     conditioning = encode(erased, [captions[i] for i in chunk] * noises)
-                    per_job = denoising_loss(unet_out(erased.unet, x_t, t, conditioning), target).reshape(noises, len(chunk)).mean(0)
+                    per_job = denoising_loss(unet_out(denoiser_of(erased), x_t, t, conditioning), target).reshape(noises, len(chunk)).mean(0)
                     (per_job.sum() / len(jobs)).backward()
                     better = per_job.detach().cpu() < best_loss[chunk]
                     best_loss[chunk] = torch.where(better, per_job.detach().cpu(), best_loss[chunk])

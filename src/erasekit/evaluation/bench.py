@@ -29,6 +29,7 @@ from ..io import atomic_save_image, atomic_write_text
 from ..precision import dtype_name, resolve_device, resolve_dtype
 from .evaluate import processes
 from .report import markdown_text
+from ..families import denoiser_of
 
 
 
@@ -112,7 +113,7 @@ class Base:
         from ..model import load_pipeline, unet_fingerprint
 
         pipe = load_pipeline(source, device, dtype)
-        return cls(pipe, unet_fingerprint(pipe.unet))
+        return cls(pipe, unet_fingerprint(denoiser_of(pipe)))
 
 
 def measure(settings: BenchSettings, concept: str):
@@ -226,8 +227,11 @@ def check_bench(methods: list[str], concepts: list[str], settings: BenchSettings
         task.select(settings.prompts)
         if "paraphrase" in attacks:
             get_attack("paraphrase").check_prompts(task.target_texts(), task.concept, **task.attack_options("paraphrase"))
+    from ..attacks import check_attack
+    from ..model import peek_family
+
     for a in attacks:
-        get_attack(a)
+        check_attack(a, None, base=True, family=peek_family(settings.model))
     device = resolve_device(settings.device)
     return replace(settings, device=str(device), dtype=dtype_name(resolve_dtype(settings.dtype, device)))
 

@@ -20,6 +20,7 @@ from ..precision import dtype_name
 from ..progress import progress_bar
 from .metrics import agreement, fid_kid, ssim
 from .prompts import Prompt
+from ..families import denoiser_of
 
 
 @dataclass
@@ -191,7 +192,7 @@ def evaluate(
         "task": task.name, "seeds": list(sampling.seeds), "steps": sampling.steps, "guidance": sampling.guidance, "negative_prompt": negative_prompt,
         "detector": getattr(detector, "name", type(detector).__name__), "batch_size": sampling.batch_size,
         "processes": processes().num_processes if shard else 1, "replacement": replacement,
-        "device": str(base.device), "dtype": dtype_name(base.unet.dtype),
+        "device": str(base.device), "dtype": dtype_name(denoiser_of(base).dtype),
     }
     return Evaluation(concept=concept, settings=settings, suites=results, distribution=distribution, timing=timing, images=images, jobs=jobs)
 

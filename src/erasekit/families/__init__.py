@@ -5,9 +5,9 @@ the UNet's conditioning (`Conditioning`), what the unconditional prompt is, and 
 encode text (moved off the accelerator while the UNet trains). Methods, the bank, sampling,
 evaluation and generation call these and never ask which family a model is.
 
-A new family (SD3, FLUX: a transformer denoiser and flow matching) is one new module here with a
-`Family` subclass (its `encode` and class attributes), listed in `_families()`. A transformer denoiser with flow matching would also
-have to bring its own denoiser call and sampler step, where sampling.py assumes a UNet and DDIM.
+A family also names its denoiser (`denoiser_of`: the UNet, or SD3's transformer), and its
+conditioning knows how that denoiser is called (`Conditioning.denoise`). A new family is one new
+module here with a `Family` subclass, listed in `_families()`.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ class Conditioning:
         return self.hidden.shape[0]
 
     def _map(self, fn) -> "Conditioning":
-        return Conditioning(fn(self.hidden), {k: fn(v) for k, v in self.added.items()})
+        return type(self)(fn(self.hidden), {k: fn(v) for k, v in self.added.items()})
 
     def __getitem__(self, index) -> "Conditioning":
         """Rows of the batch (an int keeps the batch dimension, like a one-element slice)."""
@@ -54,13 +54,17 @@ class Conditioning:
             kwargs["added_cond_kwargs"] = {k: v.to(dtype) for k, v in self.added.items()}
         return kwargs
 
+    def denoise(self, denoiser, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The denoiser's output for latents `x` at timesteps `t` (one per sample) under this conditioning."""
+        return denoiser(x, t, **self.unet_kwargs(x.dtype)).sample
+
     @classmethod
     def __torch_function__(cls, func, types, args=(), kwargs=None):
         if func is torch.cat:
             parts, dim = args[0], (kwargs or {}).get("dim", args[1] if len(args) > 1 else 0)
             if dim != 0:
                 raise NotImplementedError("a Conditioning concatenates along the batch only")
-            return Conditioning(torch.cat([p.hidden for p in parts]), {k: torch.cat([p.added[k] for p in parts]) for k in parts[0].added})
+            return type(parts[0])(torch.cat([p.hidden for p in parts]), {k: torch.cat([p.added[k] for p in parts]) for k in parts[0].added})
         return NotImplemented
 
 
@@ -73,6 +77,22 @@ class Family:
     components: tuple[str, ...]  # component folders a diffusers folder must have
     weighted: tuple[str, ...]  # those that hold weights (safetensors required)
     checkpoint_marker: str | None = None  # a key prefix only this family's single-file checkpoints have
+    denoiser: str = "unet"  # the pipeline's attribute holding the denoiser
+    sampler: str = "DDIMScheduler"  # the diffusers scheduler erasekit samples with (sampling.run_sampler)
+    presets: dict = {}  # parameter presets whose rules differ from presets.py's (the UNet's)
+    cross_attention: bool = True  # text reaches the image through separate cross-attention layers (attention.py's processors)
+    exports: bool = True  # erasekit writes its LoRA and single-file checkpoint (lora.py, single_file.py)
+    textual_inversion: bool = True  # its pipeline takes new tokens (diffusers' loader): the token attacks need it
+
+    @classmethod
+    def check_exports(cls, what: str) -> None:
+        """Refuse, in one line, a LoRA or single-file export erasekit does not write for this family yet."""
+        if not cls.exports:
+            from ..errors import ErasekitError
+
+            raise ErasekitError(f"{what} of a {cls.label} erasure is not written yet: the erasure file (--out) holds the change, and "
+                                f"plain diffusers applies it with pipe.{cls.denoiser}.load_state_dict(load_file(path), strict=False)")
+    optional: tuple[str, ...] = ()  # components a folder may leave out (SD3's T5), loaded as None
 
     @classmethod
     def pipeline_type(cls):
@@ -114,9 +134,15 @@ class Family:
 
 def _families():
     from .sd import StableDiffusion
+    from .sd3 import StableDiffusion3
     from .sdxl import StableDiffusionXL
 
-    return (StableDiffusion, StableDiffusionXL)
+    return (StableDiffusion, StableDiffusionXL, StableDiffusion3)
+
+
+def denoiser_of(pipe) -> torch.nn.Module:
+    """The pipeline's denoiser: its UNet, or its transformer (SD3)."""
+    return getattr(pipe, family_of(pipe).denoiser)
 
 
 def family_named(pipeline_class: str | None) -> type[Family] | None:

@@ -18,6 +18,9 @@ the erased trajectory (benchmarks/results/shape-erasure-square/results.md). So `
 default) follows the concept's trajectory without a replacement and Algorithm 1's with one; the
 `paper` preset and `trajectory="erased"` always follow Algorithm 1.
 
+On a flow-matching model (SD3) ε is the velocity ε − x0: the targets are linear in the model's
+outputs, so they carry over as ESD's do (esd.py), δ included (a sum of guidance terms).
+
 Concepts to keep (`preserve`, as UCE's): each gets the concept loss with a zero δ,
   L_keep = ‖γ2 (ε_θ(x_t, p) − sg[ε_θ(x_t, ∅)]) − γ1 (ε*(x_t, p) − ε*(x_t, ∅))‖²,
 so the student keeps the frozen model's guidance towards p at the same x_t where it unlearns c's:
@@ -41,7 +44,7 @@ from ..errors import ErasekitError
 from ..guidance import Instruction, cfg, explicit_delta
 from ..losses import abo_concept_loss, abo_guidance_target, abo_loss
 from ..sampling import embed, unet_out
-from .base import MethodConfig, TrajectoryBankMethod
+from .base import MethodConfig, TrajectoryBankMethod, needs_cross_attention
 
 
 @dataclass
@@ -114,6 +117,8 @@ class Abo(TrajectoryBankMethod):
 
     def __init__(self, pipe, concepts, config: AboConfig, replacement=None):
         super().__init__(pipe, concepts, config, replacement)
+        if config.delta == "implicit":
+            needs_cross_attention(pipe, "abo's implicit δ (suppressed cross-attention)")
         replaced = any(self.replacements.values())
         self.trajectory = trajectory_for(config, replaced)
         window = dict(kappa=config.kappa, warmup=config.warmup, start=config.window_start, end=config.window_end)
@@ -134,24 +139,24 @@ class Abo(TrajectoryBankMethod):
         if cfg.delta == "none":
             return torch.zeros_like(eps_uncond)
         if cfg.delta == "implicit":
-            with reweighted_cross_attention(self.unet, self.ptp_weights[concept]):
-                eps_ptp = unet_out(self.unet, x, t, self.concept_emb[concept])
+            with reweighted_cross_attention(self.denoiser, self.ptp_weights[concept]):
+                eps_ptp = unet_out(self.denoiser, x, t, self.concept_emb[concept])
             return cfg.gamma1 * (eps_ptp - eps_concept)
         eps_instructions = [eps_concept]  # "−target" is the step's own concept: its output is at hand
         if self.replacement_emb is not None:
-            eps_instructions.append(unet_out(self.unet, x, t, self.replacement_emb[concept]))
+            eps_instructions.append(unet_out(self.denoiser, x, t, self.replacement_emb[concept]))
         return explicit_delta(eps_uncond, eps_instructions, self.instructions, i)
 
     def teacher_step(self, x, t, i, concept):
         n = x.shape[0]
-        eps_uncond, eps_concept = unet_out(self.unet, x.repeat(2, 1, 1, 1), t, torch.cat([self.uncond_like(n), self.concept_emb[concept]])).chunk(2)
+        eps_uncond, eps_concept = unet_out(self.denoiser, x.repeat(2, 1, 1, 1), t, torch.cat([self.uncond_like(n), self.concept_emb[concept]])).chunk(2)
         delta = self.delta(x, t, i, concept, eps_uncond, eps_concept)
         target = abo_guidance_target(eps_concept, eps_uncond, delta, self.config.gamma1)
         guided = eps_uncond + target if self.trajectory == "erased" else cfg(eps_uncond, eps_concept, self.config.gamma1)
         targets = {"eps_uncond": eps_uncond, "target": target}
         if self.preserve_emb is not None:  # every kept concept's guidance at this x_τ: (n, kept, C, H, W)
             k = len(self.preserve_emb)
-            eps_kept = unet_out(self.unet, x.repeat(k, 1, 1, 1), t, self.preserve_emb[torch.arange(k).repeat_interleave(n)])
+            eps_kept = unet_out(self.denoiser, x.repeat(k, 1, 1, 1), t, self.preserve_emb[torch.arange(k).repeat_interleave(n)])
             targets["keep"] = abo_guidance_target(eps_kept.unflatten(0, (k, n)).transpose(0, 1), eps_uncond[:, None], 0.0, self.config.gamma1)
         return guided, targets
 
@@ -167,7 +172,7 @@ class Abo(TrajectoryBankMethod):
         conditions = [self.concept_emb[batch["concept"]], self.uncond_like(n)]
         if self.preserve_emb is not None:
             conditions.append(self.preserve_emb[batch["kept"]])
-        out = unet_out(self.unet, x.repeat(len(conditions), 1, 1, 1), batch["t"].repeat(len(conditions)), torch.cat(conditions))
+        out = unet_out(self.denoiser, x.repeat(len(conditions), 1, 1, 1), batch["t"].repeat(len(conditions)), torch.cat(conditions))
         eps_concept, eps_uncond, *eps_kept = out.chunk(len(conditions))
         loss, terms = abo_loss(eps_concept, eps_uncond, batch["target"].to(self.device), batch["eps_uncond"].to(self.device), self.config.gamma2, self.config.lam)
         if eps_kept:

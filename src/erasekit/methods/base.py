@@ -21,7 +21,8 @@ import torch
 
 from ..bank import build_bank, sample_latents
 from ..errors import ErasekitError, ErasekitWarning
-from ..sampling import ddim_scheduler, embed, latent_shape
+from ..sampling import sampling_scheduler, embed, latent_shape
+from ..families import denoiser_of
 
 
 # The fewest trajectories per training draw that kept AbO's erasure and preservation inside the seed
@@ -80,6 +81,16 @@ def replacements_for(concepts: list[str], replacement: str | dict[str, str] | No
     if unknown:
         raise ErasekitError(f"a replacement is given for '{unknown[0]}', which is not among the concepts erased ({', '.join(concepts)})")
     return {c: replacement.get(c) for c in concepts}
+
+
+def needs_cross_attention(pipe, what: str) -> None:
+    """Refuse, in one line, a method that reads or reweights cross-attention maps on a family without them."""
+    from ..families import family_of
+
+    family = family_of(pipe)
+    if not family.cross_attention:
+        raise ErasekitError(f"{what} works on the cross-attention maps of a UNet; {family.label}'s joint attention has none "
+                            "that erasekit reads yet: use esd-x, esd-u, abo (explicit δ), uce, sdd or ablating")
 
 
 def one_each(count: int, n_concepts: int, what: str) -> int:
@@ -155,10 +166,10 @@ class WeightEditingMethod(Method):
     """A method whose result is new weights for some UNet parameters, saved as an erasure file."""
 
     def __init__(self, pipe, concepts: list[str], config: MethodConfig, replacement: str | dict[str, str] | None = None):
-        self.pipe, self.unet, self.config = pipe, pipe.unet, config
+        self.pipe, self.denoiser, self.config = pipe, denoiser_of(pipe), config
         self.concepts, self.replacement = concepts, replacement  # as given: the run's identity and the metadata
         self.replacements = replacements_for(concepts, replacement)
-        self.device, self.dtype = pipe.unet.device, pipe.unet.dtype  # dtype: the compute dtype, taken before training holds masters in float32
+        self.device, self.dtype = denoiser_of(pipe).device, denoiser_of(pipe).dtype  # dtype: the compute dtype, taken before training holds masters in float32
         self.latent_shape = latent_shape(pipe)
         self.uncond = embed(pipe, [""])
         self.concept_emb = embed(pipe, concepts)
@@ -199,7 +210,7 @@ class TrainedMethod(WeightEditingMethod):
 
     def __init__(self, pipe, concepts, config, replacement=None):
         super().__init__(pipe, concepts, config, replacement)
-        self.scheduler = ddim_scheduler(pipe, config.ddim_steps)
+        self.scheduler = sampling_scheduler(pipe, config.ddim_steps)
 
     def apply(self, names, generator, checkpoint_dir, checkpoint_every, resume, progress, identity):
         from ..train import train
@@ -261,7 +272,7 @@ class ImageBankMethod(TrainedMethod):
 
     def prepare(self, generator, progress):
         n = one_each(self.n_images(), len(self.concepts), self.images_label)
-        self.bank = sample_latents(self.scheduler, self.unet, self.uncond, self.image_prompt, self.config.guidance, n,
+        self.bank = sample_latents(self.scheduler, self.denoiser, self.uncond, self.image_prompt, self.config.guidance, n,
                                    len(self.concepts), self.latent_shape, generator, self.device, progress=progress, label=self.images_label)
 
     def draw(self, generator):

@@ -8,6 +8,11 @@ esd-x (cross-attention), esd-u (all but cross-attention), esd-all, esd-x-strict 
 x_t is drawn from the frozen model (default; fast path: a teacher bank) or, as the paper's code
 does, from the model being trained (`sample_from="student"`), which samples every step and holds
 a frozen copy for the targets.
+
+On a flow-matching model (SD3) the output is a velocity v = ε − x0, not ε. The target carries over
+unchanged: at a fixed x_t, x0 = x_t − σ v is affine in v, so guidance combines velocities as it
+combines noise predictions, and v*(∅) − η (v*(c) − v*(∅)) is the velocity of the negatively guided
+score, as the ε target is for DDPM. x_t is then drawn by flow-matching Euler (sampling.run_sampler).
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import torch
 from ..errors import ErasekitError
 from ..guidance import cfg
 from ..losses import esd_loss, esd_target
-from ..sampling import ddim_sample, embed, initial_noise, unet_out
+from ..sampling import run_sampler, embed, initial_noise, unet_out
 from .base import MethodConfig, TrajectoryBankMethod
 
 
@@ -72,7 +77,7 @@ class Esd(TrajectoryBankMethod):
         return eps_uncond, eps_concept, eps_from
 
     def teacher_step(self, x, t, i, concept):
-        eps_uncond, eps_concept, eps_from = self.teacher_outputs(self.unet, x, t, concept)
+        eps_uncond, eps_concept, eps_from = self.teacher_outputs(self.denoiser, x, t, concept)
         target = esd_target(eps_from, eps_concept, eps_uncond, self.config.eta)
         return cfg(eps_uncond, eps_concept, self.config.start_guidance), {"target": target}
 
@@ -80,7 +85,7 @@ class Esd(TrajectoryBankMethod):
         if self.config.sample_from == "frozen":
             super().prepare(generator, progress)
         else:
-            self.frozen = copy.deepcopy(self.unet).requires_grad_(False).to(self.dtype)  # the masters' copy, back in the compute dtype
+            self.frozen = copy.deepcopy(self.denoiser).requires_grad_(False).to(self.dtype)  # the masters' copy, back in the compute dtype
 
     @torch.no_grad()
     def _sample_from_student(self, generator):
@@ -92,10 +97,10 @@ class Esd(TrajectoryBankMethod):
             x = initial_noise(1, self.latent_shape, generator, self.scheduler).to(self.device)
 
             def guided(x, t, i):
-                eps_uncond, eps_concept = unet_out(self.unet, x.repeat(2, 1, 1, 1), t, torch.cat([self.uncond, self.concept_emb[concept]])).chunk(2)
+                eps_uncond, eps_concept = unet_out(self.denoiser, x.repeat(2, 1, 1, 1), t, torch.cat([self.uncond, self.concept_emb[concept]])).chunk(2)
                 return cfg(eps_uncond, eps_concept, self.config.start_guidance)
 
-            x = ddim_sample(self.scheduler, x, guided, stop=stop)
+            x = run_sampler(self.scheduler, x, guided, stop=stop)
             t = self.scheduler.timesteps[stop]
             eps_uncond, eps_concept, eps_from = self.teacher_outputs(self.frozen, x, t, concept)
             xs.append(x)
@@ -111,7 +116,7 @@ class Esd(TrajectoryBankMethod):
 
     def loss(self, batch):
         x = batch["x"].to(self.device)
-        eps = unet_out(self.unet, x, batch["t"], self.concept_emb[batch["concept"]])
+        eps = unet_out(self.denoiser, x, batch["t"], self.concept_emb[batch["concept"]])
         loss = esd_loss(eps, batch["target"].to(self.device))
         return loss, {"esd": loss.item()}
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from ..attention import AttentionProbe, cross_attention_processor, token_weights
 from ..losses import fmn_loss
 from ..sampling import unet_out
-from .base import ImageBankMethod, MethodConfig
+from .base import ImageBankMethod, MethodConfig, needs_cross_attention
 
 
 @dataclass
@@ -40,6 +40,7 @@ class Fmn(ImageBankMethod):
 
     def __init__(self, pipe, concepts, config: FmnConfig, replacement=None):
         super().__init__(pipe, concepts, config)
+        needs_cross_attention(pipe, "fmn (attention re-steering)")
         self.token_mask = 1 - token_weights(pipe.tokenizer, concepts, concepts, 0.0)  # 1 on each concept's tokens
 
     images_label = "concept images"
@@ -52,7 +53,7 @@ class Fmn(ImageBankMethod):
 
     def loss(self, batch):
         concept = batch["concept"]
-        with cross_attention_processor(self.unet, AttentionProbe(self.token_mask[concept].to(self.device))) as probe:
-            unet_out(self.unet, batch["x"].to(self.device), batch["t"], self.concept_emb[concept])
+        with cross_attention_processor(self.denoiser, AttentionProbe(self.token_mask[concept].to(self.device))) as probe:
+            unet_out(self.denoiser, batch["x"].to(self.device), batch["t"], self.concept_emb[concept])
         loss = fmn_loss(probe.maps)
         return loss, {"attention": loss.item()}

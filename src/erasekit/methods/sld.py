@@ -15,8 +15,9 @@ import torch
 
 from ..errors import ErasekitError
 from ..guidance import sld_safety_term
-from ..sampling import ddim_sample, ddim_scheduler, decode, embed, latent_shape, unet_out
+from ..sampling import decode, embed, latent_shape, noise_scale, run_sampler, sampling_scheduler, unet_out
 from .base import InferenceMethod, SteeredPipeline
+from ..families import denoiser_of
 
 
 @dataclass
@@ -70,15 +71,15 @@ class SldPipeline(SteeredPipeline):
         negatives = [negative_prompt] * n if isinstance(negative_prompt, str) else (negative_prompt or [""] * n)
         cond, uncond = embed(pipe, prompt), embed(pipe, negatives)
         embeddings = torch.cat([uncond, cond, self.safety.expand(n, -1, -1)])
-        scheduler = ddim_scheduler(pipe, num_inference_steps)
-        x = torch.cat([torch.randn((1, *latent_shape(pipe)), generator=g, dtype=pipe.unet.dtype) for g in generator]).to(pipe.device) * scheduler.init_noise_sigma
+        scheduler = sampling_scheduler(pipe, num_inference_steps)
+        x = torch.cat([torch.randn((1, *latent_shape(pipe)), generator=g, dtype=denoiser_of(pipe).dtype) for g in generator]).to(pipe.device) * noise_scale(scheduler)
         momentum = torch.zeros_like(x)
 
         def guided(x, t, i):
             nonlocal momentum
-            eps_uncond, eps_text, eps_safety = unet_out(pipe.unet, x.repeat(3, 1, 1, 1), t, embeddings).chunk(3)
+            eps_uncond, eps_text, eps_safety = unet_out(denoiser_of(pipe), x.repeat(3, 1, 1, 1), t, embeddings).chunk(3)
             gamma, momentum = sld_safety_term(eps_uncond, eps_text, eps_safety, momentum, s.guidance_scale, s.threshold, s.momentum_scale, s.momentum_beta)
             guidance = eps_text - eps_uncond - (gamma if i >= s.warmup_steps else 0)
             return eps_uncond + guidance_scale * guidance
 
-        return SimpleNamespace(images=decode(pipe, ddim_sample(scheduler, x, guided), output_type))
+        return SimpleNamespace(images=decode(pipe, run_sampler(scheduler, x, guided), output_type))

@@ -83,11 +83,13 @@ class Uce(ClosedFormMethod):
         cfg = self.config
         ce, cstar, cp = self.erase_inputs.cpu(), self.erase_targets.cpu(), self.preserve_inputs.cpu()
         preserve_scale = cfg.preserve_scale or (max(0.1, 1 / len(self.kept)) if self.kept else 0.0)
-        params = dict(self.unet.named_parameters())
+        params = dict(self.denoiser.named_parameters())
         change = 0.0
         with torch.no_grad():
             for name in names:
                 W = params[name]
+                if W.dim() != 2:  # a bias (SD3's context embedder has one): UCE's closed form is for the matrix; the bias stays
+                    continue
                 new = uce_solution(W.float().cpu(), ce, cstar, cp, cfg.erase_scale, preserve_scale, cfg.lamb)
                 change += (new - W.float().cpu()).norm().item() ** 2
                 W.copy_(new.to(W.dtype))

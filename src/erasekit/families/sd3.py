@@ -1,0 +1,62 @@
+"""Stable Diffusion 3: a joint-attention transformer (MMDiT) denoising by flow matching.
+
+Its conditioning is a sequence, the two CLIP encoders' hidden states (side by side, zero-padded to
+the T5 width) followed by T5's (zeros where the pipeline has no T5), plus a pooled embedding of
+both CLIPs. The transformer predicts the velocity ε − x0 at timestep 1000 σ, and the pipeline steps
+with FlowMatchEulerDiscreteScheduler. A folder may leave T5 out, as diffusers allows.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import Conditioning, Family
+
+
+class JointConditioning(Conditioning):
+    """SD3's: the transformer takes the text sequence and the pooled embedding by name."""
+
+    def denoise(self, denoiser, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return denoiser(hidden_states=x, timestep=t, encoder_hidden_states=self.hidden.to(x.dtype),
+                        pooled_projections=self.added["pooled_projections"].to(x.dtype)).sample
+
+
+# The text stream of the joint blocks, and what embeds the text and the pooled text and time.
+_TEXT_STREAM = ("add_q_proj", "add_k_proj", "add_v_proj", "to_add_out", "context", "time_text_embed", "norm_out", "proj_out")
+
+
+class StableDiffusion3(Family):
+    name, label = "sd3", "SD3"
+    pipeline_class = "StableDiffusion3Pipeline"
+    components = ("transformer", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler")
+    weighted = ("transformer", "vae", "text_encoder", "text_encoder_2")
+    optional = ("text_encoder_3", "tokenizer_3")
+    denoiser = "transformer"
+    sampler = "FlowMatchEulerDiscreteScheduler"
+    cross_attention = False  # joint attention: text and image tokens attend together
+    exports = False
+    textual_inversion = False  # StableDiffusion3Pipeline has no textual-inversion loader
+    # What the UNet's presets mean here. Text reaches the image only through joint attention, so
+    # "attn2" is its text stream's queries and keys in every block, the layers EraseAnything trains
+    # on FLUX; "attn2-kv", on the UNet the linear maps from the text embedding to what attention
+    # reads, is here the one such map, the context embedder, which UCE's FLUX script edits;
+    # "non-attn2" (ESD-u) everything but the text stream and the embeddings of text and time.
+    presets = {
+        "attn2": lambda name: ".attn.add_q_proj." in name or ".attn.add_k_proj." in name,
+        "attn2-kv": lambda name: name.startswith("context_embedder."),
+        "non-attn2": lambda name: not any(part in name for part in _TEXT_STREAM),
+    }
+
+    @classmethod
+    def encode(cls, pipe, prompts):
+        hidden, _, pooled, _ = pipe.encode_prompt(prompts, None, None, device=pipe.device, do_classifier_free_guidance=False)
+        return JointConditioning(hidden, {"pooled_projections": pooled})
+
+    @classmethod
+    def text_encoders(cls, pipe):
+        return [e for e in (pipe.text_encoder, pipe.text_encoder_2, pipe.text_encoder_3) if e is not None]
+
+    @classmethod
+    def tokenizers(cls, pipe):
+        return [t for t, e in ((pipe.tokenizer, pipe.text_encoder), (pipe.tokenizer_2, pipe.text_encoder_2), (pipe.tokenizer_3, pipe.text_encoder_3))
+                if e is not None]

@@ -1,0 +1,116 @@
+"""Stable Diffusion 3 (a joint-attention transformer denoising by flow matching) through the family
+layer, on a random tiny SD3 pipeline built from its config (erasekit.testing.random_sd3_pipeline)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from erasekit import ErasekitError, Sampling, erase, generate, load_erasure, load_pipeline
+from erasekit.sampling import is_flow, run_sampler, sampling_scheduler, training_noise
+
+WEIGHT_METHODS = {  # each with a run small enough for a test, and the layers its default preset means on SD3
+    "esd-x": ({}, "attn.add_k_proj"), "esd-u": ({}, "transformer_blocks.0.ff.net"), "abo": ({}, "attn.add_q_proj"),
+    "uce": ({}, "context_embedder"), "ablating": ({"anchor_images": 2}, "context_embedder"), "sdd": ({}, "attn.add_k_proj"),
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_sd3_folder(tmp_path_factory):
+    from erasekit.testing import random_sd3_pipeline
+
+    folder = tmp_path_factory.mktemp("tiny-sd3")
+    random_sd3_pipeline().save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+def test_flow_matching_noising_and_euler_sampling_agree_with_the_straight_path(tiny_sd3_folder):
+    """x_t = (1 − σ) x0 + σ ε with target ε − x0 (timestep 1000 σ); and Euler steps with that exact
+    velocity from x_T = ε land on x0, since the path from ε to x0 is straight."""
+    pipe = load_pipeline(str(tiny_sd3_folder))
+    scheduler = sampling_scheduler(pipe, 5)
+    assert is_flow(scheduler) and not is_flow(sampling_scheduler(load_pipeline("builtin"), 5))
+    x0 = torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    x_t, t, target = training_noise(scheduler, x0, torch.Generator().manual_seed(2))
+    sigma = t / 1000
+    noise = (x_t - (1 - sigma[:, None, None, None]) * x0) / sigma[:, None, None, None]
+    torch.testing.assert_close(target, noise - x0, atol=1e-4, rtol=1e-4)
+    epsilon = torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(3))
+    landed = run_sampler(scheduler, epsilon, lambda x, t, i: epsilon - x0)
+    torch.testing.assert_close(landed, x0, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(run_sampler(scheduler, epsilon, lambda x, t, i: epsilon - x0), landed)  # a second run starts afresh
+
+
+@pytest.mark.parametrize("method", WEIGHT_METHODS)
+def test_every_weight_method_erases_sd3_saves_and_reloads_into_plain_diffusers(method, tiny_sd3_folder, tmp_path):
+    from diffusers import StableDiffusion3Pipeline
+
+    settings, layer = WEIGHT_METHODS[method]
+    out = tmp_path / "erased.safetensors"
+    erasure = erase(str(tiny_sd3_folder), method=method, concepts="circle", steps=2, progress=False, out=out, **settings)
+    assert erasure.metadata["family"] == "sd3" and any(layer in n for n in erasure.names)
+    assert any(not torch.equal(erasure.tensors[n], erasure.base[n]) for n in erasure.names)
+    ours = load_pipeline(str(tiny_sd3_folder))
+    load_erasure(ours, out)
+    plain = StableDiffusion3Pipeline.from_pretrained(tiny_sd3_folder, text_encoder_3=None, tokenizer_3=None)
+    result = plain.transformer.load_state_dict(load_file(str(out)), strict=False)
+    assert not result.unexpected_keys
+    theirs, mine = dict(plain.transformer.named_parameters()), dict(ours.transformer.named_parameters())
+    assert all(torch.equal(theirs[n], mine[n]) for n in erasure.names)
+    assert generate(ours, ["a red circle"], n=1, steps=2, progress=False)[0].size == (16, 16)
+
+
+def test_what_sd3_cannot_do_yet_is_refused_in_one_line(tiny_sd3_folder, tmp_path):
+    with pytest.raises(ErasekitError, match="fmn .* joint attention"):
+        erase(str(tiny_sd3_folder), method="fmn", concepts="circle", steps=1, concept_images=1, progress=False)
+    with pytest.raises(ErasekitError, match="implicit δ .* joint attention"):
+        erase(str(tiny_sd3_folder), method="abo", concepts="circle", steps=1, delta="implicit", progress=False)
+    erasure = erase(str(tiny_sd3_folder), method="esd-x", concepts="circle", steps=1, progress=False)
+    with pytest.raises(ErasekitError, match="single-file checkpoint of a SD3 erasure is not written yet"):
+        erasure.save_checkpoint(tmp_path / "model.safetensors")
+
+
+def test_evaluate_and_the_text_attacks_run_on_sd3_and_the_token_attacks_are_refused(tiny_sd3_folder):
+    from erasekit.attacks import run_attack
+    from erasekit.evaluation.evaluate import evaluate
+    from erasekit.methods import get_method
+    from erasekit.tasks.shapes import ShapesDetector, shapes_task
+
+    import numpy as np
+
+    from erasekit.shapes.world import Labels, render
+
+    base = load_pipeline(str(tiny_sd3_folder))
+    circles = [render(Labels("circle", "red", "solid", "grey"), np.random.default_rng(k)) for k in range(2)]  # a random model draws none
+    steered = get_method("neg-prompt").steer(base, "circle", get_method("neg-prompt").make_config())
+    sampling = Sampling(seeds=(0,), steps=2)
+    task = shapes_task("circle", "target")
+    evaluation = evaluate(base, steered, task, None, ShapesDetector(), sampling, reference=None, progress=False)
+    assert evaluation.suites["target"].n_images == len(task.select("target")["target"])
+    for name, options in (("paraphrase", {"paraphrases": {"circle": ["disc"]}}), ("ring-a-bell", {})):
+        result = run_attack(name, base, "circle", ["a red circle"], ShapesDetector(), sampling=sampling, base=base,
+                            steps=None if name == "paraphrase" else 1, **options)
+        assert result.n_prompts == 1, name
+    for name in ("inversion", "unlearndiffatk"):  # they add a token, and SD3's pipeline has no textual-inversion loader
+        with pytest.raises(ErasekitError, match=f"the {name} attack learns a new token"):
+            run_attack(name, base, "circle", ["a red circle"], ShapesDetector(), sampling=sampling, images=circles, steps=1)
+
+
+def test_the_cli_refuses_what_sd3_lacks_before_any_work(tiny_sd3_folder, tmp_path):
+    from typer.testing import CliRunner
+
+    from erasekit.cli import app
+
+    cases = {
+        "--save-lora": (["erase", "-c", "circle", "--model", str(tiny_sd3_folder), "--out", str(tmp_path / "e.safetensors"),
+                         "--save-lora", str(tmp_path / "l.safetensors")], "a LoRA (--save-lora) of a SD3 erasure is not written yet"),
+        "--save-checkpoint": (["erase", "-c", "circle", "--model", str(tiny_sd3_folder), "--out", str(tmp_path / "e.safetensors"),
+                               "--save-checkpoint", str(tmp_path / "m.safetensors")], "single-file checkpoint (--save-checkpoint) of a SD3"),
+        "inversion": (["attack", "-c", "circle", "--model", str(tiny_sd3_folder), "--attack", "inversion", "--out", str(tmp_path / "a")],
+                      "the inversion attack learns a new token"),
+    }
+    for name, (args, message) in cases.items():
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code != 0 and message in result.output, (name, result.output)
+    assert not any(tmp_path.iterdir())  # refused before anything was written
