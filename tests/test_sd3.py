@@ -114,3 +114,30 @@ def test_the_cli_refuses_what_sd3_lacks_before_any_work(tiny_sd3_folder, tmp_pat
         result = CliRunner().invoke(app, args)
         assert result.exit_code != 0 and message in result.output, (name, result.output)
     assert not any(tmp_path.iterdir())  # refused before anything was written
+
+
+def test_flow_inversion_then_sampling_gives_the_latents_back_closer_with_more_steps(tiny_sd3_folder):
+    """purify's inversion on SD3 runs the flow ODE backwards by Euler steps; sampling forward from
+    there, all the way or from half-way, returns the latents, with an error that shrinks as the
+    steps grow (first order), as DDIM inversion's does on the UNet (tests/test_purify.py)."""
+    import numpy as np
+
+    from erasekit.attacks.purify import _guided, invert, purify
+    from erasekit.families import denoiser_of
+    from erasekit.sampling import embed, encode_images
+    from erasekit.shapes.world import Labels, render
+
+    pipe = load_pipeline(str(tiny_sd3_folder))
+    images = [render(Labels("circle", "red", "solid", "grey"), np.random.default_rng(k)).resize((16, 16)) for k in range(2)]
+    latents, conditioning = encode_images(pipe, images), embed(pipe, ["", ""])
+    guided = _guided(denoiser_of(pipe), conditioning, 1.0)
+
+    def error(steps, stop):
+        noisy = invert(pipe, latents, conditioning, steps, stop)
+        return (run_sampler(sampling_scheduler(pipe, steps), noisy, guided, start=steps - stop) - latents).abs().mean().item()
+
+    for stop_share in (1.0, 0.5):
+        coarse, fine = error(10, round(10 * stop_share)), error(100, round(100 * stop_share))
+        assert fine < coarse / 4 and fine < 0.15 * latents.abs().mean().item(), (stop_share, coarse, fine)
+    purified = purify(pipe, pipe, images, steps=10, strength=0.5)
+    assert [im.size for im in purified.images] == [(16, 16)] * 2

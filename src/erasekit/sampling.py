@@ -35,10 +35,12 @@ def is_flow(scheduler) -> bool:
 
 
 @torch.no_grad()
-def run_sampler(scheduler, x: torch.Tensor, guided: Guided, stop: int | None = None) -> torch.Tensor:
-    """Step from x_T through steps 0..stop-1 (all when stop is None); returns x at step index `stop`."""
+def run_sampler(scheduler, x: torch.Tensor, guided: Guided, stop: int | None = None, start: int = 0) -> torch.Tensor:
+    """Step x from step index `start` (0: x_T) through stop-1 (the end when stop is None); returns x at step index `stop`."""
     scheduler = copy.copy(scheduler)  # a flow-matching scheduler counts its steps: each run keeps its own count
-    for i, t in enumerate(scheduler.timesteps[:stop]):
+    if is_flow(scheduler):
+        scheduler.set_begin_index(start)
+    for i, t in enumerate(scheduler.timesteps[start:stop], start):
         x = scheduler.step(guided(x, t, i), t, x).prev_sample
     return x
 

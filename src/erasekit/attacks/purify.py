@@ -1,5 +1,5 @@
 """Concept purification (All but One, Fig. 1a and "Concept Purification"): invert an image with DDIM
-using the base model, then denoise it with the erased model.
+(the flow ODE on SD3) using the base model, then denoise it with the erased model.
 
 The paper reports that an AbO model trained with λ = 0 removes the concept from an image this way,
 inverting with the null prompt or the concept's, and that no other method does so consistently.
@@ -19,7 +19,7 @@ from PIL import Image
 
 from ..errors import ErasekitError
 from ..guidance import cfg
-from ..sampling import run_sampler, sampling_scheduler, decode, embed, encode_images, unet_out
+from ..sampling import decode, embed, encode_images, is_flow, run_sampler, sampling_scheduler, unet_out
 from ..families import denoiser_of
 
 
@@ -45,10 +45,18 @@ def _guided(unet, conditioning, guidance: float):
 @torch.no_grad()
 def invert(pipe, latents: torch.Tensor, conditioning, steps: int, stop: int, guidance: float = 1.0) -> torch.Tensor:
     """DDIM inversion of clean latents with `pipe` through the first `stop` of `steps` steps
-    (`conditioning`: the null prompt's, then the prompt's)."""
+    (`conditioning`: the null prompt's, then the prompt's); on a flow-matching model, the flow ODE
+    run backwards by Euler steps, x_σ' = x_σ + (σ' − σ) v(x_σ, σ), the velocity taken where the step starts as DDIM inversion does."""
+    guided = _guided(denoiser_of(pipe), conditioning, guidance)
+    if is_flow(pipe.scheduler):
+        sigmas = sampling_scheduler(pipe, steps).sigmas  # from 1 down to 0: steps + 1 of them
+        x = latents
+        for i, k in enumerate(range(steps, steps - stop, -1)):
+            t = sigmas[k] * pipe.scheduler.config.num_train_timesteps
+            x = x + (sigmas[k - 1] - sigmas[k]) * guided(x, t.to(x.device), i)
+        return x
     inverse = DDIMInverseScheduler.from_config(pipe.scheduler.config)
     inverse.set_timesteps(steps)
-    guided = _guided(denoiser_of(pipe), conditioning, guidance)
     x = latents
     for i, t in enumerate(inverse.timesteps[:stop]):
         x = inverse.step(guided(x, t, i), t, x).prev_sample
@@ -69,8 +77,8 @@ def purify(base, erased, images: list[Image.Image], prompt: str = "", strength: 
     noisy = invert(base, encode_images(base, images), conditioning, steps, stop, guidance)
     outputs = []
     for pipe in (erased, base):
-        scheduler = sampling_scheduler(pipe, steps)
-        scheduler.timesteps = scheduler.timesteps[steps - stop:]  # start where the inversion stopped
-        x = run_sampler(scheduler, noisy.to(denoiser_of(pipe).device, denoiser_of(pipe).dtype), _guided(denoiser_of(pipe), conditioning.to(denoiser_of(pipe).device), guidance))
+        denoiser = denoiser_of(pipe)
+        guided = _guided(denoiser, conditioning.to(denoiser.device), guidance)
+        x = run_sampler(sampling_scheduler(pipe, steps), noisy.to(denoiser.device, denoiser.dtype), guided, start=steps - stop)  # from where the inversion stopped
         outputs.append(decode(pipe, x))
     return Purified(images=outputs[0], reconstructed=outputs[1])
