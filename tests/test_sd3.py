@@ -61,11 +61,22 @@ def test_every_weight_method_erases_sd3_saves_and_reloads_into_plain_diffusers(m
     assert generate(ours, ["a red circle"], n=1, steps=2, progress=False)[0].size == (16, 16)
 
 
-def test_what_sd3_cannot_do_yet_is_refused_in_one_line(tiny_sd3_folder, tmp_path):
-    with pytest.raises(ErasekitError, match="fmn .* joint attention"):
-        erase(str(tiny_sd3_folder), method="fmn", concepts="circle", steps=1, concept_images=1, progress=False)
-    with pytest.raises(ErasekitError, match="implicit δ .* joint attention"):
-        erase(str(tiny_sd3_folder), method="abo", concepts="circle", steps=1, delta="implicit", progress=False)
+def test_what_sd3_cannot_do_yet_is_refused_in_one_line(tiny_sd3_folder, tmp_path, monkeypatch):
+    import importlib
+
+    erase_module = importlib.import_module("erasekit.erase")  # the module: `erasekit.erase` is the function
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("loaded the model before refusing")
+
+    with monkeypatch.context() as m:  # the folder names its family: refused before the model loads
+        m.setattr(erase_module, "load_pipeline", no_loading)
+        with pytest.raises(ErasekitError, match="fmn .* joint attention"):
+            erase(str(tiny_sd3_folder), method="fmn", concepts="circle", steps=1, concept_images=1, progress=False)
+        with pytest.raises(ErasekitError, match="implicit δ .* joint attention"):
+            erase(str(tiny_sd3_folder), method="abo", concepts="circle", steps=1, delta="implicit", progress=False)
+    with pytest.raises(ErasekitError, match="fmn .* joint attention"):  # a loaded pipeline: its family is at hand
+        erase(load_pipeline(str(tiny_sd3_folder)), method="fmn", concepts="circle", steps=1, concept_images=1, progress=False)
     erasure = erase(str(tiny_sd3_folder), method="esd-x", concepts="circle", steps=1, progress=False)
     with pytest.raises(ErasekitError, match="single-file checkpoint of a SD3 erasure is not written yet"):
         erasure.save_checkpoint(tmp_path / "model.safetensors")

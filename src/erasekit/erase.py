@@ -20,7 +20,7 @@ from .io import output_lock
 from .paths import check_not_under_a_file
 from .methods import get_method
 from .methods.base import replacements_for
-from .model import hash_rounding, load_pipeline, peek_sizes, peek_tokenizer, sizes_of, unet_fingerprint, unet_norms
+from .model import hash_rounding, load_pipeline, peek_family, peek_sizes, peek_tokenizer, sizes_of, unet_fingerprint, unet_norms
 from .erasure_file import load_erasure, save_erasure
 from .presets import select_parameters
 from .train import checkpoint_step
@@ -217,6 +217,9 @@ def erase(
     limit = (sizes_of(model) if loaded else peek_sizes(model, model_config)).get("train_timesteps")
     if limit is not None and getattr(config, "ddim_steps", 0) > limit:
         raise ErasekitError(f"ddim_steps {config.ddim_steps} is more than the model's scheduler has timesteps ({limit}): use at most {limit}")
+    family = family_of(model) if loaded else peek_family(model, model_config)
+    if family is not None:  # else checked once the model has loaded
+        method_cls.check_family(config, family)
     tokenizer = model.tokenizer if loaded else peek_tokenizer(model, model_config)
     if tokenizer is not None:  # else checked once the model has loaded
         concepts, replacement = _check_words(tokenizer, concepts, replacement, strict)
@@ -279,6 +282,7 @@ def _erase(*, model, model_config, method_cls, config, concepts, replacement, pr
            device, dtype, gradient_checkpointing, strict, words_checked: bool) -> Erasure:
     """erase() once every argument is checked (keyword-only: seventeen of them in a row are too easy to misplace)."""
     pipe = load_pipeline(model, device, dtype, model_config) if isinstance(model, (str, Path)) else model
+    method_cls.check_family(config, family_of(pipe))
     if not words_checked:
         concepts, replacement = _check_words(pipe.tokenizer, concepts, replacement, strict)
     names = select_parameters(denoiser_of(pipe), config.parameters, family_of(pipe))

@@ -111,14 +111,17 @@ class Abo(TrajectoryBankMethod):
     presets = {"paper": PAPER}
 
     @classmethod
+    def check_family(cls, config, family):
+        if config.delta == "implicit":
+            needs_cross_attention(family, "abo's implicit δ (suppressed cross-attention)")
+
+    @classmethod
     def check_replacement(cls, config, replacement):
         if config.delta == "implicit" and replacement:
             raise ErasekitError("a replacement concept needs the explicit δ (delta='explicit')")
 
     def __init__(self, pipe, concepts, config: AboConfig, replacement=None):
         super().__init__(pipe, concepts, config, replacement)
-        if config.delta == "implicit":
-            needs_cross_attention(pipe, "abo's implicit δ (suppressed cross-attention)")
         replaced = any(self.replacements.values())
         self.trajectory = trajectory_for(config, replaced)
         window = dict(kappa=config.kappa, warmup=config.warmup, start=config.window_start, end=config.window_end)

@@ -83,11 +83,8 @@ def replacements_for(concepts: list[str], replacement: str | dict[str, str] | No
     return {c: replacement.get(c) for c in concepts}
 
 
-def needs_cross_attention(pipe, what: str) -> None:
+def needs_cross_attention(family, what: str) -> None:
     """Refuse, in one line, a method that reads or reweights cross-attention maps on a family without them."""
-    from ..families import family_of
-
-    family = family_of(pipe)
     if not family.cross_attention:
         raise ErasekitError(f"{what} works on the cross-attention maps of a UNet; {family.label}'s joint attention has none "
                             "that erasekit reads yet: use esd-x, esd-u, abo (explicit δ), uce, sdd or ablating")
@@ -184,6 +181,10 @@ class WeightEditingMethod(Method):
     @classmethod
     def check_replacement(cls, config: MethodConfig, replacement: str | None) -> None:
         """erase() asks before the model loads: can this method, so configured, erase towards `replacement`?"""
+
+    @classmethod
+    def check_family(cls, config: MethodConfig, family) -> None:
+        """erase() asks before the model loads where the folder names its family (else once it has loaded): can this method, so configured, erase it?"""
 
     def apply(self, names: list[str], generator: torch.Generator, checkpoint_dir: Path | None, checkpoint_every: int,
               resume: bool, progress: bool, identity: dict) -> list[dict[str, float]]:

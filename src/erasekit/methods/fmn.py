@@ -32,6 +32,10 @@ class Fmn(ImageBankMethod):
     Config = FmnConfig
 
     @classmethod
+    def check_family(cls, config, family):
+        needs_cross_attention(family, "fmn (attention re-steering)")
+
+    @classmethod
     def check_replacement(cls, config, replacement):
         from ..errors import ErasekitError
 
@@ -40,7 +44,6 @@ class Fmn(ImageBankMethod):
 
     def __init__(self, pipe, concepts, config: FmnConfig, replacement=None):
         super().__init__(pipe, concepts, config)
-        needs_cross_attention(pipe, "fmn (attention re-steering)")
         self.token_mask = 1 - token_weights(pipe.tokenizer, concepts, concepts, 0.0)  # 1 on each concept's tokens
 
     images_label = "concept images"
