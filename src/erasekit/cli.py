@@ -668,7 +668,7 @@ def attack(
     from .images import ensure_writable_dir, read_image_folder
     from .io import atomic_save_image, read_utf8
     from .methods import get_method
-    from .model import load_pipeline
+    from .model import load_pipeline, sizes_of
 
     from .model import peek_family
 
@@ -707,9 +707,7 @@ def attack(
         load_erasure(pipe, erasure)
     elif method is not None:  # an inference-time method steers away from every concept at once
         pipe = get_method(method).steer(base, ", ".join(m.concept for m, _ in measures), steering)
-    from .families import denoiser_of
-
-    size = denoiser_of(base).config.sample_size * base.vae_scale_factor
+    size = sizes_of(base)["image_size"]
     if concept_pictures and any(p.size != (size, size) for p in concept_pictures):
         typer.echo(f"note: images in {images} that are not {size}x{size} are resized to the model's size", err=True)
     attacked = f"erasure {erasure}" if erasure else f"{method} (inference-time)" if method else "the base model"
@@ -761,7 +759,7 @@ def purify(
     from .evaluation.metrics import ssim
     from .images import ensure_writable_dir, make_grid, open_image
     from .io import atomic_save_image
-    from .model import load_pipeline
+    from .model import load_pipeline, sizes_of
     from .paths import derived
 
     _erasure_or_method(erasure, None, None)
@@ -779,9 +777,7 @@ def purify(
     base = load_pipeline(model, device, dtype, config)
     erased = load_pipeline(model, device, dtype, config)
     load_erasure(erased, erasure)
-    from .families import denoiser_of
-
-    size = denoiser_of(base).config.sample_size * base.vae_scale_factor
+    size = sizes_of(base)["image_size"]
     if picture.size != (size, size):
         typer.echo(f"note: {image.name} is {picture.size[0]}x{picture.size[1]}; resized to the model's {size}x{size}", err=True)
         picture = picture.resize((size, size), Image.Resampling.LANCZOS)

@@ -138,21 +138,22 @@ def check_concepts(tokenizer, concepts: list[str], strict: bool = False, replace
 def _training_memory(pipe, gradient_checkpointing: bool):
     """While the UNet trains: on an accelerator the text encoder and VAE wait on the host (every
     method embeds its prompts before training), and the student may recompute its activations."""
-    offload = denoiser_of(pipe).device.type != "cpu"
+    denoiser = denoiser_of(pipe)
+    offload = denoiser.device.type != "cpu"
     frozen = [*family_of(pipe).text_encoders(pipe), pipe.vae]
     if offload:
         for module in frozen:
             module.to("cpu")
     if gradient_checkpointing:
-        denoiser_of(pipe).enable_gradient_checkpointing()
+        denoiser.enable_gradient_checkpointing()
     try:
         yield
     finally:
         if gradient_checkpointing:
-            denoiser_of(pipe).disable_gradient_checkpointing()
+            denoiser.disable_gradient_checkpointing()
         if offload:
             for module in frozen:
-                module.to(denoiser_of(pipe).device)
+                module.to(denoiser.device)
 
 
 def erase(
@@ -236,7 +237,7 @@ def erase(
         erasure = _erase(model=model, model_config=model_config, method_cls=method_cls, config=config, concepts=concepts, replacement=replacement,
                          preset=preset, seed=seed, checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every, resume=resume,
                          progress=progress, device=device, dtype=dtype, gradient_checkpointing=gradient_checkpointing, strict=strict,
-                         words_checked=tokenizer is not None)
+                         words_checked=tokenizer is not None, family_checked=family is not None)
         try:
             check_change(erasure, save_dtype or erasure.unet.dtype)
         except ErasekitError:
@@ -279,30 +280,32 @@ def check_change(erasure: Erasure, dtype: torch.dtype) -> None:
 
 
 def _erase(*, model, model_config, method_cls, config, concepts, replacement, preset, seed, checkpoint_dir, checkpoint_every, resume, progress,
-           device, dtype, gradient_checkpointing, strict, words_checked: bool) -> Erasure:
-    """erase() once every argument is checked (keyword-only: seventeen of them in a row are too easy to misplace)."""
+           device, dtype, gradient_checkpointing, strict, words_checked: bool, family_checked: bool) -> Erasure:
+    """erase() once every argument is checked (keyword-only: so many in a row are too easy to misplace)."""
     pipe = load_pipeline(model, device, dtype, model_config) if isinstance(model, (str, Path)) else model
-    method_cls.check_family(config, family_of(pipe))
+    if not family_checked:
+        method_cls.check_family(config, family_of(pipe))
     if not words_checked:
         concepts, replacement = _check_words(pipe.tokenizer, concepts, replacement, strict)
-    names = select_parameters(denoiser_of(pipe), config.parameters, family_of(pipe))
-    base_dtype, rounding = denoiser_of(pipe).dtype, hash_rounding(denoiser_of(pipe))
-    base_hash, base_norms = unet_fingerprint(denoiser_of(pipe), rounding), unet_norms(denoiser_of(pipe))
+    denoiser = denoiser_of(pipe)
+    names = select_parameters(denoiser, config.parameters, family_of(pipe))
+    base_dtype, rounding = denoiser.dtype, hash_rounding(denoiser)
+    base_hash, base_norms = unet_fingerprint(denoiser, rounding), unet_norms(denoiser)
 
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     instance = method_cls(pipe, concepts, config, replacement)
     ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
-    params = dict(denoiser_of(pipe).named_parameters())
+    params = dict(denoiser.named_parameters())
     base = {name: params[name].detach().to("cpu", copy=True) for name in names}
-    masters = hold_in_float32(denoiser_of(pipe), names)
+    masters = hold_in_float32(denoiser, names)
     try:
         with _training_memory(pipe, gradient_checkpointing):
             history = instance.apply(names, generator, ckpt, checkpoint_every, resume, progress,
                                      identity={"seed": seed, "base_unet_sha256": base_hash})
         tensors = {name: p.detach().to("cpu", copy=True) for name, p in masters.items()}
     finally:
-        cast_parameters(denoiser_of(pipe), names, base_dtype)
+        cast_parameters(denoiser, names, base_dtype)
 
     metadata = {
         "method": method_cls.name,
@@ -323,4 +326,4 @@ def _erase(*, model, model_config, method_cls, config, concepts, replacement, pr
         "erasekit_version": __version__,
         "final_loss": history[-1] if history else None,
     }
-    return Erasure(metadata=metadata, names=names, tensors=tensors, unet=denoiser_of(pipe), history=history, base=base, pipe=pipe)
+    return Erasure(metadata=metadata, names=names, tensors=tensors, unet=denoiser, history=history, base=base, pipe=pipe)

@@ -104,14 +104,15 @@ def load_erasure(pipe, path: Path | str) -> dict:
     metadata = read_metadata(path)
     check_metadata(metadata, path.name)
     expected = metadata["base_unet_sha256"]
-    state = load_file(str(path), device=str(denoiser_of(pipe).device))
-    check_erasure(denoiser_of(pipe), state, path.name)
+    denoiser = denoiser_of(pipe)
+    state = load_file(str(path), device=str(denoiser.device))
+    check_erasure(denoiser, state, path.name)
     rounding = metadata.get("base_unet_hash_rounding", "fp16")  # files from before bf16 support hashed in fp16
-    if not same_base(denoiser_of(pipe), expected, rounding, metadata.get("base_unet_norms")):
+    if not same_base(denoiser, expected, rounding, metadata.get("base_unet_norms")):
         raise ErasekitError(
             f"{path.name} was made for base model '{metadata.get('base_model')}' (UNet {expected}), "
-            f"not for this one (UNet {unet_fingerprint(denoiser_of(pipe))}): load the model it was made for"
+            f"not for this one (UNet {unet_fingerprint(denoiser)}): load the model it was made for"
         )
     with torch.no_grad():
-        denoiser_of(pipe).load_state_dict({k: v.to(denoiser_of(pipe).dtype) for k, v in state.items()}, strict=False)
+        denoiser.load_state_dict({k: v.to(denoiser.dtype) for k, v in state.items()}, strict=False)
     return metadata

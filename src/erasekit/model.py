@@ -65,7 +65,8 @@ def _absent(family: type[Family], index: dict) -> dict:
     return {c: None for c in family.optional if not isinstance(index.get(c), list) or index[c][0] is None}
 
 
-def _check_folder(path: Path) -> type[Family]:
+def _check_folder(path: Path) -> tuple[type[Family], dict]:
+    """The folder's family and its model_index.json, once every component it needs is there (one line otherwise)."""
     index_file = path / "model_index.json"
     if not index_file.is_file():
         raise ModelLoadError(f"{path} is not a diffusers pipeline folder: model_index.json is missing")
@@ -87,13 +88,12 @@ def _check_folder(path: Path) -> type[Family]:
                 pickles = [p.name for p in sub.iterdir() if p.suffix in PICKLE_SUFFIXES]
                 detail = f" (found only pickled weights {pickles}: erasekit loads safetensors only; convert them first)" if pickles else ""
                 raise ModelLoadError(f"{path}: no .safetensors weights in '{component}/'{detail}")
-    return family
+    return family, index
 
 
 def _load_folder(path: Path, dtype):
-    family = _check_folder(path)
+    family, index = _check_folder(path)
     try:
-        index = json.loads((path / "model_index.json").read_text())
         return family.pipeline_type().from_pretrained(path, dtype=dtype, use_safetensors=True, local_files_only=True,
                                                       **family.pipeline_kwargs(), **_absent(family, index))
     except (OSError, ValueError, KeyError, RuntimeError) as e:
@@ -103,7 +103,7 @@ def _load_folder(path: Path, dtype):
 def _single_file_family(path: Path, config: str | None) -> type[Family]:
     """A single file's family: its --config folder's, else the one its key names show."""
     if config and Path(config).is_dir():
-        return _check_folder(Path(config))
+        return _check_folder(Path(config))[0]
     from safetensors import safe_open
 
     with safe_open(str(path), "pt") as f:

@@ -56,13 +56,13 @@ class ConceptInversion(Attack):
         vector = torch.nn.Parameter(initial_embedding(erased, init))
         optimizer = torch.optim.Adam([vector], lr=lr)
         generator = torch.Generator("cpu").manual_seed(seed)
-        encode = family_of(erased).encode
+        encode, denoiser = family_of(erased).encode, denoiser_of(erased)
         with placeholder(erased, TOKEN, lambda n: vector.expand(n, -1)), counted("inversion", steps, not progress) as tick:
             for _ in range(steps):
                 pick = torch.randint(0, len(captions), (min(train_batch, len(captions)),), generator=generator)
                 x_t, t, target = denoising_inputs(erased, latents[pick], generator)
                 conditioning = encode(erased, [captions[i] for i in pick])
-                loss = denoising_loss(unet_out(denoiser_of(erased), x_t, t, conditioning), target).mean()
+                loss = denoising_loss(unet_out(denoiser, x_t, t, conditioning), target).mean()
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()

@@ -55,7 +55,7 @@ class UnlearnDiffAtk(Attack):
         prefix = torch.nn.Parameter(vocabulary[start].clone())  # (jobs, k, width), continuous
         optimizer = torch.optim.Adam([prefix], lr=lr)
         captions = [" ".join([PREFIX] * tokens) + " " + p for p, _ in jobs]
-        encode = family_of(erased).encode
+        encode, denoiser = family_of(erased).encode, denoiser_of(erased)
         chunks = [list(range(i, min(i + sampling.batch_size, len(jobs)))) for i in range(0, len(jobs), sampling.batch_size)]
         chunk: list[int] = []
 
@@ -76,7 +76,7 @@ class UnlearnDiffAtk(Attack):
                 for chunk in chunks:
                     x_t, t, target = (x[:, chunk].flatten(0, 1) for x in fixed)
                     conditioning = encode(erased, [captions[i] for i in chunk] * noises)
-                    per_job = denoising_loss(unet_out(denoiser_of(erased), x_t, t, conditioning), target).reshape(noises, len(chunk)).mean(0)
+                    per_job = denoising_loss(unet_out(denoiser, x_t, t, conditioning), target).reshape(noises, len(chunk)).mean(0)
                     (per_job.sum() / len(jobs)).backward()
                     better = per_job.detach().cpu() < best_loss[chunk]
                     best_loss[chunk] = torch.where(better, per_job.detach().cpu(), best_loss[chunk])

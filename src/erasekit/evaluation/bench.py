@@ -230,8 +230,9 @@ def check_bench(methods: list[str], concepts: list[str], settings: BenchSettings
     from ..attacks import check_attack
     from ..model import peek_family
 
+    family = peek_family(settings.model)
     for a in attacks:
-        check_attack(a, None, base=True, family=peek_family(settings.model))
+        check_attack(a, None, base=True, family=family)
     device = resolve_device(settings.device)
     return replace(settings, device=str(device), dtype=dtype_name(resolve_dtype(settings.dtype, device)))
 

@@ -83,6 +83,7 @@ class Family:
     cross_attention: bool = True  # text reaches the image through separate cross-attention layers (attention.py's processors)
     exports: bool = True  # erasekit writes its LoRA and single-file checkpoint (lora.py, single_file.py)
     textual_inversion: bool = True  # its pipeline takes new tokens (diffusers' loader): the token attacks need it
+    optional: tuple[str, ...] = ()  # components a folder may leave out (SD3's T5), loaded as None
 
     @classmethod
     def check_exports(cls, what: str) -> None:
@@ -92,7 +93,6 @@ class Family:
 
             raise ErasekitError(f"{what} of a {cls.label} erasure is not written yet: the erasure file (--out) holds the change, and "
                                 f"plain diffusers applies it with pipe.{cls.denoiser}.load_state_dict(load_file(path), strict=False)")
-    optional: tuple[str, ...] = ()  # components a folder may leave out (SD3's T5), loaded as None
 
     @classmethod
     def pipeline_type(cls):

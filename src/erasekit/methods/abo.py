@@ -44,7 +44,7 @@ from ..errors import ErasekitError
 from ..guidance import Instruction, cfg, explicit_delta
 from ..losses import abo_concept_loss, abo_guidance_target, abo_loss
 from ..sampling import embed, unet_out
-from .base import MethodConfig, TrajectoryBankMethod, needs_cross_attention
+from .base import MethodConfig, TrajectoryBankMethod, kept_concepts, needs_cross_attention
 
 
 @dataclass
@@ -91,9 +91,6 @@ class AboConfig(MethodConfig):
         if self.preserve_weight < 0:
             raise ErasekitError(f"preserve_weight must be >= 0, got {self.preserve_weight}")
 
-    def kept(self) -> list[str]:
-        return [c.strip() for c in self.preserve.split(",") if c.strip()]
-
 
 def trajectory_for(config: AboConfig, replaced: bool) -> str:
     """The trajectory x_t follows, "auto" resolved: a replacement is learnt only where x_t shows it."""
@@ -132,10 +129,11 @@ class Abo(TrajectoryBankMethod):
         if replaced:
             self.instructions.append(Instruction("+replacement", config.replace_scale, **window))
         self.ptp_weights = token_weights(pipe.tokenizer, concepts, concepts, config.ptp_weight)
-        both = sorted(set(config.kept()) & set(concepts))
+        kept = kept_concepts(config.preserve)
+        both = sorted(set(kept) & set(concepts))
         if both:
             raise ErasekitError(f"'{both[0]}' is both erased and preserved: name it in one of them")
-        self.preserve_emb = embed(pipe, config.kept()) if config.kept() else None
+        self.preserve_emb = embed(pipe, kept) if kept else None
 
     def delta(self, x, t, i, concept, eps_uncond, eps_concept):
         cfg = self.config

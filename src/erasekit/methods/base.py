@@ -21,7 +21,7 @@ import torch
 
 from ..bank import build_bank, sample_latents
 from ..errors import ErasekitError, ErasekitWarning
-from ..sampling import sampling_scheduler, embed, latent_shape
+from ..sampling import embed, latent_shape, sampling_scheduler
 from ..families import denoiser_of
 
 
@@ -81,6 +81,11 @@ def replacements_for(concepts: list[str], replacement: str | dict[str, str] | No
     if unknown:
         raise ErasekitError(f"a replacement is given for '{unknown[0]}', which is not among the concepts erased ({', '.join(concepts)})")
     return {c: replacement.get(c) for c in concepts}
+
+
+def kept_concepts(preserve: str) -> list[str]:
+    """The concepts a `preserve` setting names: comma-separated, spaces around each ignored."""
+    return [c.strip() for c in preserve.split(",") if c.strip()]
 
 
 def needs_cross_attention(family, what: str) -> None:
@@ -166,7 +171,7 @@ class WeightEditingMethod(Method):
         self.pipe, self.denoiser, self.config = pipe, denoiser_of(pipe), config
         self.concepts, self.replacement = concepts, replacement  # as given: the run's identity and the metadata
         self.replacements = replacements_for(concepts, replacement)
-        self.device, self.dtype = denoiser_of(pipe).device, denoiser_of(pipe).dtype  # dtype: the compute dtype, taken before training holds masters in float32
+        self.device, self.dtype = self.denoiser.device, self.denoiser.dtype  # dtype: the compute dtype, taken before training holds masters in float32
         self.latent_shape = latent_shape(pipe)
         self.uncond = embed(pipe, [""])
         self.concept_emb = embed(pipe, concepts)

@@ -25,7 +25,7 @@ import torch
 from ..errors import ErasekitError
 from ..guidance import cfg
 from ..losses import esd_loss, esd_target
-from ..sampling import run_sampler, embed, initial_noise, unet_out
+from ..sampling import embed, initial_noise, run_sampler, unet_out
 from .base import MethodConfig, TrajectoryBankMethod
 
 

@@ -71,13 +71,13 @@ class SldPipeline(SteeredPipeline):
         negatives = [negative_prompt] * n if isinstance(negative_prompt, str) else (negative_prompt or [""] * n)
         cond, uncond = embed(pipe, prompt), embed(pipe, negatives)
         embeddings = torch.cat([uncond, cond, self.safety.expand(n, -1, -1)])
-        scheduler = sampling_scheduler(pipe, num_inference_steps)
-        x = torch.cat([torch.randn((1, *latent_shape(pipe)), generator=g, dtype=denoiser_of(pipe).dtype) for g in generator]).to(pipe.device) * noise_scale(scheduler)
+        scheduler, denoiser = sampling_scheduler(pipe, num_inference_steps), denoiser_of(pipe)
+        x = torch.cat([torch.randn((1, *latent_shape(pipe)), generator=g, dtype=denoiser.dtype) for g in generator]).to(pipe.device) * noise_scale(scheduler)
         momentum = torch.zeros_like(x)
 
         def guided(x, t, i):
             nonlocal momentum
-            eps_uncond, eps_text, eps_safety = unet_out(denoiser_of(pipe), x.repeat(3, 1, 1, 1), t, embeddings).chunk(3)
+            eps_uncond, eps_text, eps_safety = unet_out(denoiser, x.repeat(3, 1, 1, 1), t, embeddings).chunk(3)
             gamma, momentum = sld_safety_term(eps_uncond, eps_text, eps_safety, momentum, s.guidance_scale, s.threshold, s.momentum_scale, s.momentum_beta)
             guidance = eps_text - eps_uncond - (gamma if i >= s.warmup_steps else 0)
             return eps_uncond + guidance_scale * guidance

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import ErasekitError
-from .base import ClosedFormMethod, MethodConfig
+from .base import ClosedFormMethod, MethodConfig, kept_concepts
 
 
 def uce_solution(W: torch.Tensor, erase_inputs: torch.Tensor, erase_targets: torch.Tensor, preserve_inputs: torch.Tensor,
@@ -75,7 +75,7 @@ class Uce(ClosedFormMethod):
         # The token embeddings, while the text encoder is at hand (erase() moves it off an accelerator for the edit).
         pairs = [self._aligned_tokens(c, self.replacements[c] or "") for c in concepts]
         self.erase_inputs, self.erase_targets = torch.cat([p[0] for p in pairs]), torch.cat([p[1] for p in pairs])
-        self.kept = [c.strip() for c in config.preserve.split(",") if c.strip()]
+        self.kept = kept_concepts(config.preserve)
         self.preserve_inputs = (torch.cat([self._aligned_tokens(c, c)[0] for c in self.kept]) if self.kept
                                 else self.erase_inputs.new_zeros((0, self.erase_inputs.shape[1])))
 
