@@ -6,6 +6,7 @@ import copy
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from erasekit import erase
 from erasekit.api import generate_batch
@@ -45,25 +46,36 @@ def test_only_weight_matrices_become_factors_and_the_rest_is_listed_as_dropped()
         erasure_lora(base, erased, 0)
 
 
-@pytest.mark.parametrize("family", ["sd", "sdxl"])
+@pytest.mark.parametrize("family", ["sd", "sdxl", "sd3"])
 def test_diffusers_load_lora_weights_gives_what_erasekits_own_loader_gives(family, tmp_path):
-    pipe = build_tiny_sd("1") if family == "sd" else build_tiny_sdxl()
-    base = copy.deepcopy(pipe)
+    """Both formats, keyed to the family's denoiser (SD3: transformer.* and lora_transformer_*, the keys
+    ComfyUI maps for SD3); diffusers reads kohya's for the UNet families only, so SD3's default is peft."""
+    from erasekit.families import denoiser_of, family_of
+    from erasekit.sampling import latent_shape
+    from erasekit.testing import random_sd3_pipeline
+
+    pipe = {"sd": lambda: build_tiny_sd("1"), "sdxl": build_tiny_sdxl, "sd3": random_sd3_pipeline}[family]()
+    base, name = copy.deepcopy(pipe), family_of(pipe).denoiser
     erasure = erase(pipe, method="abo", concepts="square", **{**gentle("abo"), "steps": 3})
-    x, c = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0)), embed(base, ["a red square"])
+    x, c = torch.randn(1, *latent_shape(pipe), generator=torch.Generator().manual_seed(0)), embed(base, ["a red square"])
     with torch.no_grad():
-        full, untouched = unet_out(pipe.unet, x, 500, c), unet_out(base.unet, x, 500, c)
+        full, untouched = unet_out(denoiser_of(pipe), x, 500, c), unet_out(denoiser_of(base), x, 500, c)
     for fmt in ("peft", "kohya"):
         path = tmp_path / f"{fmt}.safetensors"
-        save_lora(erasure.lora(4), path, fmt)
-        ours, theirs = copy.deepcopy(base), copy.deepcopy(base)
-        apply_lora(ours.unet, path)
-        theirs.load_lora_weights(str(path))
+        save_lora(erasure.lora(4), path, fmt, denoiser=name)
+        assert all(k.startswith(f"{name}." if fmt == "peft" else f"lora_{name}_") for k in load_file(str(path))), fmt
+        ours = copy.deepcopy(base)
+        apply_lora(denoiser_of(ours), path, name)
         with torch.no_grad():
-            a, b = unet_out(ours.unet, x, 500, c), unet_out(theirs.unet, x, 500, c)
-        assert (a - b).abs().max() < 1e-5, fmt
+            a = unet_out(denoiser_of(ours), x, 500, c)
         # rank 4 is close to the full change next to the change itself
         assert (a - full).abs().max() < 0.2 * (full - untouched).abs().max(), fmt
+        if fmt == family_of(pipe).lora_format or family != "sd3":
+            theirs = copy.deepcopy(base)
+            theirs.load_lora_weights(str(path))
+            with torch.no_grad():
+                b = unet_out(denoiser_of(theirs), x, 500, c)
+            assert (a - b).abs().max() < 1e-5, fmt
     if family == "sd":  # and the images agree, to float rounding
         job = [("a red square", 0, 7.5)]
         images = [generate_batch(p, job, steps=4)[0] for p in (ours, theirs)]
@@ -134,7 +146,6 @@ def test_a_large_deltas_randomised_svd_gives_the_exact_ones_rank_factors_and_err
 
 
 def test_erase_writes_a_kohya_lora_of_the_automatic_rank_by_default(tmp_path):
-    from safetensors.torch import load_file
     from typer.testing import CliRunner
 
     from erasekit.cli import app

@@ -42,6 +42,25 @@ def test_flow_matching_noising_and_euler_sampling_agree_with_the_straight_path(t
     torch.testing.assert_close(run_sampler(scheduler, epsilon, lambda x, t, i: epsilon - x0), landed)  # a second run starts afresh
 
 
+def test_erasekits_own_sampler_and_decoder_draw_what_the_sd3_pipeline_draws(tiny_sd3_folder):
+    """The bank, SLD and purify sample with run_sampler and decode: the pipeline's own images, seed for
+    seed (the decoder undoes the VAE's shift as well as its scale)."""
+    from erasekit.guidance import cfg
+    from erasekit.sampling import decode, embed, initial_noise, latent_shape, unet_out
+
+    from .conftest import pixel_diff
+
+    pipe = load_pipeline(str(tiny_sd3_folder))
+    assert pipe.vae.config.shift_factor
+    steps, scale = 3, 4.0
+    scheduler = sampling_scheduler(pipe, steps)
+    x = initial_noise(1, latent_shape(pipe), torch.Generator().manual_seed(5), scheduler)
+    c = embed(pipe, ["", "a red circle"])
+    ours = decode(pipe, run_sampler(scheduler, x, lambda x, t, i: cfg(*unet_out(pipe.transformer, x.expand(2, -1, -1, -1), t, c).chunk(2), scale)))
+    theirs = pipe("a red circle", generator=torch.Generator().manual_seed(5), num_inference_steps=steps, guidance_scale=scale).images
+    assert pixel_diff(ours[0], theirs[0]).max() <= 1
+
+
 @pytest.mark.parametrize("method", WEIGHT_METHODS)
 def test_every_weight_method_erases_sd3_saves_and_reloads_into_plain_diffusers(method, tiny_sd3_folder, tmp_path):
     from diffusers import StableDiffusion3Pipeline
@@ -114,10 +133,8 @@ def test_the_cli_refuses_what_sd3_lacks_before_any_work(tiny_sd3_folder, tmp_pat
     from erasekit.cli import app
 
     cases = {
-        "--save-lora": (["erase", "-c", "circle", "--model", str(tiny_sd3_folder), "--out", str(tmp_path / "e.safetensors"),
-                         "--save-lora", str(tmp_path / "l.safetensors")], "a LoRA (--save-lora) of a SD3 erasure is not written yet"),
         "--save-checkpoint": (["erase", "-c", "circle", "--model", str(tiny_sd3_folder), "--out", str(tmp_path / "e.safetensors"),
-                               "--save-checkpoint", str(tmp_path / "m.safetensors")], "single-file checkpoint (--save-checkpoint) of a SD3"),
+                               "--save-checkpoint", str(tmp_path / "m.safetensors")], "a single-file checkpoint of a SD3 erasure is not written yet"),
         "inversion": (["attack", "-c", "circle", "--model", str(tiny_sd3_folder), "--attack", "inversion", "--out", str(tmp_path / "a")],
                       "the inversion attack learns a new token"),
     }
@@ -125,6 +142,32 @@ def test_the_cli_refuses_what_sd3_lacks_before_any_work(tiny_sd3_folder, tmp_pat
         result = CliRunner().invoke(app, args)
         assert result.exit_code != 0 and message in result.output, (name, result.output)
     assert not any(tmp_path.iterdir())  # refused before anything was written
+
+
+def test_the_cli_writes_an_sd3_lora_in_diffusers_keys_that_load_lora_weights_reads(tiny_sd3_folder, tmp_path):
+    from diffusers import StableDiffusion3Pipeline
+    from typer.testing import CliRunner
+
+    from erasekit.cli import app
+    from erasekit.lora import apply_lora
+
+    lora = tmp_path / "l.safetensors"
+    result = CliRunner().invoke(app, ["erase", "-c", "circle", "--method", "uce", "--model", str(tiny_sd3_folder),
+                                      "--out", str(tmp_path / "e.safetensors"), "--save-lora", str(lora)])
+    assert result.exit_code == 0 and "peft LoRA" in result.output, result.output
+    assert all(k.startswith("transformer.context_embedder.lora_") for k in load_file(str(lora)))  # UCE's layer on SD3
+    theirs = StableDiffusion3Pipeline.from_pretrained(tiny_sd3_folder, text_encoder_3=None, tokenizer_3=None)
+    theirs.load_lora_weights(str(lora))
+    theirs.fuse_lora()
+    theirs.unload_lora_weights()  # the fused weights stay, under their own names
+    ours = load_pipeline(str(tiny_sd3_folder))
+    apply_lora(ours.transformer, lora, "transformer")
+    erased = load_pipeline(str(tiny_sd3_folder))
+    load_erasure(erased, tmp_path / "e.safetensors")
+    weight = "context_embedder.weight"
+    mine, plain, full = (dict(p.transformer.named_parameters())[weight] for p in (ours, theirs, erased))
+    torch.testing.assert_close(plain, mine)
+    assert (mine - full).norm() <= 0.011 * (full - dict(load_pipeline(str(tiny_sd3_folder)).transformer.named_parameters())[weight]).norm()
 
 
 def test_flow_inversion_then_sampling_gives_the_latents_back_closer_with_more_steps(tiny_sd3_folder):

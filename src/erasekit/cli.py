@@ -286,8 +286,9 @@ def erase(
     save_lora: Optional[Path] = typer.Option(None, help="Also write the change as a LoRA (truncated SVD of each weight's delta): pipe.load_lora_weights(FILE) loads it."),
     lora_rank: Optional[int] = typer.Option(None, help="The LoRA's rank (default: the smallest that keeps every layer's change within 1%, at most 128; "
                                             "lower is smaller and coarser, and the output says how close it is)."),
-    lora_format: str = typer.Option("kohya", help="kohya (lora_unet_* keys: A1111, ComfyUI and diffusers' load_lora_weights read it) "
-                                    "or peft (diffusers' own keys, which ComfyUI ignores: every key 'not loaded')."),
+    lora_format: Optional[str] = typer.Option(None, help="kohya (lora_unet_* keys: A1111, ComfyUI and diffusers' load_lora_weights read them; "
+                                              "the default for SD and SDXL) or peft (diffusers' own keys: ComfyUI ignores them for SD and SDXL "
+                                              "and reads them for SD3, where they are the default)."),
     checkpoint_every: int = typer.Option(50, help="Checkpoint every N steps into OUT.ckpt/ (removed when done)."),
     resume: bool = typer.Option(False, help="Continue from OUT.ckpt/ exactly where an interrupted run stopped."),
     report: Optional[Path] = typer.Option(None, help="Write a before/after report (grid.png, report.md, metrics.json) to this folder."),
@@ -331,14 +332,13 @@ def erase(
         raise ErasekitError(f"--lora-rank must be at least 1, got {lora_rank}")
     from .lora import FORMATS
 
-    if lora_format not in FORMATS:
+    if lora_format is not None and lora_format not in FORMATS:
         raise ErasekitError(f"unknown --lora-format '{lora_format}': use {' or '.join(FORMATS)}")
     from .model import peek_family
 
     family = peek_family(model, config)
-    for flag, what in ((save_lora, "a LoRA (--save-lora)"), (save_checkpoint, "a single-file checkpoint (--save-checkpoint)")):
-        if flag is not None and family is not None:
-            family.check_exports(what)
+    if save_checkpoint is not None and family is not None:
+        family.check_single_file()
     checkpoint, keeps = checkpoint_folder(out), "--out's checkpoint folder"
     check_paths({"--model": _model_path(model), "--config": _local(config), "--concepts-file": concepts_file},
                 [("--out", out), ("--save-lora", save_lora), ("--save-checkpoint", save_checkpoint),
@@ -367,14 +367,11 @@ def erase(
     meta = erasure.metadata
     typer.echo(f"wrote {out} ({len(erasure.names)} changed tensors, trained in {meta['base_dtype']} on {meta['device']}, final loss {meta['final_loss']})")
     if save_lora is not None:
-        from .lora import TOLERANCE
-        from .lora import save_lora as write_lora
-
         from .families import family_of
+        from .lora import TOLERANCE
 
-        family_of(erasure.pipe).check_exports("a LoRA (--save-lora)")  # a hub model's family is known only once loaded
-        lora = erasure.lora(lora_rank)
-        write_lora(lora, save_lora, lora_format, {"erasekit.method": method, "erasekit.concepts": ",".join(concept), "erasekit.rank": lora.rank})
+        lora_format = lora_format or family_of(erasure.pipe).lora_format
+        lora = erasure.save_lora(save_lora, lora_rank, lora_format)
         worst = max(lora.error.values(), default=0.0)
         if lora_rank is None:
             why = f", the smallest within {TOLERANCE:.0%} on every layer" if worst <= TOLERANCE else f", the cap: some layer stays above {TOLERANCE:.0%}"

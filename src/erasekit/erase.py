@@ -57,6 +57,16 @@ class Erasure:
 
         return erasure_lora(self.base, self.tensors, rank)
 
+    def save_lora(self, path: Path | str, rank: int | None = None, fmt: str | None = None):
+        """Write the change as a LoRA (`lora`) in `fmt`, by default the one every client of the family
+        reads (Family.lora_format), keyed to the family's denoiser, atomically; returns the lora.Lora."""
+        from .lora import save_lora
+
+        family, lora = family_of(self.pipe), self.lora(rank)
+        meta = {"erasekit.method": self.metadata["method"], "erasekit.concepts": ",".join(self.metadata["concepts"]), "erasekit.rank": lora.rank}
+        save_lora(lora, path, fmt or family.lora_format, meta, family.denoiser)
+        return lora
+
     def save_pipeline(self, folder: Path | str) -> Path:
         """The whole erased pipeline as a diffusers folder (diffusers_folder.save_pipeline), written atomically."""
         from .diffusers_folder import save_pipeline
@@ -67,7 +77,7 @@ class Erasure:
         """The whole erased model as one safetensors file in the original layout (single_file); returns the tensor count."""
         from .single_file import save_checkpoint
 
-        family_of(self.pipe).check_exports("a single-file checkpoint")
+        family_of(self.pipe).check_single_file()
         return save_checkpoint(self.pipe, path)
 
 

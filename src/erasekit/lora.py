@@ -1,4 +1,5 @@
-"""An erasure as a LoRA, in the formats the ecosystem loads (kohya for A1111, ComfyUI and diffusers; diffusers/PEFT).
+"""An erasure as a LoRA, in the formats the ecosystem loads: kohya (A1111, ComfyUI; diffusers for SD and
+SDXL) and diffusers' own PEFT keys (diffusers; ComfyUI too for SD3's transformer).
 
 Each changed weight's delta ΔW = W_erased - W_base is factored by a truncated SVD into up @ down of
 rank r (the best rank-r approximation in the Frobenius norm, Eckart-Young), split as
@@ -22,7 +23,7 @@ from safetensors.torch import load_file, save_file
 from .errors import ErasekitError
 from .io import atomic_path
 
-FORMATS = ("kohya", "peft")  # the first is the default: A1111, ComfyUI and diffusers all read it; ComfyUI ignores every peft key
+FORMATS = ("kohya", "peft")  # each family names its default (Family.lora_format): the one every client of it reads
 
 
 @dataclass
@@ -124,41 +125,45 @@ def erasure_lora(base: dict[str, torch.Tensor], erased: dict[str, torch.Tensor],
     return lora
 
 
-def save_lora(lora: Lora, path: Path | str, fmt: str = FORMATS[0], metadata: dict | None = None) -> None:
-    """Write `lora` as a safetensors file, atomically.
+def save_lora(lora: Lora, path: Path | str, fmt: str = FORMATS[0], metadata: dict | None = None, denoiser: str = "unet") -> None:
+    """Write `lora` as a safetensors file, atomically; `denoiser` is the pipeline's attribute the
+    modules belong to (Family.denoiser: "unet", or SD3's "transformer").
 
-    peft: diffusers' own keys (unet.<module>.lora_A/lora_B), loaded by `pipe.load_lora_weights(path)`.
-    kohya: lora_unet_<module with underscores>.lora_down/lora_up/alpha, read by A1111 and ComfyUI
-    (and by diffusers' load_lora_weights, which converts it).
+    peft: diffusers' own keys (<denoiser>.<module>.lora_A/lora_B), loaded by `pipe.load_lora_weights(path)`,
+    and by ComfyUI for SD3, where it reads "transformer.<module>" (its model_lora_keys_unet).
+    kohya: lora_<denoiser>_<module with underscores>.lora_down/lora_up/alpha (alpha = rank: scale 1),
+    read by A1111 and ComfyUI (lora_transformer_*: OneTrainer's SD3 keys), and by diffusers'
+    load_lora_weights for SD and SDXL, which converts it.
     """
     if fmt not in FORMATS:
         raise ErasekitError(f"unknown LoRA format '{fmt}'; choose from {', '.join(FORMATS)}")
     tensors = {}
     for module in lora.up:
-        tensors[f"unet.{module}.lora_A.weight"] = lora.down[module]
-        tensors[f"unet.{module}.lora_B.weight"] = lora.up[module]
-    if fmt == "kohya":
-        from diffusers.utils.state_dict_utils import convert_state_dict_to_kohya
-
-        tensors = convert_state_dict_to_kohya(tensors)  # diffusers' own conversion; alpha = rank, so scale 1
+        if fmt == "peft":
+            tensors |= {f"{denoiser}.{module}.lora_A.weight": lora.down[module], f"{denoiser}.{module}.lora_B.weight": lora.up[module]}
+        else:
+            stem = f"lora_{denoiser}_{module.replace('.', '_')}"
+            tensors |= {f"{stem}.lora_down.weight": lora.down[module], f"{stem}.lora_up.weight": lora.up[module],
+                        f"{stem}.alpha": torch.tensor(lora.down[module].shape[0])}
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata={k: str(v) for k, v in (metadata or {}).items()})
 
 
-def apply_lora(unet, path: Path | str) -> None:
-    """Merge a LoRA file of either format into `unet`'s weights in place (W += up @ down)."""
+def apply_lora(denoiser: torch.nn.Module, path: Path | str, name: str = "unet") -> None:
+    """Merge a LoRA file of either format into `denoiser`'s weights in place (W += up @ down); `name` is
+    the pipeline's attribute holding it, as the keys spell it ("unet", or SD3's "transformer")."""
     state = load_file(str(path))
-    params = dict(unet.named_parameters())
+    params = dict(denoiser.named_parameters())
     modules = {}
     for key, tensor in state.items():
-        if key.startswith("unet.") and ".lora_" in key:
-            module, part = key.removeprefix("unet.").split(".lora_", 1)
+        if key.startswith(f"{name}.") and ".lora_" in key:
+            module, part = key.removeprefix(f"{name}.").split(".lora_", 1)
             modules.setdefault(module, {})[{"A.weight": "down", "B.weight": "up"}[part]] = tensor
-        elif key.startswith("lora_unet_") and not key.endswith(".alpha"):
+        elif key.startswith(f"lora_{name}_") and not key.endswith(".alpha"):
             stem, part = key.split(".", 1)
-            modules.setdefault(_module_of(stem, params), {})[{"lora_down.weight": "down", "lora_up.weight": "up"}[part]] = tensor
+            modules.setdefault(_module_of(stem, params, name), {})[{"lora_down.weight": "down", "lora_up.weight": "up"}[part]] = tensor
     if not modules:
-        raise ErasekitError(f"{Path(path).name} holds no UNet LoRA weights (unet.*.lora_A/B or lora_unet_*)")
+        raise ErasekitError(f"{Path(path).name} holds no LoRA weights for the {name} ({name}.*.lora_A/B or lora_{name}_*)")
     with torch.no_grad():
         for module, parts in modules.items():
             weight = params[f"{module}.weight"]
@@ -166,10 +171,10 @@ def apply_lora(unet, path: Path | str) -> None:
             weight += (up.flatten(1) @ down.flatten(1)).reshape(weight.shape).to(weight.dtype)
 
 
-def _module_of(stem: str, params: dict) -> str:
-    """The UNet module a kohya key names (its dots were written as underscores)."""
-    for name in params:
-        module = name.rsplit(".", 1)[0]
-        if "lora_unet_" + module.replace(".", "_") == stem:
+def _module_of(stem: str, params: dict, name: str) -> str:
+    """The module a kohya key names (its dots were written as underscores)."""
+    for parameter in params:
+        module = parameter.rsplit(".", 1)[0]
+        if f"lora_{name}_" + module.replace(".", "_") == stem:
             return module
-    raise ErasekitError(f"LoRA key {stem} names no module of this UNet")
+    raise ErasekitError(f"LoRA key {stem} names no module of this {name}")

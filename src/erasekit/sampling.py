@@ -89,14 +89,19 @@ def latent_shape(pipe) -> tuple[int, int, int]:
 
 @torch.no_grad()
 def encode_images(pipe, images) -> torch.Tensor:
-    """Images to latents (the VAE posterior's mean, scaled), resized to the pipeline's size."""
+    """Images to latents (the VAE posterior's mean, shifted and scaled), resized to the pipeline's size."""
     size = denoiser_of(pipe).config.sample_size * pipe.vae_scale_factor
     x = pipe.image_processor.preprocess(images, height=size, width=size).to(pipe.vae.device, pipe.vae.dtype)
-    return pipe.vae.encode(x).latent_dist.mean * pipe.vae.config.scaling_factor
+    return (pipe.vae.encode(x).latent_dist.mean - _shift(pipe.vae)) * pipe.vae.config.scaling_factor
 
 
 @torch.no_grad()
 def decode(pipe, latents: torch.Tensor, output_type: str = "pil"):
     """Latents to images, as the pipeline's own call ends."""
-    images = pipe.vae.decode(latents / pipe.vae.config.scaling_factor).sample
+    images = pipe.vae.decode(latents / pipe.vae.config.scaling_factor + _shift(pipe.vae)).sample
     return pipe.image_processor.postprocess(images, output_type=output_type, do_denormalize=[True] * latents.shape[0])
+
+
+def _shift(vae) -> float:
+    """The VAE's latent mean, taken off before scaling (SD3's and FLUX's VAEs; none in SD's)."""
+    return getattr(vae.config, "shift_factor", None) or 0.0

@@ -84,7 +84,7 @@ def random_sd3_pipeline(transformer_config: dict = SD3_SCALED_DOWN, *, seed: int
         config.projection_dim = width
         encoders.append(CLIPTextModelWithProjection(config))
     pipe = StableDiffusion3Pipeline(
-        transformer=transformer, vae=_vae(shift_factor=0.0), scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+        transformer=transformer, vae=_vae(shift_factor=0.0609), scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
         text_encoder=encoders[0], tokenizer=tokenizer, text_encoder_2=encoders[1], tokenizer_2=tokenizer, text_encoder_3=None, tokenizer_3=None,
     )
     pipe.set_progress_bar_config(disable=True)

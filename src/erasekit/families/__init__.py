@@ -81,18 +81,19 @@ class Family:
     sampler: str = "DDIMScheduler"  # the diffusers scheduler erasekit samples with (sampling.run_sampler)
     presets: dict = {}  # parameter presets whose rules differ from presets.py's (the UNet's)
     cross_attention: bool = True  # text reaches the image through separate cross-attention layers (attention.py's processors)
-    exports: bool = True  # erasekit writes its LoRA and single-file checkpoint (lora.py, single_file.py)
+    lora_format: str = "kohya"  # the LoRA layout every client of the family reads (lora.py): A1111, ComfyUI and diffusers
+    single_file: bool = True  # erasekit writes its single-file checkpoint (single_file.py)
     textual_inversion: bool = True  # its pipeline takes new tokens (diffusers' loader): the token attacks need it
     optional: tuple[str, ...] = ()  # components a folder may leave out (SD3's T5), loaded as None
 
     @classmethod
-    def check_exports(cls, what: str) -> None:
-        """Refuse, in one line, a LoRA or single-file export erasekit does not write for this family yet."""
-        if not cls.exports:
+    def check_single_file(cls) -> None:
+        """Refuse, in one line, a single-file checkpoint erasekit does not write for this family yet."""
+        if not cls.single_file:
             from ..errors import ErasekitError
 
-            raise ErasekitError(f"{what} of a {cls.label} erasure is not written yet: the erasure file (--out) holds the change, and "
-                                f"plain diffusers applies it with pipe.{cls.denoiser}.load_state_dict(load_file(path), strict=False)")
+            raise ErasekitError(f"a single-file checkpoint of a {cls.label} erasure is not written yet: the erasure file (--out) or "
+                                f"the LoRA (--save-lora) holds the change, and --save-pipeline writes the whole erased model as a diffusers folder")
 
     @classmethod
     def pipeline_type(cls):

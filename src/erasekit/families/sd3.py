@@ -34,7 +34,8 @@ class StableDiffusion3(Family):
     denoiser = "transformer"
     sampler = "FlowMatchEulerDiscreteScheduler"
     cross_attention = False  # joint attention: text and image tokens attend together
-    exports = False
+    lora_format = "peft"  # diffusers' keys (transformer.*): diffusers and ComfyUI read them; ComfyUI alone reads kohya's lora_transformer_*
+    single_file = False
     textual_inversion = False  # StableDiffusion3Pipeline has no textual-inversion loader
     # What the UNet's presets mean here. Text reaches the image only through joint attention, so
     # "attn2" is its text stream's queries and keys in every block, the layers EraseAnything trains
