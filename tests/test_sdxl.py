@@ -135,9 +135,9 @@ def test_sdxl_folders_get_the_same_one_line_errors(tiny_sdxl_folder, tmp_path):
     with pytest.raises(ModelLoadError, match="component folder 'text_encoder_2/' is missing"):
         load_pipeline(str(folder))
     index = json.loads((folder / "model_index.json").read_text())
-    (folder / "model_index.json").write_text(json.dumps(index | {"_class_name": "FluxPipeline"}))
-    with pytest.raises(ModelLoadError, match="holds a FluxPipeline; erasekit supports StableDiffusionPipeline .SD 1.x/2.x., StableDiffusionXLPipeline .SDXL., "
-                                             "StableDiffusion3Pipeline .SD3."):
+    (folder / "model_index.json").write_text(json.dumps(index | {"_class_name": "PixArtSigmaPipeline"}))
+    with pytest.raises(ModelLoadError, match="holds a PixArtSigmaPipeline; erasekit supports StableDiffusionPipeline .SD 1.x/2.x., StableDiffusionXLPipeline .SDXL., "
+                                             "StableDiffusion3Pipeline .SD3., FluxPipeline .FLUX."):
         load_pipeline(str(folder))
 
 

@@ -32,14 +32,20 @@ def make_batches(jobs: list[Job], batch_size: int) -> list[list[Job]]:
 
 
 def generate_batch(pipe, batch: list[Job], steps: int, negative_prompt: str | None = None) -> list[Image.Image]:
-    """One pipeline call; every image has its own generator, so it depends only on (prompt, seed)."""
+    """One pipeline call; every image has its own generator, so it depends only on (prompt, seed). The
+    size is the model's own (FLUX's pipeline would draw 1024 pixels whatever the model)."""
+    from .families import family_of
+
+    size = sizes_of(pipe)["image_size"]
     return pipe(
         prompt=[p for p, _, _ in batch],
         negative_prompt=[negative_prompt] * len(batch) if negative_prompt else None,
         generator=[torch.Generator("cpu").manual_seed(s) for _, s, _ in batch],
         num_inference_steps=steps,
         guidance_scale=batch[0][2],
+        height=size, width=size,
         output_type="pil",
+        **(family_of(pipe).negative_guidance(batch[0][2]) if negative_prompt else {}),
     ).images
 
 

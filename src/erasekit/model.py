@@ -16,7 +16,7 @@ import torch
 
 from .assets import builtin_pipeline_dir
 from .errors import ErasekitError
-from .families import Family, denoiser_of, family_named, family_of_checkpoint, supported
+from .families import Family, family_named, family_of_checkpoint, supported
 from .precision import resolve_device, resolve_dtype
 
 PICKLE_SUFFIXES = {".ckpt", ".bin", ".pt", ".pth", ".pkl", ".pickle"}
@@ -247,19 +247,21 @@ def peek_family(source: str | os.PathLike, config: str | None = None) -> type[Fa
 def peek_sizes(source: str | os.PathLike, config: str | None = None) -> dict:
     """What the configuration files say without loading weights: `image_size` (pixels per side) and
     `train_timesteps` (the scheduler's length, the most sampling steps it takes); {} where unknown."""
-    folder = _config_folder(source, config)
-    if folder is None:
+    folder, family = _config_folder(source, config), peek_family(source, config)
+    if folder is None or family is None:
         return {}
     try:
-        unet = json.loads((folder / "unet" / "config.json").read_text())
+        denoiser = json.loads((folder / family.denoiser / "config.json").read_text())
         vae = json.loads((folder / "vae" / "config.json").read_text())
         scheduler = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
         factor = 2 ** (len(vae["block_out_channels"]) - 1)
-        return {"image_size": int(unet["sample_size"]) * factor, "train_timesteps": int(scheduler.get("num_train_timesteps", 1000))}
+        return {"image_size": int(family.latent_shape(denoiser, vae)[1]) * factor, "train_timesteps": int(scheduler.get("num_train_timesteps", 1000))}
     except (OSError, ValueError, KeyError, TypeError):
         return {}
 
 
 def sizes_of(pipe) -> dict:
     """peek_sizes of a loaded pipeline."""
-    return {"image_size": denoiser_of(pipe).config.sample_size * pipe.vae_scale_factor, "train_timesteps": pipe.scheduler.config.num_train_timesteps}
+    from .sampling import latent_shape
+
+    return {"image_size": latent_shape(pipe)[1] * pipe.vae_scale_factor, "train_timesteps": pipe.scheduler.config.num_train_timesteps}

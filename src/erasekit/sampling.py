@@ -4,7 +4,8 @@ decoding images; shared by the bank, the methods, the attacks and the reference.
 The hook `guided(x, t, i)` returns the model output to step with at timestep t (sampling-step
 index i, 0 = noisiest); callers record in it whatever they need along the trajectory. Each family
 samples as its pipeline does: DDIM (η = 0; epsilon and v-prediction alike) for Stable Diffusion
-and SDXL, flow-matching Euler for SD3, stepped by the diffusers scheduler the family names.
+and SDXL, flow-matching Euler for SD3 and FLUX, stepped by the diffusers scheduler the family names
+and set as its pipeline sets it (`Family.set_timesteps`).
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ def sampling_scheduler(pipe, steps: int):
     """A fresh scheduler of the family's sampler (`Family.sampler`) on the pipeline's noise schedule, set to `steps` steps."""
     import diffusers
 
-    scheduler = getattr(diffusers, family_of(pipe).sampler).from_config(pipe.scheduler.config)
-    scheduler.set_timesteps(steps)
+    family = family_of(pipe)
+    scheduler = getattr(diffusers, family.sampler).from_config(pipe.scheduler.config)
+    family.set_timesteps(scheduler, steps, latent_shape(pipe))
     return scheduler
 
 
@@ -83,14 +85,14 @@ def noise_scale(scheduler) -> float:
 
 
 def latent_shape(pipe) -> tuple[int, int, int]:
-    config = denoiser_of(pipe).config
-    return (config.in_channels, config.sample_size, config.sample_size)
+    """(channels, height, width) of the latents the pipeline draws by default (Family.latent_shape)."""
+    return family_of(pipe).latent_shape(denoiser_of(pipe).config, pipe.vae.config)
 
 
 @torch.no_grad()
 def encode_images(pipe, images) -> torch.Tensor:
     """Images to latents (the VAE posterior's mean, shifted and scaled), resized to the pipeline's size."""
-    size = denoiser_of(pipe).config.sample_size * pipe.vae_scale_factor
+    size = latent_shape(pipe)[1] * pipe.vae_scale_factor
     x = pipe.image_processor.preprocess(images, height=size, width=size).to(pipe.vae.device, pipe.vae.dtype)
     return (pipe.vae.encode(x).latent_dist.mean - _shift(pipe.vae)) * pipe.vae.config.scaling_factor
 

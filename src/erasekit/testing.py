@@ -91,6 +91,46 @@ def random_sd3_pipeline(transformer_config: dict = SD3_SCALED_DOWN, *, seed: int
     return pipe
 
 
+# FLUX.1-dev's transformer (19 dual- and 38 single-stream blocks of 24 heads x 128, text 4096 wide, pooled
+# 768, guidance embedded), scaled down to one block of each, on the 4-channel tiny VAE (16 packed).
+FLUX_SCALED_DOWN = dict(
+    patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=8, num_attention_heads=2,
+    joint_attention_dim=32, pooled_projection_dim=24, guidance_embeds=True, axes_dims_rope=(2, 2, 4),
+)
+
+
+def random_flux_pipeline(transformer_config: dict = FLUX_SCALED_DOWN, *, seed: int = 0):
+    """A FluxPipeline around a random FluxTransformer2DModel of `transformer_config`, with a two-layer CLIP
+    text encoder (the pooled embedding) and a two-layer T5 encoder (the sequence) over the shapes world's
+    words, a two-level VAE with FLUX's shift and scale, and FLUX.1-dev's shifted flow-matching Euler."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import CLIPTextModel, T5Config, T5EncoderModel
+
+    torch.manual_seed(seed)
+    tokenizer, t5_tokenizer = _tokenizer(), _t5_tokenizer()
+    transformer = FluxTransformer2DModel(**transformer_config)
+    clip = CLIPTextModel(_text_config(tokenizer, transformer.config.pooled_projection_dim, 2, "quick_gelu"))
+    width = transformer.config.joint_attention_dim
+    t5 = T5EncoderModel(T5Config(vocab_size=len(t5_tokenizer), d_model=width, d_kv=width // 4, d_ff=2 * width, num_layers=2, num_heads=4,
+                                 feed_forward_proj="gated-gelu", pad_token_id=t5_tokenizer.pad_token_id, eos_token_id=t5_tokenizer.eos_token_id))
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+                                                base_image_seq_len=256, max_image_seq_len=4096)
+    pipe = FluxPipeline(transformer=transformer, vae=_vae(shift_factor=0.1159, scaling_factor=0.3611), scheduler=scheduler,
+                        text_encoder=clip, tokenizer=tokenizer, text_encoder_2=t5, tokenizer_2=t5_tokenizer)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _t5_tokenizer():
+    """A T5 tokenizer (SentencePiece unigram) whose pieces are the shapes world's words, as "▁word", and letters for the rest."""
+    from transformers import T5Tokenizer
+
+    words = sorted(t.removesuffix("</w>") for t in _tokenizer().get_vocab() if t.endswith("</w>") and t[:-4].isalpha())
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -5.0)] + [("▁" + w, -1.0) for w in words]
+    pieces += [(c, -5.0) for c in "abcdefghijklmnopqrstuvwxyz"]
+    return T5Tokenizer(vocab=pieces, extra_ids=0)
+
+
 def _tokenizer():
     from .shapes.tokenizer import save_tokenizer
 

@@ -22,7 +22,7 @@ from ..losses import denoising_loss
 from ..progress import counted
 from ..sampling import encode_images, unet_out
 from . import Attack, Found
-from .tokens import concept_images, denoising_inputs, input_embeddings, mention, placeholder
+from .tokens import concept_images, denoising_inputs, mention, placeholder, word_embeddings
 
 TOKEN = "<concept>"
 
@@ -35,7 +35,7 @@ def with_token(prompt: str, concept: str, token: str) -> str:
 
 def initial_embedding(pipe, words: str) -> torch.Tensor:
     """The mean input embedding of the tokens of `words` (in every text encoder): where the learned token starts."""
-    return input_embeddings(pipe, pipe.tokenizer.tokenize(words)).mean(0)
+    return word_embeddings(pipe, [words])[0]
 
 
 class ConceptInversion(Attack):

@@ -30,10 +30,11 @@ def split_widths(pipe, vector: torch.Tensor) -> tuple[torch.Tensor, ...]:
     return vector.split([encoder.get_input_embeddings().weight.shape[1] for _, encoder in text_pairs(pipe)], dim=-1)
 
 
-def input_embeddings(pipe, tokens: list[str]) -> torch.Tensor:
-    """(len(tokens), sum of widths): each token's input embedding in every text encoder, side by side."""
-    return torch.cat([encoder.get_input_embeddings().weight[tokenizer.convert_tokens_to_ids(tokens)].detach().float()
-                      for tokenizer, encoder in text_pairs(pipe)], dim=-1)
+def word_embeddings(pipe, texts: list[str]) -> torch.Tensor:
+    """(len(texts), sum of widths): the mean input embedding of each text's tokens in every text encoder,
+    side by side (each tokenizer splits the text its own way: CLIP's BPE, T5's SentencePiece)."""
+    return torch.cat([torch.stack([encoder.get_input_embeddings().weight[tokenizer(text, add_special_tokens=False).input_ids].detach().float().mean(0)
+                                   for text in texts]) for tokenizer, encoder in text_pairs(pipe)], dim=-1)
 
 
 def word_tokens(tokenizer) -> torch.Tensor:
@@ -43,14 +44,23 @@ def word_tokens(tokenizer) -> torch.Tensor:
 
 
 def word_vocabulary(pipe) -> tuple[torch.Tensor, torch.Tensor]:
-    """The whole words every tokenizer of the pipeline holds: their ids in the first tokenizer, and
-    their input embeddings in every text encoder (`input_embeddings`)."""
-    (first, _), *rest = text_pairs(pipe)
-    ids = word_tokens(first)
-    names = first.convert_ids_to_tokens(ids.tolist())
-    others = [tokenizer.get_vocab() for tokenizer, _ in rest]
-    common = [i for i, name in enumerate(names) if all(name in vocabulary for vocabulary in others)]
-    return ids[common], input_embeddings(pipe, [names[i] for i in common])
+    """The whole words every tokenizer of the pipeline holds as one token: their ids in the first
+    tokenizer, and their input embeddings in every text encoder, side by side."""
+    pairs = text_pairs(pipe)
+    ids = word_tokens(pairs[0][0])
+    tokens = pairs[0][0].convert_ids_to_tokens(ids.tolist())
+    each = [_token_ids(tokenizer, tokens) for tokenizer, _ in pairs]
+    kept = [i for i in range(len(tokens)) if all(ids_of[i] is not None for ids_of in each)]
+    vectors = [encoder.get_input_embeddings().weight[[ids_of[i] for i in kept]].detach().float() for (_, encoder), ids_of in zip(pairs, each)]
+    return ids[kept], torch.cat(vectors, dim=-1)
+
+
+def _token_ids(tokenizer, tokens: list[str]) -> list[int | None]:
+    """Each whole-word token's id in `tokenizer`: the same token's where its vocabulary has it (CLIP's
+    "red</w>"), else the word's where it is one token (T5's "▁red"), else None."""
+    vocabulary = tokenizer.get_vocab()
+    pieces = tokenizer([t.removesuffix("</w>") for t in tokens], add_special_tokens=False).input_ids
+    return [vocabulary.get(t, p[0] if len(p) == 1 and p[0] != tokenizer.unk_token_id else None) for t, p in zip(tokens, pieces)]
 
 
 def decode_words(tokenizer, ids) -> str:

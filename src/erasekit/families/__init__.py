@@ -96,6 +96,27 @@ class Family:
                                 f"the LoRA (--save-lora) holds the change, and --save-pipeline writes the whole erased model as a diffusers folder")
 
     @classmethod
+    def latent_shape(cls, denoiser_config, vae_config) -> tuple[int, int, int]:
+        """(channels, height, width) of the latents the pipeline draws by default, from the denoiser's and
+        the VAE's configs (dicts or diffusers configs alike)."""
+        return (denoiser_config["in_channels"], denoiser_config["sample_size"], denoiser_config["sample_size"])
+
+    @classmethod
+    def set_timesteps(cls, scheduler, steps: int, latent_shape: tuple[int, int, int]) -> None:
+        """Set `scheduler` to `steps` sampling steps as the pipeline does for latents of `latent_shape`."""
+        scheduler.set_timesteps(steps)
+
+    @classmethod
+    def negative_guidance(cls, guidance: float) -> dict:
+        """What the pipeline's call needs besides `negative_prompt` to guide away from it at `guidance`."""
+        return {}
+
+    @classmethod
+    def sequence_tokenizer(cls, pipe):
+        """The tokenizer whose tokens make the conditioning sequence, position for position (UCE aligns on them)."""
+        return pipe.tokenizer
+
+    @classmethod
     def pipeline_type(cls):
         import diffusers
 
@@ -135,14 +156,15 @@ class Family:
 
 def _families():
     from .sd import StableDiffusion
+    from .flux import Flux
     from .sd3 import StableDiffusion3
     from .sdxl import StableDiffusionXL
 
-    return (StableDiffusion, StableDiffusionXL, StableDiffusion3)
+    return (StableDiffusion, StableDiffusionXL, StableDiffusion3, Flux)
 
 
 def denoiser_of(pipe) -> torch.nn.Module:
-    """The pipeline's denoiser: its UNet, or its transformer (SD3)."""
+    """The pipeline's denoiser: its UNet, or its transformer (SD3, FLUX)."""
     return getattr(pipe, family_of(pipe).denoiser)
 
 

@@ -22,7 +22,18 @@ class JointConditioning(Conditioning):
 
 
 # The text stream of the joint blocks, and what embeds the text and the pooled text and time.
-_TEXT_STREAM = ("add_q_proj", "add_k_proj", "add_v_proj", "to_add_out", "context", "time_text_embed", "norm_out", "proj_out")
+_TEXT_STREAM = ("add_q_proj", "add_k_proj", "add_v_proj", "norm_added", "to_add_out", "context", "time_text_embed", "norm_out", "proj_out")
+
+# What the UNet's presets mean on a joint-attention transformer (SD3's, FLUX's). Text reaches the image
+# only through joint attention, so "attn2" is its text stream's queries and keys in every joint block,
+# the layers EraseAnything trains on FLUX; "attn2-kv", on the UNet the linear maps from the text
+# embedding to what attention reads, is here the one such map, the context embedder, which UCE's FLUX
+# script edits; "non-attn2" (ESD-u) everything but the text stream and the embeddings of text and time.
+JOINT_PRESETS = {
+    "attn2": lambda name: ".attn.add_q_proj." in name or ".attn.add_k_proj." in name,
+    "attn2-kv": lambda name: name.startswith("context_embedder."),
+    "non-attn2": lambda name: not any(part in name for part in _TEXT_STREAM),
+}
 
 
 class StableDiffusion3(Family):
@@ -37,16 +48,7 @@ class StableDiffusion3(Family):
     lora_format = "peft"  # diffusers' keys (transformer.*): diffusers and ComfyUI read them; ComfyUI alone reads kohya's lora_transformer_*
     single_file = False
     textual_inversion = False  # StableDiffusion3Pipeline has no textual-inversion loader
-    # What the UNet's presets mean here. Text reaches the image only through joint attention, so
-    # "attn2" is its text stream's queries and keys in every block, the layers EraseAnything trains
-    # on FLUX; "attn2-kv", on the UNet the linear maps from the text embedding to what attention
-    # reads, is here the one such map, the context embedder, which UCE's FLUX script edits;
-    # "non-attn2" (ESD-u) everything but the text stream and the embeddings of text and time.
-    presets = {
-        "attn2": lambda name: ".attn.add_q_proj." in name or ".attn.add_k_proj." in name,
-        "attn2-kv": lambda name: name.startswith("context_embedder."),
-        "non-attn2": lambda name: not any(part in name for part in _TEXT_STREAM),
-    }
+    presets = JOINT_PRESETS
 
     @classmethod
     def encode(cls, pipe, prompts):

@@ -65,7 +65,9 @@ class SldPipeline(SteeredPipeline):
         self.safety = embed(pipe, [concept])
 
     @torch.no_grad()
-    def __call__(self, prompt, generator, num_inference_steps, guidance_scale, negative_prompt=None, output_type="pil"):
+    def __call__(self, prompt, generator, num_inference_steps, guidance_scale, negative_prompt=None, output_type="pil", **_size_and_true_cfg):
+        # generate_batch also passes the model's own size, which SLD draws at anyway (latent_shape), and for
+        # FLUX the true-CFG scale a negative prompt needs there: SLD's guidance always has its negative branch
         pipe, s = self.pipe, self.settings
         n = len(prompt)
         negatives = [negative_prompt] * n if isinstance(negative_prompt, str) else (negative_prompt or [""] * n)

@@ -62,9 +62,13 @@ class Uce(ClosedFormMethod):
         """Embeddings of `old` from its last word token on, and of `new` at the aligned positions."""
         from ..sampling import embed
 
+        from ..families import family_of
+
         emb = embed(self.pipe, [old, new]).hidden.float()  # the keys and values are linear in these states
         length = emb.shape[1]
-        last = [len(self.pipe.tokenizer(t).input_ids) - 2 for t in (old, new)]  # BOS, words..., EOS
+        tokenizer = family_of(self.pipe).sequence_tokenizer(self.pipe)
+        # the last word's position: CLIP's ids are BOS, words..., EOS, and T5's (FLUX) words..., EOS (just EOS for "": 0)
+        last = [max(len(tokenizer(t).input_ids) - 2, 0) for t in (old, new)]
         farthest = max(last)
         old_tokens = emb[0, last[0] : length - (farthest - last[0])]
         new_tokens = emb[1, last[1] : length - (farthest - last[1])]

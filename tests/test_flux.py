@@ -1,0 +1,141 @@
+"""FLUX (dual- and single-stream transformer, flow matching, guidance embedded) through the family layer,
+on a random tiny FluxPipeline built from its config (erasekit.testing.random_flux_pipeline)."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from erasekit import ErasekitError, Sampling, erase, generate, load_erasure, load_pipeline
+from erasekit.sampling import decode, embed, initial_noise, latent_shape, run_sampler, sampling_scheduler, unet_out
+
+from .conftest import pixel_diff
+
+WEIGHT_METHODS = {  # each with a run small enough for a test, and the layers its default preset means on FLUX
+    "esd-x": ({}, "transformer_blocks.0.attn.add_k_proj"), "esd-u": ({}, "single_transformer_blocks.0.attn.to_q"),
+    "abo": ({}, "transformer_blocks.0.attn.add_q_proj"), "uce": ({}, "context_embedder"),
+    "ablating": ({"anchor_images": 2}, "context_embedder"), "sdd": ({}, "attn.add_k_proj"),
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_flux_folder(tmp_path_factory):
+    from erasekit.testing import random_flux_pipeline
+
+    folder = tmp_path_factory.mktemp("tiny-flux")
+    random_flux_pipeline().save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+def circles(n: int):
+    from erasekit.shapes.world import Labels, render
+
+    return [render(Labels("circle", "red", "solid", "grey"), np.random.default_rng(k)).resize((16, 16)) for k in range(n)]
+
+
+def test_erasekits_own_sampler_draws_what_the_flux_pipeline_draws(tiny_flux_folder):
+    """Packed 2 x 2 patches, position ids, σ as the timestep, the shifted schedule and the VAE's shift:
+    erasekit's sampler and decoder give FluxPipeline's images seed for seed, at the embedded guidance
+    erasekit's own calls use (flux.TRAINING_GUIDANCE), and the pipeline's size is the model's."""
+    from erasekit.families.flux import TRAINING_GUIDANCE
+
+    pipe = load_pipeline(str(tiny_flux_folder))
+    assert latent_shape(pipe) == (4, 8, 8) and pipe.transformer.config.in_channels == 16
+    steps = 3
+    scheduler = sampling_scheduler(pipe, steps)
+    x = initial_noise(1, latent_shape(pipe), torch.Generator().manual_seed(5), scheduler)
+    c = embed(pipe, ["a red circle"])
+    ours = decode(pipe, run_sampler(scheduler, x, lambda x, t, i: unet_out(pipe.transformer, x, t, c)))
+    theirs = generate(pipe, ["a red circle"], n=1, steps=steps, guidance=TRAINING_GUIDANCE, seed=5, progress=False)
+    assert theirs[0].size == (16, 16) and pixel_diff(ours[0], theirs[0]).max() <= 1
+
+
+@pytest.mark.parametrize("method", WEIGHT_METHODS)
+def test_every_weight_method_erases_flux_saves_and_reloads_into_plain_diffusers(method, tiny_flux_folder, tmp_path):
+    from diffusers import FluxPipeline
+
+    settings, layer = WEIGHT_METHODS[method]
+    out = tmp_path / "erased.safetensors"
+    erasure = erase(str(tiny_flux_folder), method=method, concepts="circle", steps=2, progress=False, out=out, **settings)
+    assert erasure.metadata["family"] == "flux" and any(layer in n for n in erasure.names)
+    assert any(not torch.equal(erasure.tensors[n], erasure.base[n]) for n in erasure.names)
+    ours = load_pipeline(str(tiny_flux_folder))
+    load_erasure(ours, out)
+    plain = FluxPipeline.from_pretrained(tiny_flux_folder)
+    assert not plain.transformer.load_state_dict(load_file(str(out)), strict=False).unexpected_keys
+    theirs, mine = dict(plain.transformer.named_parameters()), dict(ours.transformer.named_parameters())
+    assert all(torch.equal(theirs[n], mine[n]) for n in erasure.names)
+
+
+def test_uce_on_flux_aligns_t5_tokens_and_maps_the_concept_onto_the_empty_prompt(tiny_flux_folder):
+    """FLUX's sequence is T5's (words..., EOS: no BOS), so UCE's last-word alignment reads T5's tokenizer;
+    the edited context embedder sends the concept's tokens where the empty prompt's went."""
+    base = load_pipeline(str(tiny_flux_folder))
+    edited = copy.deepcopy(base)
+    erase(edited, method="uce", concepts="circle", progress=False)
+    hidden = embed(base, ["a red circle", ""]).hidden
+    concept, empty = hidden[0, 2:], hidden[1, : hidden.shape[1] - 2]  # "circle" onwards, and "" from its EOS on
+    before, after = base.transformer.context_embedder, edited.transformer.context_embedder
+    with torch.no_grad():
+        gap = lambda layer: (layer(concept) - before(empty)).norm().item()  # noqa: E731
+        assert gap(after) < 0.2 * gap(before)
+
+
+def test_an_flux_lora_loads_with_load_lora_weights_as_erasekits_own_loader_merges_it(tiny_flux_folder, tmp_path):
+    from typer.testing import CliRunner
+
+    from erasekit.cli import app
+    from erasekit.lora import apply_lora
+
+    lora = tmp_path / "l.safetensors"
+    result = CliRunner().invoke(app, ["erase", "-c", "circle", "--method", "esd-x", "--steps", "2", "--model", str(tiny_flux_folder),
+                                      "--out", str(tmp_path / "e.safetensors"), "--save-lora", str(lora), "--lora-rank", "4"])
+    assert result.exit_code == 0 and "peft LoRA" in result.output, result.output
+    assert all(k.startswith("transformer.transformer_blocks.0.attn.add_") for k in load_file(str(lora)))
+    theirs, ours = load_pipeline(str(tiny_flux_folder)), load_pipeline(str(tiny_flux_folder))
+    theirs.load_lora_weights(str(lora))
+    apply_lora(ours.transformer, lora, "transformer")
+    x, c = torch.randn(1, *latent_shape(ours), generator=torch.Generator().manual_seed(0)), embed(ours, ["a red circle"])
+    with torch.no_grad():
+        torch.testing.assert_close(unet_out(theirs.transformer, x, 500, c), unet_out(ours.transformer, x, 500, c), atol=1e-5, rtol=1e-4)
+
+
+def test_evaluate_the_text_attacks_and_purify_run_on_flux_and_what_it_lacks_is_refused(tiny_flux_folder):
+    from erasekit.attacks import run_attack
+    from erasekit.attacks.purify import purify
+    from erasekit.evaluation.evaluate import evaluate
+    from erasekit.methods import get_method
+    from erasekit.tasks.shapes import ShapesDetector, shapes_task
+
+    base = load_pipeline(str(tiny_flux_folder))
+    sampling = Sampling(seeds=(0,), steps=2, guidance=3.5)
+    task = shapes_task("circle", "target")
+    for steer in ("neg-prompt", "sld"):
+        steered = get_method(steer).steer(base, "circle", get_method(steer).make_config())
+        evaluation = evaluate(base, steered, task, None, ShapesDetector(), sampling, reference=None, progress=False)
+        assert evaluation.suites["target"].n_images == len(task.select("target")["target"]), steer
+    for name, options in (("paraphrase", {"paraphrases": {"circle": ["disc"]}}), ("ring-a-bell", {})):
+        result = run_attack(name, base, "circle", ["a red circle"], ShapesDetector(), sampling=sampling, base=base,
+                            steps=None if name == "paraphrase" else 1, **options)
+        assert result.n_prompts == 1, name
+    for name in ("inversion", "unlearndiffatk"):
+        with pytest.raises(ErasekitError, match=f"the {name} attack learns a new token"):
+            run_attack(name, base, "circle", ["a red circle"], ShapesDetector(), sampling=sampling, images=circles(2), steps=1)
+    with pytest.raises(ErasekitError, match="fmn .* joint attention"):
+        erase(str(tiny_flux_folder), method="fmn", concepts="circle", steps=1, concept_images=1, progress=False)
+    with pytest.raises(ErasekitError, match="single-file checkpoint of a FLUX erasure is not written yet"):
+        erase(base, method="uce", concepts="circle", progress=False).save_checkpoint("never.safetensors")
+    purified = purify(base, base, circles(2), steps=4, strength=0.5)
+    assert [im.size for im in purified.images] == [(16, 16)] * 2
+
+
+def test_a_negative_prompt_steers_flux_through_true_cfg(tiny_flux_folder):
+    """FluxPipeline ignores a negative prompt unless true CFG is on: generate turns it on, so the
+    negative prompt changes the image."""
+    pipe = load_pipeline(str(tiny_flux_folder))
+    plain, negative = (generate(pipe, ["a red circle"], n=1, steps=2, guidance=3.5, negative_prompt=n, progress=False)[0] for n in (None, "circle"))
+    assert pixel_diff(plain, negative).max() > 0
