@@ -104,8 +104,8 @@ def test_an_flux_lora_loads_with_load_lora_weights_as_erasekits_own_loader_merge
         torch.testing.assert_close(unet_out(theirs.transformer, x, 500, c), unet_out(ours.transformer, x, 500, c), atol=1e-5, rtol=1e-4)
 
 
-def test_evaluate_the_text_attacks_and_purify_run_on_flux_and_what_it_lacks_is_refused(tiny_flux_folder):
-    from erasekit.attacks import run_attack
+def test_evaluate_every_attack_and_purify_run_on_flux_and_what_it_lacks_is_refused(tiny_flux_folder):
+    from erasekit.attacks import ATTACKS, run_attack
     from erasekit.attacks.purify import purify
     from erasekit.evaluation.evaluate import evaluate
     from erasekit.methods import get_method
@@ -118,19 +118,43 @@ def test_evaluate_the_text_attacks_and_purify_run_on_flux_and_what_it_lacks_is_r
         steered = get_method(steer).steer(base, "circle", get_method(steer).make_config())
         evaluation = evaluate(base, steered, task, None, ShapesDetector(), sampling, reference=None, progress=False)
         assert evaluation.suites["target"].n_images == len(task.select("target")["target"]), steer
-    for name, options in (("paraphrase", {"paraphrases": {"circle": ["disc"]}}), ("ring-a-bell", {})):
-        result = run_attack(name, base, "circle", ["a red circle"], ShapesDetector(), sampling=sampling, base=base,
-                            steps=None if name == "paraphrase" else 1, **options)
+    options = {"paraphrase": {"paraphrases": {"circle": ["disc"]}}}
+    for name in ATTACKS:
+        result = run_attack(name, base, "circle", ["a red circle"], ShapesDetector(), sampling=sampling, images=circles(2),
+                            steps=None if name == "paraphrase" else 1, **options.get(name, {}))
         assert result.n_prompts == 1, name
-    for name in ("inversion", "unlearndiffatk"):
-        with pytest.raises(ErasekitError, match=f"the {name} attack learns a new token"):
-            run_attack(name, base, "circle", ["a red circle"], ShapesDetector(), sampling=sampling, images=circles(2), steps=1)
     with pytest.raises(ErasekitError, match="fmn .* joint attention"):
         erase(str(tiny_flux_folder), method="fmn", concepts="circle", steps=1, concept_images=1, progress=False)
     with pytest.raises(ErasekitError, match="single-file checkpoint of a FLUX erasure is not written yet"):
         erase(base, method="uce", concepts="circle", progress=False).save_checkpoint("never.safetensors")
     purified = purify(base, base, circles(2), steps=4, strength=0.5)
     assert [im.size for im in purified.images] == [(16, 16)] * 2
+
+
+def test_a_learned_token_reaches_t5s_sequence_and_clips_pooled_embedding_and_is_taken_out_after(tiny_flux_folder, tmp_path):
+    """The token attacks add a token to both tokenizers and a row to both encoders' embeddings (T5's
+    SentencePiece as CLIP's BPE), and put everything back on leaving."""
+    from erasekit.attacks import AttackResult, learned_tokens
+
+    pipe = load_pipeline(str(tiny_flux_folder))
+    widths = [pipe.text_encoder.config.hidden_size, pipe.text_encoder_2.config.d_model]
+    tables, sizes = [e.get_input_embeddings() for e in (pipe.text_encoder, pipe.text_encoder_2)], [len(t) for t in (pipe.tokenizer, pipe.tokenizer_2)]
+    plain = embed(pipe, ["a red <thing>"])
+    vectors = {"<thing>": torch.randn(sum(widths), generator=torch.Generator().manual_seed(0))}
+    with learned_tokens(pipe, vectors):
+        assert pipe.tokenizer_2.convert_tokens_to_ids("<thing>") == sizes[1] and len(pipe.tokenizer_2("a red <thing>").input_ids) == 4
+        learned = embed(pipe, ["a red <thing>"])
+        again = embed(pipe, ["a red <thing>"])
+        torch.testing.assert_close(pipe.text_encoder_2.get_input_embeddings().weight[sizes[1]], vectors["<thing>"][widths[0]:])
+    assert not torch.allclose(plain.hidden, learned.hidden) and not torch.allclose(plain.added["pooled_projections"], learned.added["pooled_projections"])
+    torch.testing.assert_close(learned.hidden, again.hidden)
+    assert [len(t) for t in (pipe.tokenizer, pipe.tokenizer_2)] == sizes and "<thing>" not in pipe.tokenizer_2.get_vocab()
+    assert all(e.get_input_embeddings() is t for e, t in zip((pipe.text_encoder, pipe.text_encoder_2), tables))
+    torch.testing.assert_close(embed(pipe, ["a red <thing>"]).hidden, plain.hidden)
+    result = AttackResult(attack="inversion", concept="circle", asr_before=0.0, asr_after=0.0, asr_attack_only=0.0, n_prompts=1, budget={},
+                          seconds=0.0, embeddings=vectors)
+    result.save(tmp_path, pipe=pipe)
+    assert {k: v.shape for k, v in load_file(str(tmp_path / "learned_embeds.safetensors")).items()} == {"clip_l": (1, widths[0]), "t5": (1, widths[1])}
 
 
 def test_a_negative_prompt_steers_flux_through_true_cfg(tiny_flux_folder):

@@ -667,9 +667,7 @@ def attack(
     from .methods import get_method
     from .model import load_pipeline, sizes_of
 
-    from .model import peek_family
-
-    attack_method = check_attack(attack_name, attack_steps, base=True, family=peek_family(model, config))
+    attack_method = check_attack(attack_name, attack_steps, base=True)
     steering = _erasure_or_method(erasure, method, preset)
     measures = _measured(task, concept, erasure, clip, detector, threshold)
     folders = _folders(measures, out)

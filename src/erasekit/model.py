@@ -100,14 +100,14 @@ def _load_folder(path: Path, dtype):
         raise ModelLoadError(f"could not load the pipeline in {path}: {_first_line(e)}") from None
 
 
-def _single_file_family(path: Path, config: str | None) -> type[Family]:
-    """A single file's family: its --config folder's, else the one its key names show."""
+def _single_file_family(path: Path, config: str | None) -> tuple[type[Family], dict]:
+    """A single file's family: its --config folder's (with its model_index.json), else the one its key names show (and {})."""
     if config and Path(config).is_dir():
-        return _check_folder(Path(config))[0]
+        return _check_folder(Path(config))
     from safetensors import safe_open
 
     with safe_open(str(path), "pt") as f:
-        return family_of_checkpoint(list(f.keys()))
+        return family_of_checkpoint(list(f.keys())), {}
 
 
 def _load_single_file(path: Path, dtype, config: str | None):
@@ -119,8 +119,9 @@ def _load_single_file(path: Path, dtype, config: str | None):
     if path.suffix.lower() != ".safetensors":
         raise ModelLoadError(f"{path} is not a model: pass a diffusers folder, a .safetensors checkpoint or a hub id")
     try:
-        family = _single_file_family(path, config)
-        return family.pipeline_type().from_single_file(str(path), dtype=dtype, config=config, local_files_only=True, **family.pipeline_kwargs())
+        family, index = _single_file_family(path, config)
+        return family.pipeline_type().from_single_file(str(path), dtype=dtype, config=config, local_files_only=True, **family.pipeline_kwargs(),
+                                                       **(_absent(family, index) if index else {}))
     except ModelLoadError:
         raise
     except Exception as e:  # diffusers raises many types here; all mean "cannot open this file"

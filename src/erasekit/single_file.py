@@ -1,10 +1,12 @@
-"""A whole pipeline as one single-file checkpoint in the original Stable Diffusion layout (A1111, ComfyUI).
+"""A whole pipeline as one single-file checkpoint in the original layout (A1111, ComfyUI): Stable Diffusion's,
+or SD3's (MMDiT).
 
 diffusers converts that layout to its own (`from_single_file`) but not back, so this module writes
 the reverse of its conversion: the fixed names come from diffusers' own table
 (`DIFFUSERS_TO_LDM_MAPPING`), the block names are derived from the model's structure (so SD 1.x,
-SD 2.x, SDXL and the tiny test models all convert), and the family says where its text encoders go
-(families/). The round trip through `from_single_file` is the test: every weight comes back equal.
+SD 2.x, SDXL and the tiny test models all convert), SD3's transformer is renamed by the reverse of
+diffusers' SD3 conversion, and the family says which writer its denoiser takes and where its text
+encoders go (families/). The round trip through `from_single_file` is the test: every weight comes back equal.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from .families import denoiser_of, family_of
+from .families import family_of
 from .io import atomic_path
 
 UNET_PREFIX, VAE_PREFIX = "model.diffusion_model.", "first_stage_model."
@@ -119,13 +121,64 @@ def clip_tensors(encoder, layout: str) -> dict[str, torch.Tensor]:
     return out
 
 
+# SD3's transformer in its original (MMDiT) names, the reverse of diffusers'
+# convert_sd3_transformer_checkpoint_to_diffusers: whole-module renames, then the per-block ones.
+MMDIT_FIXED = {"pos_embed.pos_embed": "pos_embed", "pos_embed.proj": "x_embedder.proj", "context_embedder": "context_embedder",
+               "time_text_embed.timestep_embedder.linear_1": "t_embedder.mlp.0", "time_text_embed.timestep_embedder.linear_2": "t_embedder.mlp.2",
+               "time_text_embed.text_embedder.linear_1": "y_embedder.mlp.0", "time_text_embed.text_embedder.linear_2": "y_embedder.mlp.2",
+               "proj_out": "final_layer.linear", "norm_out.linear": "final_layer.adaLN_modulation.1"}
+MMDIT_BLOCK = {"attn.to_out.0": "x_block.attn.proj", "attn.to_add_out": "context_block.attn.proj", "attn.norm_q": "x_block.attn.ln_q",
+               "attn.norm_k": "x_block.attn.ln_k", "attn.norm_added_q": "context_block.attn.ln_q", "attn.norm_added_k": "context_block.attn.ln_k",
+               "attn2.to_out.0": "x_block.attn2.proj", "attn2.norm_q": "x_block.attn2.ln_q", "attn2.norm_k": "x_block.attn2.ln_k",
+               "norm1.linear": "x_block.adaLN_modulation.1", "norm1_context.linear": "context_block.adaLN_modulation.1",
+               "ff.net.0.proj": "x_block.mlp.fc1", "ff.net.2": "x_block.mlp.fc2", "ff_context.net.0.proj": "context_block.mlp.fc1",
+               "ff_context.net.2": "context_block.mlp.fc2"}
+# q, k and v are one fused projection there, in that order: diffusers name -> (original name, its third)
+MMDIT_QKV = {f"{stem}{x}{end}": (fused, i) for stem, end, fused in (("attn.to_", "", "x_block.attn.qkv"), ("attn.add_", "_proj", "context_block.attn.qkv"),
+                                                                    ("attn2.to_", "", "x_block.attn2.qkv")) for i, x in enumerate("qkv")}
+
+
+def _swap_scale_shift(tensor: torch.Tensor) -> torch.Tensor:
+    """The original final modulation's (shift, scale) halves, which diffusers stores as (scale, shift)."""
+    first, second = tensor.chunk(2, dim=0)
+    return torch.cat([second, first])
+
+
+def mmdit_tensors(transformer) -> dict[str, torch.Tensor]:
+    """SD3's transformer weights under their original names (q, k and v fused into qkv)."""
+    last = transformer.config.num_layers - 1
+    out, fused = {}, {}
+    for name, tensor in transformer.state_dict().items():
+        module, kind = name.rsplit(".", 1)
+        if module in MMDIT_FIXED or name in MMDIT_FIXED:  # the position table is a tensor of its own, not a module's
+            original = MMDIT_FIXED.get(name) or f"{MMDIT_FIXED[module]}.{kind}"
+            out[original] = _swap_scale_shift(tensor) if module == "norm_out.linear" else tensor
+            continue
+        block, inner = module.removeprefix("transformer_blocks.").split(".", 1)
+        if inner in MMDIT_QKV:
+            original, third = MMDIT_QKV[inner]
+            fused.setdefault(f"joint_blocks.{block}.{original}.{kind}", [None] * 3)[third] = tensor
+        elif inner in MMDIT_BLOCK:
+            # the last block's context modulation is stored (shift, scale), as the final layer's is
+            swap = inner == "norm1_context.linear" and int(block) == last
+            out[f"joint_blocks.{block}.{MMDIT_BLOCK[inner]}.{kind}"] = _swap_scale_shift(tensor) if swap else tensor
+        else:
+            raise ValueError(f"no original-layout name for SD3 transformer parameter {name}")
+    return out | {name: torch.cat(parts) for name, parts in fused.items()}
+
+
+def unet_tensors(unet) -> dict[str, torch.Tensor]:
+    """The UNet's weights under their original names."""
+    names = unet_names(unet)
+    return {names[n]: p.detach() for n, p in unet.named_parameters()}
+
+
 def checkpoint_tensors(pipe) -> dict[str, torch.Tensor]:
-    """Every weight of the pipeline (UNet, VAE, text encoders) under its original single-file name."""
-    names = unet_names(denoiser_of(pipe))
-    tensors = {UNET_PREFIX + names[n]: p.detach() for n, p in denoiser_of(pipe).named_parameters()}
+    """Every weight of the pipeline (denoiser, VAE, text encoders) under its original single-file name."""
+    tensors = {UNET_PREFIX + k: v for k, v in family_of(pipe).checkpoint_denoiser(pipe).items()}
     tensors |= {VAE_PREFIX + k: v for k, v in vae_tensors(pipe.vae).items()}
     for prefix, layout, encoder in family_of(pipe).checkpoint_text_encoders(pipe):
-        tensors |= {prefix + k: v for k, v in clip_tensors(encoder, layout).items()}
+        tensors |= {prefix + k: v for k, v in (encoder.state_dict() if layout == "t5" else clip_tensors(encoder, layout)).items()}
     return tensors
 
 

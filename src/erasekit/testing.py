@@ -83,6 +83,8 @@ def random_sd3_pipeline(transformer_config: dict = SD3_SCALED_DOWN, *, seed: int
         config = _text_config(tokenizer, width, 2, act)
         config.projection_dim = width
         encoders.append(CLIPTextModelWithProjection(config))
+    with torch.no_grad():  # SD3's CLIP-L projects its pooled output by the identity (what its single files leave out)
+        encoders[0].text_projection.weight.copy_(torch.eye(encoders[0].config.projection_dim))
     pipe = StableDiffusion3Pipeline(
         transformer=transformer, vae=_vae(shift_factor=0.0609), scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
         text_encoder=encoders[0], tokenizer=tokenizer, text_encoder_2=encoders[1], tokenizer_2=tokenizer, text_encoder_3=None, tokenizer_3=None,

@@ -17,6 +17,7 @@ from __future__ import annotations
 import importlib
 import json
 import time
+import copy
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -66,7 +67,7 @@ class Attack:
     name: str
     default_steps: int | None = None
     needs_base: bool = False
-    learns_tokens: bool = False  # it puts a new token in the text encoders (diffusers' textual-inversion loader)
+    learns_tokens: bool = False  # it puts a new token in the text encoders (learned_tokens)
     model_agnostic: bool = False  # its prompts depend only on the text encoder, which erasures here leave alone
 
     def key(self) -> str:
@@ -111,8 +112,9 @@ class AttackResult:
     def save(self, folder: Path, extra: dict | None = None, pipe=None) -> list[Path]:
         """attack.json (and the learned tokens as a textual-inversion file, loadable with diffusers'
         `load_textual_inversion`); written atomically. Returns the paths written. pipe: the attacked
-        pipeline; where it has two text encoders (SDXL) the file holds diffusers' clip_l and clip_g
-        rows, one per token in the order of attack.json's "embeddings"."""
+        pipeline; where it has several text encoders the file holds a tensor per encoder under the
+        family's names (SDXL: diffusers' clip_l and clip_g; Family.token_file_keys), a row per token
+        in the order of attack.json's "embeddings"."""
         from ..io import atomic_path, atomic_write_text
 
         written = []
@@ -120,11 +122,11 @@ class AttackResult:
             from safetensors.torch import save_file
 
             tensors = {k: v.detach().cpu().contiguous() for k, v in self.embeddings.items()}
-            if pipe is not None and len(family_of(pipe).text_encoders(pipe)) == 2:
+            if pipe is not None and len(family_of(pipe).text_encoders(pipe)) > 1:
                 from .tokens import split_widths
 
                 rows = split_widths(pipe, torch.stack([tensors[k] for k in sorted(tensors)]))
-                tensors = {"clip_l": rows[0].contiguous(), "clip_g": rows[1].contiguous()}
+                tensors = {name: part.contiguous() for name, part in zip(family_of(pipe).token_file_keys, rows)}
             path = folder / ATTACK_FILES[1]
             with atomic_path(path) as tmp:
                 save_file(tensors, tmp)
@@ -143,12 +145,9 @@ def get_attack(name: str) -> Attack:
     return getattr(importlib.import_module(f".{module}", __name__), cls)()
 
 
-def check_attack(name: str, steps: int | None, base=None, images=None, family=None) -> Attack:
-    """The attack, once its name, step count and inputs, and that it runs on the model's `family`, are known good (one line otherwise)."""
+def check_attack(name: str, steps: int | None, base=None, images=None) -> Attack:
+    """The attack, once its name, step count and inputs are known good (one line otherwise)."""
     attack = get_attack(name)
-    if attack.learns_tokens and family is not None and not family.textual_inversion:
-        raise ErasekitError(f"the {name} attack learns a new token, which erasekit adds with diffusers' textual-inversion loader; "
-                            f"{family.pipeline_class} has none: paraphrase and ring-a-bell run on {family.label}")
     if steps is not None and steps < 1:
         raise ErasekitError(f"attack steps must be at least 1, got {steps}")
     if steps is not None and attack.default_steps is None:
@@ -169,7 +168,7 @@ def run_attack(name: str, erased, concept: str, prompts: list[str], detector, *,
     (bench has them); otherwise they are generated here. found: what the attack found before, for
     a model-agnostic attack whose prompts serve every erasure of the same base model.
     """
-    attack = check_attack(name, steps, base, images, family_of(erased))
+    attack = check_attack(name, steps, base, images)
     sampling.check()
     originals = [(p, s) for p in prompts for s in sampling.seeds]
     if before is None:
@@ -215,9 +214,12 @@ def successes_grid(base, erased, result: AttackResult, sampling: Sampling, n: in
 
 
 class learned_tokens:
-    """Add learned tokens to the pipeline's tokenizers and text encoders for a while (diffusers'
-    textual-inversion loader), then take them out again, leaving the pipeline as it was. A token's
-    vector spans every text encoder (SDXL: the first's width, then the second's; tokens.split_widths)."""
+    """Add learned tokens to the pipeline's tokenizers and text encoders for a while, then take them out
+    again, leaving the pipeline as it was. A token's vector spans every text encoder (SDXL: the first's
+    width, then the second's; tokens.split_widths). Each tokenizer gets the token as an added token
+    (so its id follows the vocabulary, as diffusers' textual-inversion loader gives it), and each
+    encoder a copy of its input embedding with the token's row; on leaving, the tokenizers' state
+    and the encoders' own embeddings are put back. Any family: no pipeline loader is needed."""
 
     def __init__(self, pipe, embeddings: dict[str, torch.Tensor]):
         from .tokens import text_pairs
@@ -227,11 +229,27 @@ class learned_tokens:
     def __enter__(self):
         from .tokens import split_widths
 
-        for token, vector in self.embeddings.items():
-            for (tokenizer, encoder), part in zip(self.pairs, split_widths(self.pipe, vector.detach())):
-                self.pipe.load_textual_inversion({token: part}, token=token, tokenizer=tokenizer, text_encoder=encoder)
+        tokenizers = {id(tokenizer): tokenizer for tokenizer, _ in self.pairs}  # one tokenizer may serve two encoders
+        self.saved = {key: copy.deepcopy(tokenizer.__dict__) for key, tokenizer in tokenizers.items()}
+        self.tables = [encoder.get_input_embeddings() for _, encoder in self.pairs]
+        tokens = list(self.embeddings)
+        parts = list(zip(*(split_widths(self.pipe, vector.detach()) for vector in self.embeddings.values())))  # per encoder: a row per token
+        for tokenizer in tokenizers.values():
+            tokenizer.add_tokens(tokens)
+        for (tokenizer, encoder), table, rows in zip(self.pairs, self.tables, parts):
+            ids = tokenizer.convert_tokens_to_ids(tokens)
+            weight = table.weight.detach()
+            grown = torch.nn.Embedding(max(weight.shape[0], max(ids) + 1), weight.shape[1], device=weight.device, dtype=weight.dtype)
+            with torch.no_grad():
+                grown.weight[: weight.shape[0]] = weight
+                grown.weight[ids] = torch.stack(rows).to(weight)
+            grown.requires_grad_(table.weight.requires_grad)
+            encoder.set_input_embeddings(grown)
         return self.pipe
 
     def __exit__(self, *exc):
-        for tokenizer, encoder in self.pairs:
-            self.pipe.unload_textual_inversion(list(self.embeddings), tokenizer=tokenizer, text_encoder=encoder)
+        for tokenizer, _ in self.pairs:
+            tokenizer.__dict__.clear()
+            tokenizer.__dict__.update(self.saved[id(tokenizer)])
+        for (_, encoder), table in zip(self.pairs, self.tables):
+            encoder.set_input_embeddings(table)

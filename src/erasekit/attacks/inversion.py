@@ -10,7 +10,8 @@ Where ours differs: the images are the base model's own images of the target pro
 apart from the evaluation's), kept when the detector confirms the concept, or the user's folder;
 each is captioned with its prompt, the concept's word replaced by the token (a user's image: the
 token alone), not with the paper's "a photo of" templates. The learned token is saved in diffusers'
-textual-inversion format, so `pipe.load_textual_inversion` replays it.
+textual-inversion format, so `pipe.load_textual_inversion` replays it on SD and SDXL (SD3 and FLUX
+pipelines have no such loader: `learned_tokens` replays it on any).
 """
 
 from __future__ import annotations

@@ -228,11 +228,9 @@ def check_bench(methods: list[str], concepts: list[str], settings: BenchSettings
         if "paraphrase" in attacks:
             get_attack("paraphrase").check_prompts(task.target_texts(), task.concept, **task.attack_options("paraphrase"))
     from ..attacks import check_attack
-    from ..model import peek_family
 
-    family = peek_family(settings.model)
     for a in attacks:
-        check_attack(a, None, base=True, family=family)
+        check_attack(a, None, base=True)
     device = resolve_device(settings.device)
     return replace(settings, device=str(device), dtype=dtype_name(resolve_dtype(settings.dtype, device)))
 

@@ -83,7 +83,7 @@ class Family:
     cross_attention: bool = True  # text reaches the image through separate cross-attention layers (attention.py's processors)
     lora_format: str = "kohya"  # the LoRA layout every client of the family reads (lora.py): A1111, ComfyUI and diffusers
     single_file: bool = True  # erasekit writes its single-file checkpoint (single_file.py)
-    textual_inversion: bool = True  # its pipeline takes new tokens (diffusers' loader): the token attacks need it
+    token_file_keys: tuple[str, ...] = ()  # a learned token's file: each text encoder's tensor's name where there are several
     optional: tuple[str, ...] = ()  # components a folder may leave out (SD3's T5), loaded as None
 
     @classmethod
@@ -149,8 +149,15 @@ class Family:
         return [pipe.tokenizer]
 
     @classmethod
+    def checkpoint_denoiser(cls, pipe) -> dict[str, torch.Tensor]:
+        """The denoiser's weights under their names in the family's single-file layout (single_file.py)."""
+        from ..single_file import unet_tensors
+
+        return unet_tensors(denoiser_of(pipe))
+
+    @classmethod
     def checkpoint_text_encoders(cls, pipe) -> list[tuple[str, str, torch.nn.Module]]:
-        """Where each text encoder goes in a single-file checkpoint: (key prefix, "hf" or "openclip", encoder)."""
+        """Where each text encoder goes in a single-file checkpoint: (key prefix, "hf", "openclip" or "t5", encoder)."""
         raise NotImplementedError
 
 

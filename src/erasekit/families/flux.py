@@ -50,12 +50,12 @@ class Flux(Family):
     components = ("transformer", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler")
     weighted = ("transformer", "vae", "text_encoder", "text_encoder_2")
     optional = ("image_encoder", "feature_extractor")  # IP-Adapter's, absent from FLUX.1's own folders
+    token_file_keys = ("clip_l", "t5")
     denoiser = "transformer"
     sampler = "FlowMatchEulerDiscreteScheduler"
     cross_attention = False
-    textual_inversion = False  # FluxPipeline has no textual-inversion loader
     lora_format = "peft"  # diffusers' transformer.* keys, which ComfyUI maps for FLUX too
-    single_file = False
+    single_file = False  # not written: diffusers reads a FLUX single file at FLUX.1's width only, so no small model can check a round trip
     # The dual-stream blocks' text stream and the context embedder: the layers EraseAnything and UCE's
     # FLUX script change (the single-stream blocks share their weights between text and image).
     presets = JOINT_PRESETS

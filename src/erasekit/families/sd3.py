@@ -42,12 +42,12 @@ class StableDiffusion3(Family):
     components = ("transformer", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler")
     weighted = ("transformer", "vae", "text_encoder", "text_encoder_2")
     optional = ("text_encoder_3", "tokenizer_3")
+    checkpoint_marker = "model.diffusion_model.joint_blocks."  # the MMDiT's blocks, in the original layout
+    token_file_keys = ("clip_l", "clip_g", "t5")  # as SDXL's, and T5's where the folder has it
     denoiser = "transformer"
     sampler = "FlowMatchEulerDiscreteScheduler"
     cross_attention = False  # joint attention: text and image tokens attend together
     lora_format = "peft"  # diffusers' keys (transformer.*): diffusers and ComfyUI read them; ComfyUI alone reads kohya's lora_transformer_*
-    single_file = False
-    textual_inversion = False  # StableDiffusion3Pipeline has no textual-inversion loader
     presets = JOINT_PRESETS
 
     @classmethod
@@ -63,3 +63,15 @@ class StableDiffusion3(Family):
     def tokenizers(cls, pipe):
         return [t for t, e in ((pipe.tokenizer, pipe.text_encoder), (pipe.tokenizer_2, pipe.text_encoder_2), (pipe.tokenizer_3, pipe.text_encoder_3))
                 if e is not None]
+
+    @classmethod
+    def checkpoint_denoiser(cls, pipe):
+        from ..single_file import mmdit_tensors
+
+        return mmdit_tensors(pipe.transformer)
+
+    @classmethod
+    def checkpoint_text_encoders(cls, pipe):
+        # both CLIPs in transformers' own layout, and T5 where the folder has it, as SD3's own single files hold them
+        encoders = [("text_encoders.clip_l.transformer.", "hf", pipe.text_encoder), ("text_encoders.clip_g.transformer.", "hf", pipe.text_encoder_2)]
+        return encoders + ([("text_encoders.t5xxl.transformer.", "t5", pipe.text_encoder_3)] if pipe.text_encoder_3 is not None else [])

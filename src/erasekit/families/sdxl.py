@@ -13,6 +13,7 @@ class StableDiffusionXL(Family):
     pipeline_class = "StableDiffusionXLPipeline"
     components = ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler")
     weighted = ("unet", "vae", "text_encoder", "text_encoder_2")
+    token_file_keys = ("clip_l", "clip_g")  # diffusers' SDXL textual-inversion files
     checkpoint_marker = "conditioner.embedders.1."  # the second text encoder, in the original layout
 
     @classmethod
