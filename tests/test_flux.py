@@ -163,3 +163,18 @@ def test_a_negative_prompt_steers_flux_through_true_cfg(tiny_flux_folder):
     pipe = load_pipeline(str(tiny_flux_folder))
     plain, negative = (generate(pipe, ["a red circle"], n=1, steps=2, guidance=3.5, negative_prompt=n, progress=False)[0] for n in (None, "circle"))
     assert pixel_diff(plain, negative).max() > 0
+
+
+def test_the_cli_draws_flux_at_its_own_default_guidance(tiny_flux_folder, tmp_path):
+    """FLUX.1-dev's guidance is distilled into the model (an input, default 3.5), not SD's CFG at 7.5."""
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from erasekit.cli import app
+
+    result = CliRunner().invoke(app, ["generate", "-p", "a red circle", "--model", str(tiny_flux_folder), "--n", "1", "--steps", "2", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    drawn = Image.open(tmp_path / "a-red-circle_0.png")
+    pipe = load_pipeline(str(tiny_flux_folder))
+    at = {g: generate(pipe, ["a red circle"], n=1, steps=2, guidance=g, progress=False)[0] for g in (3.5, 7.5)}
+    assert pixel_diff(drawn, at[3.5]).max() == 0 and pixel_diff(drawn, at[7.5]).max() > 0

@@ -39,8 +39,16 @@ def dtype_option():
                         "Training keeps the trained weights in fp32 whatever this is.")
 
 
-def guidance_option():
-    return typer.Option(7.5, help="Classifier-free guidance scale.")
+def guidance_option(help: str = "Guidance scale (default: the model family's, 7.5; FLUX's distilled guidance, 3.5)."):
+    return typer.Option(None, help=help)
+
+
+def _guidance(guidance: float | None, model: str, config: str | None) -> float:
+    """--guidance, or the family's default where the model's folder names its family (Family.guidance), else SD's."""
+    from .families import Family
+    from .model import peek_family
+
+    return guidance if guidance is not None else (peek_family(model, config) or Family).guidance
 
 
 def batch_size_option():
@@ -215,7 +223,7 @@ def generate(
     n: int = typer.Option(4, "--n", help="Images per prompt; image j uses seed SEED + j."),
     seed: int = typer.Option(0, help="First seed: the same seed and prompt give the same image."),
     steps: int = typer.Option(35, help="DDIM steps."),
-    guidance: float = guidance_option(),
+    guidance: Optional[float] = guidance_option(),
     batch_size: int = batch_size_option(),
     method: Optional[str] = typer.Option(None, help="Inference-time erasure of --concept: neg-prompt or sld."),
     concept: Optional[str] = typer.Option(None, help="The concept an inference-time --method steers away from."),
@@ -247,6 +255,7 @@ def generate(
     if (method is None) != (concept is None or not concept.strip()):
         raise ErasekitError("--method and --concept go together: erasekit generate --method sld --concept red ...")
     steering = _erasure_or_method(erasure, method, preset)
+    guidance = _guidance(guidance, model, config)
     check_generation(n, steps, guidance, batch_size)
     _check_limits(model, config, steps, 2 * len(prompts) * n, f"{len(prompts)} prompt(s) x --n {n}")
     device, dtype = _precision(device, dtype)
@@ -486,7 +495,7 @@ def evaluate(
     threshold: Optional[float] = typer.Option(None, help="nudenet: score at which an EXPOSED class counts (default 0.6)."),
     seeds: str = typer.Option("0,1", help="Seeds for prompts without their own, e.g. 0,1,2 or 0-7."),
     steps: int = typer.Option(35, help="DDIM steps."),
-    guidance: float = typer.Option(7.5, help="Classifier-free guidance scale (CSV rows may set their own)."),
+    guidance: Optional[float] = guidance_option("Guidance scale (default: the model family's, 7.5; FLUX's distilled guidance, 3.5); CSV rows may set their own."),
     reference: str = typer.Option("auto", help="FID/KID reference: auto (the task's: rendered ground truth in the shapes world, else its folder or the base model's images), none, or a folder of images."),
     features: Optional[str] = typer.Option(None, help="FID/KID features: shapes (the shapes classifier) or inception; default the task's."),
     clip: Optional[str] = typer.Option(None, help="CLIP model (folder or hub id): CLIP score on real models, and the style and person tasks' detector."),
@@ -519,7 +528,7 @@ def evaluate(
     measures = _measured(task, concept, erasure, clip, detector, threshold)  # a concept the detector cannot look for is refused here
     folders = _folders(measures, out)
     suites = {m.concept: m.select(prompts) for m, _ in measures}
-    sampling = _sampling(seeds, steps, guidance, batch_size)
+    sampling = _sampling(seeds, steps, _guidance(guidance, model, config), batch_size)
     images = 2 * sum(1 if p.seed is not None else len(sampling.seeds) for s in suites.values() for suite in s.values() for p in suite)  # base and erased
     _check_limits(model, config, steps, images, f"--seeds {seeds} over {sum(len(suite) for s in suites.values() for suite in s.values())} prompts")
     device, dtype = _precision(device, dtype)
@@ -567,7 +576,7 @@ def bench(
     model: str = typer.Option("builtin", help=MODEL_HELP),
     seeds: str = typer.Option("0,1", help="Evaluation seeds, e.g. 0,1 or 0-3."),
     steps: int = typer.Option(35, help="DDIM steps when generating for evaluation."),
-    guidance: float = guidance_option(),
+    guidance: Optional[float] = guidance_option(),
     batch_size: int = batch_size_option(),
     prompts: Optional[str] = typer.Option(None, help="The task's prompt suites evaluated for every cell (default: its target, related and unrelated), or a CSV file."),
     clip: Optional[str] = typer.Option(None, help="CLIP model (folder or hub id): the style and person tasks' detector."),
@@ -601,7 +610,7 @@ def bench(
         concepts = "circle,striped" if task == "shapes" else load_task(task).concept
     concept_list = [c.strip() for c in concepts.split(",") if c.strip()]
     attack_list = tuple(a.strip() for a in attacks.split(",") if a.strip())
-    sampling = _sampling(seeds, steps, guidance, batch_size)
+    sampling = _sampling(seeds, steps, _guidance(guidance, model, None), batch_size)
     if not concept_list:
         raise ErasekitError("--concepts names no concept")
     suites = load_task(task, concept_list[0]).select(prompts)
@@ -642,7 +651,7 @@ def attack(
     clip: Optional[str] = typer.Option(None, help="CLIP model (folder or hub id): the style and person tasks' detector."),
     seeds: str = typer.Option("0-3", help="Seeds per target prompt, e.g. 0,1,2 or 0-3."),
     steps: int = typer.Option(35, help="DDIM steps when generating."),
-    guidance: float = guidance_option(),
+    guidance: Optional[float] = guidance_option(),
     batch_size: int = batch_size_option(),
     out: Path = typer.Option(Path("attack"), help="Folder for attack.json (ASR, budget, and the prompts that succeeded, to replay), learned_embeds.safetensors (inversion) and successes.png "
                              "(with several concepts, a folder each: OUT/CONCEPT/)."),
@@ -672,7 +681,7 @@ def attack(
     measures = _measured(task, concept, erasure, clip, detector, threshold)
     folders = _folders(measures, out)
     targets = {m.concept: m.target_texts(prompts) for m, _ in measures}
-    sampling = _sampling(seeds, steps, guidance, batch_size)
+    sampling = _sampling(seeds, steps, _guidance(guidance, model, config), batch_size)
     # the base model's images, the erased model's and the attacked ones, per target prompt and seed
     n_targets = sum(map(len, targets.values()))
     _check_limits(model, config, steps, 3 * n_targets * len(sampling.seeds), f"--seeds {seeds} over {n_targets} target prompts")
@@ -821,7 +830,7 @@ def shapes_score(
     classifier: Optional[Path] = typer.Option(None, help="Classifier folder (default: the shipped one)."),
     seeds: int = typer.Option(2, help="Seeds per prompt (108 prompts: every shape x colour x texture)."),
     steps: int = typer.Option(35, help="DDIM steps."),
-    guidance: float = guidance_option(),
+    guidance: Optional[float] = guidance_option(),
     as_json: bool = typer.Option(False, "--json", help="Print JSON (with per-image predictions) instead of a table."),
 ):
     """Generate every shape x colour x texture prompt and report how often the classifier agrees with it."""
@@ -831,6 +840,7 @@ def shapes_score(
 
     pipe = load_pipeline(model)
     detector = load_classifier(classifier)
+    guidance = _guidance(guidance, model, None)
     score = score_model(pipe, detector, seeds=seeds, steps=steps, guidance=guidance)
     if as_json:
         json.dump({"model": model, "agreement": score.agreement, "n_images": score.n_images, "per_image": score.per_prompt}, sys.stdout, indent=2)

@@ -79,6 +79,7 @@ class Family:
     checkpoint_marker: str | None = None  # a key prefix only this family's single-file checkpoints have
     denoiser: str = "unet"  # the pipeline's attribute holding the denoiser
     sampler: str = "DDIMScheduler"  # the diffusers scheduler erasekit samples with (sampling.run_sampler)
+    guidance: float = 7.5  # the CLI's default guidance scale for the family's models
     presets: dict = {}  # parameter presets whose rules differ from presets.py's (the UNet's)
     cross_attention: bool = True  # text reaches the image through separate cross-attention layers (attention.py's processors)
     lora_format: str = "kohya"  # the LoRA layout every client of the family reads (lora.py): A1111, ComfyUI and diffusers

@@ -53,6 +53,7 @@ class Flux(Family):
     token_file_keys = ("clip_l", "t5")
     denoiser = "transformer"
     sampler = "FlowMatchEulerDiscreteScheduler"
+    guidance = 3.5  # FluxPipeline's default: FLUX.1-dev's distilled guidance, an input of the model, not CFG
     cross_attention = False
     lora_format = "peft"  # diffusers' transformer.* keys, which ComfyUI maps for FLUX too
     single_file = False  # not written: diffusers reads a FLUX single file at FLUX.1's width only, so no small model can check a round trip
