@@ -202,3 +202,45 @@ def test_flow_inversion_then_sampling_gives_the_latents_back_closer_with_more_st
         assert fine < coarse / 4 and fine < 0.15 * latents.abs().mean().item(), (stop_share, coarse, fine)
     purified = purify(pipe, pipe, images, steps=10, strength=0.5)
     assert [im.size for im in purified.images] == [(16, 16)] * 2
+
+
+def test_with_t5_uce_aligns_each_segment_the_token_attacks_reach_t5_and_the_single_file_keeps_it(tmp_path):
+    """SD3's sequence is CLIP's 77 tokens, then T5's: UCE aligns the concept's last word and what follows
+    within each (the CLIP and T5 tokenizers count differently); a learned token gets a row in all three
+    encoders; the single file holds T5 under text_encoders.t5xxl, and reads back."""
+    import copy
+
+    from erasekit.attacks import run_attack
+    from erasekit.methods import get_method
+    from erasekit.sampling import embed
+    from erasekit.single_file import save_checkpoint
+    from erasekit.tasks.shapes import ShapesDetector
+    from erasekit.testing import random_sd3_pipeline
+
+    from .test_flux import circles
+
+    pipe = random_sd3_pipeline(t5=True)
+    folder = tmp_path / "sd3-t5"
+    pipe.save_pretrained(folder, safe_serialization=True)
+    hidden = embed(pipe, ["circle", ""]).hidden
+    uce = get_method("uce")(pipe, ["circle"], get_method("uce").make_config())
+    # CLIP: BOS circle EOS against BOS EOS, so "circle" (1) meets "" at 0; T5: circle EOS against EOS, both from 77
+    torch.testing.assert_close(uce.erase_inputs, torch.cat([hidden[0, 1:77], hidden[0, 77:]]).float())
+    torch.testing.assert_close(uce.erase_targets, torch.cat([hidden[1, 0:76], hidden[1, 77:]]).float())
+    edited = copy.deepcopy(pipe)
+    erase(edited, method="uce", concepts="circle", progress=False)
+    words, empty = hidden[0, [1, 77]], hidden[1, [0, 77]]  # the word in each segment, and where "" puts it
+    before, after = pipe.transformer.context_embedder, edited.transformer.context_embedder
+    with torch.no_grad():
+        gap = lambda layer: (layer(words) - before(empty)).norm().item()  # noqa: E731
+        assert gap(after) < 0.2 * gap(before)
+    result = run_attack("inversion", pipe, "circle", ["a red circle"], ShapesDetector(), sampling=Sampling(seeds=(0,), steps=2), images=circles(2), steps=1)
+    result.save(tmp_path, pipe=pipe)
+    widths = [pipe.text_encoder.config.hidden_size, pipe.text_encoder_2.config.hidden_size, pipe.text_encoder_3.config.d_model]
+    assert {k: v.shape[1] for k, v in load_file(str(tmp_path / "learned_embeds.safetensors")).items()} == dict(zip(("clip_l", "clip_g", "t5"), widths))
+    path = tmp_path / "model.safetensors"
+    save_checkpoint(edited, path)
+    back = load_pipeline(str(path), config=str(folder))
+    for component in ("transformer", "text_encoder_3"):
+        mine, theirs = getattr(edited, component).state_dict(), getattr(back, component).state_dict()
+        assert set(mine) == set(theirs) and all(torch.equal(mine[k], theirs[k]) for k in mine), component

@@ -121,6 +121,13 @@ def clip_tensors(encoder, layout: str) -> dict[str, torch.Tensor]:
     return out
 
 
+def t5_tensors(encoder) -> dict[str, torch.Tensor]:
+    """A T5 encoder's weights in transformers' names. Its token table is tied (`shared` is the encoder's
+    `embed_tokens`): both names are written, as diffusers' reader fills each, the second a copy
+    (safetensors stores no tensor twice)."""
+    return {k: v.clone() if k == "encoder.embed_tokens.weight" else v for k, v in encoder.state_dict().items()}
+
+
 # SD3's transformer in its original (MMDiT) names, the reverse of diffusers'
 # convert_sd3_transformer_checkpoint_to_diffusers: whole-module renames, then the per-block ones.
 MMDIT_FIXED = {"pos_embed.pos_embed": "pos_embed", "pos_embed.proj": "x_embedder.proj", "context_embedder": "context_embedder",
@@ -178,7 +185,7 @@ def checkpoint_tensors(pipe) -> dict[str, torch.Tensor]:
     tensors = {UNET_PREFIX + k: v for k, v in family_of(pipe).checkpoint_denoiser(pipe).items()}
     tensors |= {VAE_PREFIX + k: v for k, v in vae_tensors(pipe.vae).items()}
     for prefix, layout, encoder in family_of(pipe).checkpoint_text_encoders(pipe):
-        tensors |= {prefix + k: v for k, v in (encoder.state_dict() if layout == "t5" else clip_tensors(encoder, layout)).items()}
+        tensors |= {prefix + k: v for k, v in (t5_tensors(encoder) if layout == "t5" else clip_tensors(encoder, layout)).items()}
     return tensors
 
 

@@ -67,11 +67,12 @@ SD3_SCALED_DOWN = dict(
 )
 
 
-def random_sd3_pipeline(transformer_config: dict = SD3_SCALED_DOWN, *, seed: int = 0):
+def random_sd3_pipeline(transformer_config: dict = SD3_SCALED_DOWN, *, seed: int = 0, t5: bool = False):
     """A StableDiffusion3Pipeline around a random SD3Transformer2DModel of `transformer_config`, with two
     two-layer CLIP text encoders with projections (24 and 40 wide: their pooled outputs make the
-    64-wide pooled embedding, as 768 + 1280 make SD3's 2048), the shapes-world tokenizer for both, no
-    T5 (diffusers then conditions on zeros in its place), a two-level VAE and flow-matching Euler."""
+    64-wide pooled embedding, as 768 + 1280 make SD3's 2048), the shapes-world tokenizer for both, a
+    two-layer T5 as wide as the text stream where `t5` (else none: diffusers then conditions on zeros
+    in its place), a two-level VAE and flow-matching Euler."""
     from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
     from transformers import CLIPTextModelWithProjection
 
@@ -85,9 +86,11 @@ def random_sd3_pipeline(transformer_config: dict = SD3_SCALED_DOWN, *, seed: int
         encoders.append(CLIPTextModelWithProjection(config))
     with torch.no_grad():  # SD3's CLIP-L projects its pooled output by the identity (what its single files leave out)
         encoders[0].text_projection.weight.copy_(torch.eye(encoders[0].config.projection_dim))
+    t5_tokenizer = _t5_tokenizer() if t5 else None
     pipe = StableDiffusion3Pipeline(
         transformer=transformer, vae=_vae(shift_factor=0.0609), scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
-        text_encoder=encoders[0], tokenizer=tokenizer, text_encoder_2=encoders[1], tokenizer_2=tokenizer, text_encoder_3=None, tokenizer_3=None,
+        text_encoder=encoders[0], tokenizer=tokenizer, text_encoder_2=encoders[1], tokenizer_2=tokenizer,
+        text_encoder_3=_t5(t5_tokenizer, transformer.config.joint_attention_dim) if t5 else None, tokenizer_3=t5_tokenizer,
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -106,21 +109,27 @@ def random_flux_pipeline(transformer_config: dict = FLUX_SCALED_DOWN, *, seed: i
     text encoder (the pooled embedding) and a two-layer T5 encoder (the sequence) over the shapes world's
     words, a two-level VAE with FLUX's shift and scale, and FLUX.1-dev's shifted flow-matching Euler."""
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
-    from transformers import CLIPTextModel, T5Config, T5EncoderModel
+    from transformers import CLIPTextModel
 
     torch.manual_seed(seed)
     tokenizer, t5_tokenizer = _tokenizer(), _t5_tokenizer()
     transformer = FluxTransformer2DModel(**transformer_config)
     clip = CLIPTextModel(_text_config(tokenizer, transformer.config.pooled_projection_dim, 2, "quick_gelu"))
-    width = transformer.config.joint_attention_dim
-    t5 = T5EncoderModel(T5Config(vocab_size=len(t5_tokenizer), d_model=width, d_kv=width // 4, d_ff=2 * width, num_layers=2, num_heads=4,
-                                 feed_forward_proj="gated-gelu", pad_token_id=t5_tokenizer.pad_token_id, eos_token_id=t5_tokenizer.eos_token_id))
+    t5 = _t5(t5_tokenizer, transformer.config.joint_attention_dim)
     scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
                                                 base_image_seq_len=256, max_image_seq_len=4096)
     pipe = FluxPipeline(transformer=transformer, vae=_vae(shift_factor=0.1159, scaling_factor=0.3611), scheduler=scheduler,
                         text_encoder=clip, tokenizer=tokenizer, text_encoder_2=t5, tokenizer_2=t5_tokenizer)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def _t5(tokenizer, width: int):
+    """A random two-layer T5 encoder `width` wide over `tokenizer`'s pieces, in eval mode (no dropout), as from_pretrained gives it."""
+    from transformers import T5Config, T5EncoderModel
+
+    return T5EncoderModel(T5Config(vocab_size=len(tokenizer), d_model=width, d_kv=width // 4, d_ff=2 * width, num_layers=2, num_heads=4,
+                                   feed_forward_proj="gated-gelu", pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)).eval()
 
 
 def _t5_tokenizer():

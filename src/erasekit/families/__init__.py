@@ -113,9 +113,10 @@ class Family:
         return {}
 
     @classmethod
-    def sequence_tokenizer(cls, pipe):
-        """The tokenizer whose tokens make the conditioning sequence, position for position (UCE aligns on them)."""
-        return pipe.tokenizer
+    def sequence_segments(cls, pipe) -> list[tuple[object, int | None]]:
+        """The conditioning sequence as consecutive segments, each a tokenizer's tokens position for
+        position: (tokenizer, length; None for the rest). UCE aligns tokens within each."""
+        return [(pipe.tokenizer, None)]
 
     @classmethod
     def pipeline_type(cls):

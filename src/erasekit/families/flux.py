@@ -99,5 +99,5 @@ class Flux(Family):
         return [pipe.tokenizer, pipe.tokenizer_2]
 
     @classmethod
-    def sequence_tokenizer(cls, pipe):
-        return pipe.tokenizer_2  # the sequence is T5's; CLIP gives only the pooled embedding
+    def sequence_segments(cls, pipe):
+        return [(pipe.tokenizer_2, None)]  # the sequence is T5's; CLIP gives only the pooled embedding

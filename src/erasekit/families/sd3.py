@@ -65,6 +65,13 @@ class StableDiffusion3(Family):
                 if e is not None]
 
     @classmethod
+    def sequence_segments(cls, pipe):
+        # CLIP's tokens (both encoders side by side), then T5's; with no T5 its part is zeros, which no edit reads
+        if pipe.text_encoder_3 is None:
+            return [(pipe.tokenizer, None)]
+        return [(pipe.tokenizer, pipe.tokenizer.model_max_length), (pipe.tokenizer_3, None)]
+
+    @classmethod
     def checkpoint_denoiser(cls, pipe):
         from ..single_file import mmdit_tensors
 

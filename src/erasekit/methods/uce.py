@@ -59,20 +59,22 @@ class Uce(ClosedFormMethod):
     Config = UceConfig
 
     def _aligned_tokens(self, old: str, new: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """Embeddings of `old` from its last word token on, and of `new` at the aligned positions."""
+        """Embeddings of `old` from its last word token on, and of `new` at the aligned positions, within
+        each segment of the sequence (SD3: CLIP's tokens, then T5's; Family.sequence_segments)."""
+        from ..families import family_of
         from ..sampling import embed
 
-        from ..families import family_of
-
         emb = embed(self.pipe, [old, new]).hidden.float()  # the keys and values are linear in these states
-        length = emb.shape[1]
-        tokenizer = family_of(self.pipe).sequence_tokenizer(self.pipe)
-        # the last word's position: CLIP's ids are BOS, words..., EOS, and T5's (FLUX) words..., EOS (just EOS for "": 0)
-        last = [max(len(tokenizer(t).input_ids) - 2, 0) for t in (old, new)]
-        farthest = max(last)
-        old_tokens = emb[0, last[0] : length - (farthest - last[0])]
-        new_tokens = emb[1, last[1] : length - (farthest - last[1])]
-        return old_tokens, new_tokens
+        olds, news, start = [], [], 0
+        for tokenizer, length in family_of(self.pipe).sequence_segments(self.pipe):
+            end = emb.shape[1] if length is None else start + length
+            # the last word's position: CLIP's ids are BOS, words..., EOS, and T5's words..., EOS (just EOS for "": 0)
+            last = [max(len(tokenizer(t).input_ids) - 2, 0) for t in (old, new)]
+            farthest = max(last)
+            olds.append(emb[0, start + last[0] : end - (farthest - last[0])])
+            news.append(emb[1, start + last[1] : end - (farthest - last[1])])
+            start = end
+        return torch.cat(olds), torch.cat(news)
 
     def __init__(self, pipe, concepts, config: UceConfig, replacement=None):
         super().__init__(pipe, concepts, config, replacement)
