@@ -125,8 +125,6 @@ def test_evaluate_every_attack_and_purify_run_on_flux_and_what_it_lacks_is_refus
         assert result.n_prompts == 1, name
     with pytest.raises(ErasekitError, match="fmn .* joint attention"):
         erase(str(tiny_flux_folder), method="fmn", concepts="circle", steps=1, concept_images=1, progress=False)
-    with pytest.raises(ErasekitError, match="single-file checkpoint of a FLUX erasure is not written yet"):
-        erase(base, method="uce", concepts="circle", progress=False).save_checkpoint("never.safetensors")
     purified = purify(base, base, circles(2), steps=4, strength=0.5)
     assert [im.size for im in purified.images] == [(16, 16)] * 2
 
@@ -178,3 +176,27 @@ def test_the_cli_draws_flux_at_its_own_default_guidance(tiny_flux_folder, tmp_pa
     pipe = load_pipeline(str(tiny_flux_folder))
     at = {g: generate(pipe, ["a red circle"], n=1, steps=2, guidance=g, progress=False)[0] for g in (3.5, 7.5)}
     assert pixel_diff(drawn, at[3.5]).max() == 0 and pixel_diff(drawn, at[7.5]).max() > 0
+
+
+@pytest.mark.slow
+def test_an_erased_flux_transformer_round_trips_through_black_forest_labs_single_file_layout(tmp_path):
+    """FLUX.1's own single files hold the transformer alone, in BFL's names (q, k, v fused; in single
+    blocks with the MLP's input too; RMS norms' "scale"; the final modulation shift first). diffusers'
+    reader assumes FLUX.1's width, so this transformer is that wide, one block of each kind deep."""
+    from erasekit.single_file import checkpoint_tensors
+    from erasekit.testing import FLUX_SCALED_DOWN, random_flux_pipeline
+
+    full_width = {**FLUX_SCALED_DOWN, "attention_head_dim": 128, "num_attention_heads": 24, "axes_dims_rope": (16, 56, 56)}
+    pipe = random_flux_pipeline(full_width).to(torch.bfloat16)
+    folder = tmp_path / "base"
+    pipe.save_pretrained(folder, safe_serialization=True)
+    erasure = erase(pipe, method="uce", concepts="circle", progress=False)
+    keys = set(checkpoint_tensors(pipe))
+    assert {"double_blocks.0.img_attn.qkv.weight", "double_blocks.0.txt_attn.norm.query_norm.scale", "single_blocks.0.linear1.weight",
+            "txt_in.weight", "guidance_in.in_layer.weight", "final_layer.adaLN_modulation.1.weight"} <= keys
+    path = tmp_path / "flux-erased.safetensors"
+    erasure.save_checkpoint(path)
+    back = load_pipeline(str(path), config=str(folder), dtype="bf16")
+    mine, theirs = pipe.transformer.state_dict(), back.transformer.state_dict()
+    assert set(mine) == set(theirs) and all(torch.equal(mine[k], theirs[k]) for k in mine)
+    assert not torch.equal(mine["context_embedder.weight"], erasure.base["context_embedder.weight"].to(torch.bfloat16))  # the erasure is in it

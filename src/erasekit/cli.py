@@ -291,7 +291,8 @@ def erase(
     seed: int = typer.Option(0, help="Seed: the same seed and settings give the same weights."),
     out: Path = typer.Option(Path("erased.safetensors"), help="Erasure file: the changed parameters plus metadata (safetensors)."),
     save_pipeline: Optional[Path] = typer.Option(None, help="Also write the whole erased pipeline as a diffusers folder."),
-    save_checkpoint: Optional[Path] = typer.Option(None, help="Also write the whole erased model as one .safetensors checkpoint in the original Stable Diffusion layout (A1111, ComfyUI)."),
+    save_checkpoint: Optional[Path] = typer.Option(None, help="Also write the erased model as one .safetensors checkpoint in its original layout (A1111, ComfyUI): "
+                                                  "the whole Stable Diffusion or SD3 model; FLUX's transformer alone, as FLUX.1 ships."),
     save_lora: Optional[Path] = typer.Option(None, help="Also write the change as a LoRA (truncated SVD of each weight's delta): pipe.load_lora_weights(FILE) loads it."),
     lora_rank: Optional[int] = typer.Option(None, help="The LoRA's rank (default: the smallest that keeps every layer's change within 1%, at most 128; "
                                             "lower is smaller and coarser, and the output says how close it is)."),
@@ -343,11 +344,6 @@ def erase(
 
     if lora_format is not None and lora_format not in FORMATS:
         raise ErasekitError(f"unknown --lora-format '{lora_format}': use {' or '.join(FORMATS)}")
-    from .model import peek_family
-
-    family = peek_family(model, config)
-    if save_checkpoint is not None and family is not None:
-        family.check_single_file()
     checkpoint, keeps = checkpoint_folder(out), "--out's checkpoint folder"
     check_paths({"--model": _model_path(model), "--config": _local(config), "--concepts-file": concepts_file},
                 [("--out", out), ("--save-lora", save_lora), ("--save-checkpoint", save_checkpoint),

@@ -77,7 +77,6 @@ class Erasure:
         """The whole erased model as one safetensors file in the original layout (single_file); returns the tensor count."""
         from .single_file import save_checkpoint
 
-        family_of(self.pipe).check_single_file()
         return save_checkpoint(self.pipe, path)
 
 

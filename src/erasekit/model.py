@@ -120,8 +120,7 @@ def _load_single_file(path: Path, dtype, config: str | None):
         raise ModelLoadError(f"{path} is not a model: pass a diffusers folder, a .safetensors checkpoint or a hub id")
     try:
         family, index = _single_file_family(path, config)
-        return family.pipeline_type().from_single_file(str(path), dtype=dtype, config=config, local_files_only=True, **family.pipeline_kwargs(),
-                                                       **(_absent(family, index) if index else {}))
+        return family.from_single_file(str(path), config, dtype=dtype, **(_absent(family, index) if index else {}))
     except ModelLoadError:
         raise
     except Exception as e:  # diffusers raises many types here; all mean "cannot open this file"

@@ -1,5 +1,5 @@
 """A whole pipeline as one single-file checkpoint in the original layout (A1111, ComfyUI): Stable Diffusion's,
-or SD3's (MMDiT).
+or SD3's (MMDiT); for FLUX, the transformer alone in Black Forest Labs' names, as FLUX.1 is released.
 
 diffusers converts that layout to its own (`from_single_file`) but not back, so this module writes
 the reverse of its conversion: the fixed names come from diffusers' own table
@@ -11,6 +11,7 @@ encoders go (families/). The round trip through `from_single_file` is the test: 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -128,49 +129,95 @@ def t5_tensors(encoder) -> dict[str, torch.Tensor]:
     return {k: v.clone() if k == "encoder.embed_tokens.weight" else v for k, v in encoder.state_dict().items()}
 
 
-# SD3's transformer in its original (MMDiT) names, the reverse of diffusers'
-# convert_sd3_transformer_checkpoint_to_diffusers: whole-module renames, then the per-block ones.
-MMDIT_FIXED = {"pos_embed.pos_embed": "pos_embed", "pos_embed.proj": "x_embedder.proj", "context_embedder": "context_embedder",
-               "time_text_embed.timestep_embedder.linear_1": "t_embedder.mlp.0", "time_text_embed.timestep_embedder.linear_2": "t_embedder.mlp.2",
-               "time_text_embed.text_embedder.linear_1": "y_embedder.mlp.0", "time_text_embed.text_embedder.linear_2": "y_embedder.mlp.2",
-               "proj_out": "final_layer.linear", "norm_out.linear": "final_layer.adaLN_modulation.1"}
-MMDIT_BLOCK = {"attn.to_out.0": "x_block.attn.proj", "attn.to_add_out": "context_block.attn.proj", "attn.norm_q": "x_block.attn.ln_q",
-               "attn.norm_k": "x_block.attn.ln_k", "attn.norm_added_q": "context_block.attn.ln_q", "attn.norm_added_k": "context_block.attn.ln_k",
-               "attn2.to_out.0": "x_block.attn2.proj", "attn2.norm_q": "x_block.attn2.ln_q", "attn2.norm_k": "x_block.attn2.ln_k",
-               "norm1.linear": "x_block.adaLN_modulation.1", "norm1_context.linear": "context_block.adaLN_modulation.1",
-               "ff.net.0.proj": "x_block.mlp.fc1", "ff.net.2": "x_block.mlp.fc2", "ff_context.net.0.proj": "context_block.mlp.fc1",
-               "ff_context.net.2": "context_block.mlp.fc2"}
-# q, k and v are one fused projection there, in that order: diffusers name -> (original name, its third)
-MMDIT_QKV = {f"{stem}{x}{end}": (fused, i) for stem, end, fused in (("attn.to_", "", "x_block.attn.qkv"), ("attn.add_", "_proj", "context_block.attn.qkv"),
-                                                                    ("attn2.to_", "", "x_block.attn2.qkv")) for i, x in enumerate("qkv")}
+@dataclass(frozen=True)
+class Blocks:
+    """One kind of transformer block in the original layout: its list's name, the modules inside renamed,
+    those fused into one projection there, and those the last block stores (shift, scale) (SD3's)."""
+
+    original: str
+    renames: dict[str, str]
+    fused: dict[str, tuple[str, int, int]]  # inner module -> (original, its place, how many are fused)
+    swapped_last: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class TransformerLayout:
+    """How a transformer's diffusers names map to its original single-file names."""
+
+    fixed: dict[str, str]  # whole modules (or a bare tensor) -> original
+    blocks: dict[str, Blocks]  # diffusers' block list -> the original's
+    swapped: tuple[str, ...] = ("norm_out.linear",)  # modulations the original stores (shift, scale), diffusers (scale, shift)
+    scales: tuple[str, ...] = ()  # original modules whose weight is called "scale" (FLUX's RMS norms)
+
+
+def _fuse(parts: str, places: list[tuple[str, str]]) -> dict[str, tuple[str, int, int]]:
+    """Fused projections: for each (diffusers name pattern with {}, original name), its parts in order."""
+    names = parts.split()
+    return {stem.format(x): (original, i, len(names)) for stem, original in places for i, x in enumerate(names)}
+
+
+# SD3: the reverse of diffusers' convert_sd3_transformer_checkpoint_to_diffusers
+SD3_LAYOUT = TransformerLayout(
+    fixed={"pos_embed.pos_embed": "pos_embed", "pos_embed.proj": "x_embedder.proj", "context_embedder": "context_embedder",
+           "time_text_embed.timestep_embedder.linear_1": "t_embedder.mlp.0", "time_text_embed.timestep_embedder.linear_2": "t_embedder.mlp.2",
+           "time_text_embed.text_embedder.linear_1": "y_embedder.mlp.0", "time_text_embed.text_embedder.linear_2": "y_embedder.mlp.2",
+           "proj_out": "final_layer.linear", "norm_out.linear": "final_layer.adaLN_modulation.1"},
+    blocks={"transformer_blocks": Blocks("joint_blocks", {
+        "attn.to_out.0": "x_block.attn.proj", "attn.to_add_out": "context_block.attn.proj", "attn.norm_q": "x_block.attn.ln_q",
+        "attn.norm_k": "x_block.attn.ln_k", "attn.norm_added_q": "context_block.attn.ln_q", "attn.norm_added_k": "context_block.attn.ln_k",
+        "attn2.to_out.0": "x_block.attn2.proj", "attn2.norm_q": "x_block.attn2.ln_q", "attn2.norm_k": "x_block.attn2.ln_k",
+        "norm1.linear": "x_block.adaLN_modulation.1", "norm1_context.linear": "context_block.adaLN_modulation.1",
+        "ff.net.0.proj": "x_block.mlp.fc1", "ff.net.2": "x_block.mlp.fc2", "ff_context.net.0.proj": "context_block.mlp.fc1",
+        "ff_context.net.2": "context_block.mlp.fc2"},
+        _fuse("q k v", [("attn.to_{}", "x_block.attn.qkv"), ("attn.add_{}_proj", "context_block.attn.qkv"), ("attn2.to_{}", "x_block.attn2.qkv")]),
+        swapped_last=("norm1_context.linear",))},  # the last block modulates its text stream as the final layer does
+)
+
+# FLUX: the reverse of diffusers' convert_flux_transformer_checkpoint_to_diffusers (Black Forest Labs' names)
+FLUX_LAYOUT = TransformerLayout(
+    fixed={"time_text_embed.timestep_embedder.linear_1": "time_in.in_layer", "time_text_embed.timestep_embedder.linear_2": "time_in.out_layer",
+           "time_text_embed.text_embedder.linear_1": "vector_in.in_layer", "time_text_embed.text_embedder.linear_2": "vector_in.out_layer",
+           "time_text_embed.guidance_embedder.linear_1": "guidance_in.in_layer", "time_text_embed.guidance_embedder.linear_2": "guidance_in.out_layer",
+           "context_embedder": "txt_in", "x_embedder": "img_in", "proj_out": "final_layer.linear", "norm_out.linear": "final_layer.adaLN_modulation.1"},
+    blocks={"transformer_blocks": Blocks("double_blocks", {
+        "norm1.linear": "img_mod.lin", "norm1_context.linear": "txt_mod.lin", "attn.to_out.0": "img_attn.proj", "attn.to_add_out": "txt_attn.proj",
+        "attn.norm_q": "img_attn.norm.query_norm", "attn.norm_k": "img_attn.norm.key_norm",
+        "attn.norm_added_q": "txt_attn.norm.query_norm", "attn.norm_added_k": "txt_attn.norm.key_norm",
+        "ff.net.0.proj": "img_mlp.0", "ff.net.2": "img_mlp.2", "ff_context.net.0.proj": "txt_mlp.0", "ff_context.net.2": "txt_mlp.2"},
+        _fuse("q k v", [("attn.to_{}", "img_attn.qkv"), ("attn.add_{}_proj", "txt_attn.qkv")])),
+        "single_transformer_blocks": Blocks("single_blocks", {
+            "norm.linear": "modulation.lin", "attn.norm_q": "norm.query_norm", "attn.norm_k": "norm.key_norm", "proj_out": "linear2"},
+            _fuse("attn.to_q attn.to_k attn.to_v proj_mlp", [("{}", "linear1")]))},  # attention's q, k, v and the MLP's input in one
+    scales=("query_norm", "key_norm"),
+)
 
 
 def _swap_scale_shift(tensor: torch.Tensor) -> torch.Tensor:
-    """The original final modulation's (shift, scale) halves, which diffusers stores as (scale, shift)."""
     first, second = tensor.chunk(2, dim=0)
     return torch.cat([second, first])
 
 
-def mmdit_tensors(transformer) -> dict[str, torch.Tensor]:
-    """SD3's transformer weights under their original names (q, k and v fused into qkv)."""
-    last = transformer.config.num_layers - 1
+def transformer_tensors(transformer, layout: TransformerLayout) -> dict[str, torch.Tensor]:
+    """A transformer's weights under their original single-file names (`layout`), fused projections concatenated."""
     out, fused = {}, {}
     for name, tensor in transformer.state_dict().items():
         module, kind = name.rsplit(".", 1)
-        if module in MMDIT_FIXED or name in MMDIT_FIXED:  # the position table is a tensor of its own, not a module's
-            original = MMDIT_FIXED.get(name) or f"{MMDIT_FIXED[module]}.{kind}"
-            out[original] = _swap_scale_shift(tensor) if module == "norm_out.linear" else tensor
+        if module in layout.fixed or name in layout.fixed:  # SD3's position table is a bare tensor, not a module's
+            original = layout.fixed.get(name) or f"{layout.fixed[module]}.{kind}"
+            out[original] = _swap_scale_shift(tensor) if module in layout.swapped else tensor
             continue
-        block, inner = module.removeprefix("transformer_blocks.").split(".", 1)
-        if inner in MMDIT_QKV:
-            original, third = MMDIT_QKV[inner]
-            fused.setdefault(f"joint_blocks.{block}.{original}.{kind}", [None] * 3)[third] = tensor
-        elif inner in MMDIT_BLOCK:
-            # the last block's context modulation is stored (shift, scale), as the final layer's is
-            swap = inner == "norm1_context.linear" and int(block) == last
-            out[f"joint_blocks.{block}.{MMDIT_BLOCK[inner]}.{kind}"] = _swap_scale_shift(tensor) if swap else tensor
+        blocks, index, inner = module.split(".", 2)
+        block = layout.blocks[blocks]
+        if inner in block.fused:
+            original, place, parts = block.fused[inner]
+            fused.setdefault(f"{block.original}.{index}.{original}.{kind}", [None] * parts)[place] = tensor
+        elif inner in block.renames:
+            original = block.renames[inner]
+            last = int(index) == len(getattr(transformer, blocks)) - 1
+            out[f"{block.original}.{index}.{original}.{'scale' if original.endswith(layout.scales) else kind}"] = (
+                _swap_scale_shift(tensor) if last and inner in block.swapped_last else tensor)
         else:
-            raise ValueError(f"no original-layout name for SD3 transformer parameter {name}")
+            raise ValueError(f"no original-layout name for transformer parameter {name}")
     return out | {name: torch.cat(parts) for name, parts in fused.items()}
 
 
@@ -181,8 +228,12 @@ def unet_tensors(unet) -> dict[str, torch.Tensor]:
 
 
 def checkpoint_tensors(pipe) -> dict[str, torch.Tensor]:
-    """Every weight of the pipeline (denoiser, VAE, text encoders) under its original single-file name."""
-    tensors = {UNET_PREFIX + k: v for k, v in family_of(pipe).checkpoint_denoiser(pipe).items()}
+    """Every weight of the pipeline (denoiser, VAE, text encoders) under its original single-file name;
+    the denoiser's alone, unprefixed, where the family's own single files hold only that (FLUX's)."""
+    family = family_of(pipe)
+    if not family.checkpoint_whole:
+        return family.checkpoint_denoiser(pipe)
+    tensors = {UNET_PREFIX + k: v for k, v in family.checkpoint_denoiser(pipe).items()}
     tensors |= {VAE_PREFIX + k: v for k, v in vae_tensors(pipe.vae).items()}
     for prefix, layout, encoder in family_of(pipe).checkpoint_text_encoders(pipe):
         tensors |= {prefix + k: v for k, v in (t5_tensors(encoder) if layout == "t5" else clip_tensors(encoder, layout)).items()}

@@ -83,18 +83,9 @@ class Family:
     presets: dict = {}  # parameter presets whose rules differ from presets.py's (the UNet's)
     cross_attention: bool = True  # text reaches the image through separate cross-attention layers (attention.py's processors)
     lora_format: str = "kohya"  # the LoRA layout every client of the family reads (lora.py): A1111, ComfyUI and diffusers
-    single_file: bool = True  # erasekit writes its single-file checkpoint (single_file.py)
+    checkpoint_whole: bool = True  # the single file holds the whole pipeline (else the denoiser alone, unprefixed)
     token_file_keys: tuple[str, ...] = ()  # a learned token's file: each text encoder's tensor's name where there are several
     optional: tuple[str, ...] = ()  # components a folder may leave out (SD3's T5), loaded as None
-
-    @classmethod
-    def check_single_file(cls) -> None:
-        """Refuse, in one line, a single-file checkpoint erasekit does not write for this family yet."""
-        if not cls.single_file:
-            from ..errors import ErasekitError
-
-            raise ErasekitError(f"a single-file checkpoint of a {cls.label} erasure is not written yet: the erasure file (--out) or "
-                                f"the LoRA (--save-lora) holds the change, and --save-pipeline writes the whole erased model as a diffusers folder")
 
     @classmethod
     def latent_shape(cls, denoiser_config, vae_config) -> tuple[int, int, int]:
@@ -128,6 +119,12 @@ class Family:
     def pipeline_kwargs(cls) -> dict:
         """Extra keyword arguments for from_pretrained / from_single_file."""
         return {}
+
+    @classmethod
+    def from_single_file(cls, path: str, config: str | None, **kwargs):
+        """The pipeline from a single-file checkpoint of the family's layout, `config` a diffusers folder
+        giving the architecture (and, where the file holds the denoiser alone, the other components)."""
+        return cls.pipeline_type().from_single_file(path, config=config, local_files_only=True, **cls.pipeline_kwargs(), **kwargs)
 
     @classmethod
     def encode(cls, pipe, prompts: list[str]) -> Conditioning:

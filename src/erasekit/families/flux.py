@@ -56,7 +56,8 @@ class Flux(Family):
     guidance = 3.5  # FluxPipeline's default: FLUX.1-dev's distilled guidance, an input of the model, not CFG
     cross_attention = False
     lora_format = "peft"  # diffusers' transformer.* keys, which ComfyUI maps for FLUX too
-    single_file = False  # not written: diffusers reads a FLUX single file at FLUX.1's width only, so no small model can check a round trip
+    checkpoint_whole = False  # FLUX.1's own single files hold the transformer alone (ComfyUI's diffusion_models)
+    checkpoint_marker = "double_blocks."
     # The dual-stream blocks' text stream and the context embedder: the layers EraseAnything and UCE's
     # FLUX script change (the single-stream blocks share their weights between text and image).
     presets = JOINT_PRESETS
@@ -81,6 +82,20 @@ class Flux(Family):
     def negative_guidance(cls, guidance):
         # FluxPipeline reads a negative prompt only under "true CFG", a second call a step at true_cfg_scale > 1
         return {"true_cfg_scale": guidance}
+
+    @classmethod
+    def from_single_file(cls, path, config, dtype=None, **kwargs):
+        """The transformer from the file, everything else from the `config` folder."""
+        from diffusers import FluxTransformer2DModel
+
+        transformer = FluxTransformer2DModel.from_single_file(path, config=config, subfolder="transformer", dtype=dtype, local_files_only=True)
+        return cls.pipeline_type().from_pretrained(config, transformer=transformer, dtype=dtype, local_files_only=True, **kwargs)
+
+    @classmethod
+    def checkpoint_denoiser(cls, pipe):
+        from ..single_file import FLUX_LAYOUT, transformer_tensors
+
+        return transformer_tensors(pipe.transformer, FLUX_LAYOUT)
 
     @classmethod
     def encode(cls, pipe, prompts):

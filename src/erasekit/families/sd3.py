@@ -73,9 +73,9 @@ class StableDiffusion3(Family):
 
     @classmethod
     def checkpoint_denoiser(cls, pipe):
-        from ..single_file import mmdit_tensors
+        from ..single_file import SD3_LAYOUT, transformer_tensors
 
-        return mmdit_tensors(pipe.transformer)
+        return transformer_tensors(pipe.transformer, SD3_LAYOUT)
 
     @classmethod
     def checkpoint_text_encoders(cls, pipe):
