@@ -8,6 +8,11 @@ images; its Stable Diffusion schedule (lr 2e-6 scaled by the batch of 4, 200 ste
 the `paper` preset. The anchor defaults to the replacement concept if one is given, else the empty
 prompt, so that the concept falls back to what the model draws unprompted; learning rate and
 steps of the default are ours, for the built-in model.
+
+On a flow-matching model (SD3, FLUX) the anchor's images are noised as the model was trained,
+x_t = (1 − σ) x0 + σ ε, and the student's velocity for c is matched to its velocity for c*: the
+target is the model's own output, so the loss carries over unchanged. "attn2-kv" there is the
+context embedder (families/sd3.py).
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ the erased trajectory (benchmarks/results/shape-erasure-square/results.md). So `
 default) follows the concept's trajectory without a replacement and Algorithm 1's with one; the
 `paper` preset and `trajectory="erased"` always follow Algorithm 1.
 
-On a flow-matching model (SD3) ε is the velocity ε − x0: the targets are linear in the model's
+On a flow-matching model (SD3, FLUX) ε is the velocity ε − x0: the targets are linear in the model's
 outputs, so they carry over as ESD's do (esd.py), δ included (a sum of guidance terms).
 
 Concepts to keep (`preserve`, as UCE's): each gets the concept loss with a zero δ,

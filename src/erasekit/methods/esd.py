@@ -9,7 +9,7 @@ x_t is drawn from the frozen model (default; fast path: a teacher bank) or, as t
 does, from the model being trained (`sample_from="student"`), which samples every step and holds
 a frozen copy for the targets.
 
-On a flow-matching model (SD3) the output is a velocity v = ε − x0, not ε. The target carries over
+On a flow-matching model (SD3, FLUX) the output is a velocity v = ε − x0, not ε. The target carries over
 unchanged: at a fixed x_t, x0 = x_t − σ v is affine in v, so guidance combines velocities as it
 combines noise predictions, and v*(∅) − η (v*(c) − v*(∅)) is the velocity of the negatively guided
 score, as the ε target is for DDPM. x_t is then drawn by flow-matching Euler (sampling.run_sampler).

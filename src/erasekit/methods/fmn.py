@@ -5,6 +5,9 @@ prompt naming the concept, minimise the cross-attention probability mass on the 
 in every cross-attention layer (losses.fmn_loss), for few steps: the paper's 35. Once the image
 no longer attends to those tokens, the concept word stops steering generation. Trains the
 cross-attention parameters; learning rate ours, for the built-in model.
+
+Refused on SD3 and FLUX: their text reaches the image through joint attention, one softmax over
+text and image tokens together, with no cross-attention layer whose maps the loss could read.
 """
 
 from __future__ import annotations

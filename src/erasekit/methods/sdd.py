@@ -9,6 +9,10 @@ Fast path: x_t comes from the teacher bank, the model's trajectories before trai
 teacher starts as exactly that model and moves slowly (after 200 steps at m = 0.999, 82% of its
 weight is still the starting point), so the bank stands in for sampling with it. The target is
 computed with the EMA weights every step.
+
+On a flow-matching model (SD3, FLUX) the student's velocity is matched to the teacher's velocity
+for the empty prompt at the same x_t: the target is the model's own output, so the loss carries
+over unchanged, as any target built linearly from outputs does (esd.py).
 """
 
 from __future__ import annotations

@@ -13,6 +13,12 @@ the empty prompt unless a replacement is given) and c_p of the preserved ones; i
 Defaults follow the official code (train-scripts/train_erase.py): λ = 0.1, erase scale 1, preserve
 scale max(0.1, 1 / number of preserved concepts); the tokens used are the concept's last word
 token and all after it (EOS and padding), aligned with the destination's.
+
+On SD3 and FLUX the keys and values of joint attention come from the text stream after a norm and
+a timestep modulation, which are not linear in the text embedding, so UCE edits the last linear map
+before them, the context embedder (W c: the text stream's input), as UCE's FLUX script does; the
+closed form is the same with c the text encoders' output tokens, aligned within each tokenizer's
+segment of the sequence (SD3: CLIP's, then T5's; FLUX: T5's).
 """
 
 from __future__ import annotations
