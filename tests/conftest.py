@@ -83,3 +83,26 @@ def tiny_sd_folder(request, tmp_path_factory):
     folder = tmp_path_factory.mktemp(f"tiny-sd{request.param}")
     build_tiny_sd(request.param).save_pretrained(folder, safe_serialization=True)
     return folder
+
+
+
+def erases_saves_and_reloads_into_plain_diffusers(folder, pipeline_class, method: str, settings: dict, layer: str, tmp_path, **plain_kwargs):
+    """Erase "circle" with `method` from the pipeline in `folder`, changing `layer`; the erasure file loads
+    into erasekit's pipeline and into plain diffusers' `pipeline_class` (`pipe.transformer.load_state_dict`)
+    with the same weights. Returns erasekit's erased pipeline."""
+    from safetensors.torch import load_file
+
+    from erasekit import erase, load_erasure, load_pipeline
+    from erasekit.families import family_named
+
+    out = tmp_path / "erased.safetensors"
+    erasure = erase(str(folder), method=method, concepts="circle", steps=2, progress=False, out=out, **settings)
+    assert erasure.metadata["family"] == family_named(pipeline_class.__name__).name and any(layer in n for n in erasure.names)
+    assert any(not torch.equal(erasure.tensors[n], erasure.base[n]) for n in erasure.names)
+    ours = load_pipeline(str(folder))
+    load_erasure(ours, out)
+    plain = pipeline_class.from_pretrained(folder, **plain_kwargs)
+    assert not plain.transformer.load_state_dict(load_file(str(out)), strict=False).unexpected_keys
+    theirs, mine = dict(plain.transformer.named_parameters()), dict(ours.transformer.named_parameters())
+    assert all(torch.equal(theirs[n], mine[n]) for n in erasure.names)
+    return ours

@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from erasekit import ErasekitError, Sampling, erase, generate, load_erasure, load_pipeline
+from erasekit import ErasekitError, Sampling, erase, generate, load_pipeline
 from erasekit.sampling import decode, embed, initial_noise, latent_shape, run_sampler, sampling_scheduler, unet_out
 
 from .conftest import pixel_diff
@@ -58,17 +58,9 @@ def test_erasekits_own_sampler_draws_what_the_flux_pipeline_draws(tiny_flux_fold
 def test_every_weight_method_erases_flux_saves_and_reloads_into_plain_diffusers(method, tiny_flux_folder, tmp_path):
     from diffusers import FluxPipeline
 
-    settings, layer = WEIGHT_METHODS[method]
-    out = tmp_path / "erased.safetensors"
-    erasure = erase(str(tiny_flux_folder), method=method, concepts="circle", steps=2, progress=False, out=out, **settings)
-    assert erasure.metadata["family"] == "flux" and any(layer in n for n in erasure.names)
-    assert any(not torch.equal(erasure.tensors[n], erasure.base[n]) for n in erasure.names)
-    ours = load_pipeline(str(tiny_flux_folder))
-    load_erasure(ours, out)
-    plain = FluxPipeline.from_pretrained(tiny_flux_folder)
-    assert not plain.transformer.load_state_dict(load_file(str(out)), strict=False).unexpected_keys
-    theirs, mine = dict(plain.transformer.named_parameters()), dict(ours.transformer.named_parameters())
-    assert all(torch.equal(theirs[n], mine[n]) for n in erasure.names)
+    from .conftest import erases_saves_and_reloads_into_plain_diffusers
+
+    erases_saves_and_reloads_into_plain_diffusers(tiny_flux_folder, FluxPipeline, method, *WEIGHT_METHODS[method], tmp_path)
 
 
 def test_uce_on_flux_aligns_t5_tokens_and_maps_the_concept_onto_the_empty_prompt(tiny_flux_folder):

@@ -65,18 +65,10 @@ def test_erasekits_own_sampler_and_decoder_draw_what_the_sd3_pipeline_draws(tiny
 def test_every_weight_method_erases_sd3_saves_and_reloads_into_plain_diffusers(method, tiny_sd3_folder, tmp_path):
     from diffusers import StableDiffusion3Pipeline
 
-    settings, layer = WEIGHT_METHODS[method]
-    out = tmp_path / "erased.safetensors"
-    erasure = erase(str(tiny_sd3_folder), method=method, concepts="circle", steps=2, progress=False, out=out, **settings)
-    assert erasure.metadata["family"] == "sd3" and any(layer in n for n in erasure.names)
-    assert any(not torch.equal(erasure.tensors[n], erasure.base[n]) for n in erasure.names)
-    ours = load_pipeline(str(tiny_sd3_folder))
-    load_erasure(ours, out)
-    plain = StableDiffusion3Pipeline.from_pretrained(tiny_sd3_folder, text_encoder_3=None, tokenizer_3=None)
-    result = plain.transformer.load_state_dict(load_file(str(out)), strict=False)
-    assert not result.unexpected_keys
-    theirs, mine = dict(plain.transformer.named_parameters()), dict(ours.transformer.named_parameters())
-    assert all(torch.equal(theirs[n], mine[n]) for n in erasure.names)
+    from .conftest import erases_saves_and_reloads_into_plain_diffusers
+
+    ours = erases_saves_and_reloads_into_plain_diffusers(tiny_sd3_folder, StableDiffusion3Pipeline, method, *WEIGHT_METHODS[method], tmp_path,
+                                                         text_encoder_3=None, tokenizer_3=None)
     assert generate(ours, ["a red circle"], n=1, steps=2, progress=False)[0].size == (16, 16)
 
 

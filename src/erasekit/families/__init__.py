@@ -68,6 +68,10 @@ class Conditioning:
         return NotImplemented
 
 
+# The pipelines' names for their tokenizers and text encoders, in order.
+_TEXT = (("tokenizer", "text_encoder"), ("tokenizer_2", "text_encoder_2"), ("tokenizer_3", "text_encoder_3"))
+
+
 class Family:
     """A model family. Subclasses fill in the class attributes and `encode`."""
 
@@ -140,12 +144,13 @@ class Family:
 
     @classmethod
     def text_encoders(cls, pipe) -> list[torch.nn.Module]:
-        return [pipe.text_encoder]
+        """Every text encoder the pipeline holds, in order (a folder may leave one out: SD3's T5)."""
+        return [getattr(pipe, encoder) for _, encoder in _TEXT if getattr(pipe, encoder, None) is not None]
 
     @classmethod
     def tokenizers(cls, pipe) -> list:
         """Each text encoder's tokenizer, in the order of `text_encoders`."""
-        return [pipe.tokenizer]
+        return [getattr(pipe, tokenizer) for tokenizer, encoder in _TEXT if getattr(pipe, encoder, None) is not None]
 
     @classmethod
     def checkpoint_denoiser(cls, pipe) -> dict[str, torch.Tensor]:

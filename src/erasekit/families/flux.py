@@ -106,13 +106,5 @@ class Flux(Family):
         return FluxConditioning(hidden, added)
 
     @classmethod
-    def text_encoders(cls, pipe):
-        return [pipe.text_encoder, pipe.text_encoder_2]
-
-    @classmethod
-    def tokenizers(cls, pipe):
-        return [pipe.tokenizer, pipe.tokenizer_2]
-
-    @classmethod
     def sequence_segments(cls, pipe):
         return [(pipe.tokenizer_2, None)]  # the sequence is T5's; CLIP gives only the pooled embedding

@@ -56,15 +56,6 @@ class StableDiffusion3(Family):
         return JointConditioning(hidden, {"pooled_projections": pooled})
 
     @classmethod
-    def text_encoders(cls, pipe):
-        return [e for e in (pipe.text_encoder, pipe.text_encoder_2, pipe.text_encoder_3) if e is not None]
-
-    @classmethod
-    def tokenizers(cls, pipe):
-        return [t for t, e in ((pipe.tokenizer, pipe.text_encoder), (pipe.tokenizer_2, pipe.text_encoder_2), (pipe.tokenizer_3, pipe.text_encoder_3))
-                if e is not None]
-
-    @classmethod
     def sequence_segments(cls, pipe):
         # CLIP's tokens (both encoders side by side), then T5's; with no T5 its part is zeros, which no edit reads
         if pipe.text_encoder_3 is None:

@@ -30,13 +30,5 @@ class StableDiffusionXL(Family):
         return Conditioning(hidden, {"text_embeds": pooled, "time_ids": time_ids.to(hidden.device).expand(len(prompts), -1)})
 
     @classmethod
-    def text_encoders(cls, pipe):
-        return [pipe.text_encoder, pipe.text_encoder_2]
-
-    @classmethod
-    def tokenizers(cls, pipe):
-        return [pipe.tokenizer, pipe.tokenizer_2]
-
-    @classmethod
     def checkpoint_text_encoders(cls, pipe):
         return [("conditioner.embedders.0.transformer.", "hf", pipe.text_encoder), ("conditioner.embedders.1.model.", "openclip", pipe.text_encoder_2)]
