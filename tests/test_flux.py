@@ -18,7 +18,7 @@ from .conftest import pixel_diff
 WEIGHT_METHODS = {  # each with a run small enough for a test, and the layers its default preset means on FLUX
     "esd-x": ({}, "transformer_blocks.0.attn.add_k_proj"), "esd-u": ({}, "single_transformer_blocks.0.attn.to_q"),
     "abo": ({}, "transformer_blocks.0.attn.add_q_proj"), "uce": ({}, "context_embedder"),
-    "ablating": ({"anchor_images": 2}, "context_embedder"), "sdd": ({}, "attn.add_k_proj"),
+    "ablating": ({"anchor_images": 2}, "context_embedder"), "sdd": ({}, "attn.add_k_proj"), "fmn": ({"concept_images": 2}, "attn.add_q_proj"),
 }
 
 
@@ -115,8 +115,8 @@ def test_evaluate_every_attack_and_purify_run_on_flux_and_what_it_lacks_is_refus
         result = run_attack(name, base, "circle", ["a red circle"], ShapesDetector(), sampling=sampling, images=circles(2),
                             steps=None if name == "paraphrase" else 1, **options.get(name, {}))
         assert result.n_prompts == 1, name
-    with pytest.raises(ErasekitError, match="fmn .* joint attention"):
-        erase(str(tiny_flux_folder), method="fmn", concepts="circle", steps=1, concept_images=1, progress=False)
+    with pytest.raises(ErasekitError, match="implicit δ .* joint attention"):
+        erase(str(tiny_flux_folder), method="abo", concepts="circle", steps=1, delta="implicit", progress=False)
     purified = purify(base, base, circles(2), steps=4, strength=0.5)
     assert [im.size for im in purified.images] == [(16, 16)] * 2
 
@@ -192,3 +192,33 @@ def test_an_erased_flux_transformer_round_trips_through_black_forest_labs_single
     mine, theirs = pipe.transformer.state_dict(), back.transformer.state_dict()
     assert set(mine) == set(theirs) and all(torch.equal(mine[k], theirs[k]) for k in mine)
     assert not torch.equal(mine["context_embedder.weight"], erasure.base["context_embedder.weight"].to(torch.bfloat16))  # the erasure is in it
+
+
+@pytest.mark.parametrize("family", ["sd3", "flux"])
+def test_the_joint_attention_probe_is_the_share_of_the_layers_output_that_the_text_values_make(family):
+    """FMN's probe recomputes joint attention's softmax from the layer's own projections (SD3: image
+    first; FLUX: text first, rotated by position). Its text columns times the text values must be
+    exactly what the text adds to the layer's image output: checked by running the layer with the
+    text values zeroed."""
+    from erasekit.attention import JointAttentionProbe
+    from erasekit.families import denoiser_of
+    from erasekit.testing import random_flux_pipeline, random_sd3_pipeline
+
+    pipe = random_sd3_pipeline(t5=True) if family == "sd3" else random_flux_pipeline()
+    attn = next(m for m in denoiser_of(pipe).modules() if getattr(m, "add_k_proj", None) is not None)
+    seen = {}
+    handle = attn.register_forward_hook(lambda m, args, kwargs, out: seen.update(args=args, kwargs=kwargs, out=out), with_kwargs=True)
+    with torch.no_grad():
+        unet_out(denoiser_of(pipe), torch.randn(1, *latent_shape(pipe), generator=torch.Generator().manual_seed(0)), 500, embed(pipe, ["a red circle"]))
+    handle.remove()
+    text = seen["kwargs"]["encoder_hidden_states"]
+    probe = JointAttentionProbe(torch.ones(1, text.shape[1]))
+    with torch.no_grad():
+        probe(attn, seen["args"], seen["kwargs"], seen["out"])
+        values = attn.add_v_proj(text).unflatten(-1, (attn.heads, -1))[0]  # (text tokens, heads, head_dim)
+        added = torch.einsum("hqk,khd->qhd", probe.maps[0], values).flatten(1) @ attn.to_out[0].weight.T
+        attn.add_v_proj.weight.zero_(), attn.add_v_proj.bias.zero_()
+        without = attn(*seen["args"], **seen["kwargs"])
+    image_out = seen["out"][0]
+    torch.testing.assert_close((image_out - without[0])[0], added, atol=1e-5, rtol=1e-4)
+    assert added.abs().max() > 0.1  # the text does reach the image

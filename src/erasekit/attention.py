@@ -1,5 +1,6 @@
 """Cross-attention processors: Prompt-to-Prompt reweighting of chosen tokens (AbO's implicit δ), and a
-probe that records the attention on chosen tokens (Forget-Me-Not's loss)."""
+probe that records the attention on chosen tokens (Forget-Me-Not's loss), on a UNet's cross-attention
+or inside the joint attention of SD3's and FLUX's transformers."""
 
 from __future__ import annotations
 
@@ -47,17 +48,85 @@ class AttentionProbe(TokenReweightProcessor):
         return probs
 
 
-def token_weights(tokenizer, prompts: list[str], words: list[str], weight: float) -> torch.Tensor:
-    """(B, max_length) weights: `weight` at the token positions of `words` in each prompt, 1 elsewhere."""
-    ids = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True).input_ids
+class JointAttentionProbe:
+    """Joint attention (SD3, FLUX) left as it is, while the attention its image queries pay to the text
+    tokens where `mask` (B, n_text) is 1 is recorded with gradients: those columns of its one softmax
+    over image and text keys, recomputed from the layer's own projections. A forward hook (with kwargs)
+    on every attention layer that has a text stream."""
+
+    def __init__(self, mask: torch.Tensor):
+        self.mask = mask
+        self.maps: list[torch.Tensor] = []
+
+    def __call__(self, attn, args, kwargs, output):
+        hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+        text = kwargs["encoder_hidden_states"] if "encoder_hidden_states" in kwargs else args[1]
+        head_dim = getattr(attn, "head_dim", None) or attn.inner_dim // attn.heads
+
+        def split(x, norm):  # (B, tokens, heads, head_dim), normed as the layer norms it
+            x = x.unflatten(-1, (-1, head_dim))
+            return norm(x) if norm is not None else x
+
+        query, key = split(attn.to_q(hidden), attn.norm_q), split(attn.to_k(hidden), attn.norm_k)
+        text_key, n = split(attn.add_k_proj(text), attn.norm_added_k), text.shape[1]
+        rotary = kwargs.get("image_rotary_emb")
+        if rotary is not None:  # FLUX: text first, and q and k rotated by position over [text, image]
+            from diffusers.models.embeddings import apply_rotary_emb
+
+            text_query = split(attn.add_q_proj(text), attn.norm_added_q)
+            query = apply_rotary_emb(torch.cat([text_query, query], 1), rotary, sequence_dim=1)[:, n:]
+            keys, columns = apply_rotary_emb(torch.cat([text_key, key], 1), rotary, sequence_dim=1), slice(0, n)
+        else:  # SD3: image first
+            keys, columns = torch.cat([key, text_key], 1), slice(key.shape[1], None)
+        probs = (torch.einsum("bqhd,bkhd->bhqk", query, keys) * head_dim**-0.5).softmax(-1)[..., columns]
+        self.maps.append((probs * self.mask.to(probs.dtype)[:, None, None, :]).flatten(0, 1))  # (B·heads, image queries, text tokens)
+
+
+@contextmanager
+def attention_probe(denoiser, mask: torch.Tensor):
+    """Within the block, the attention of every layer where text meets the image is recorded on the
+    tokens `mask` marks: a UNet's cross-attention (AttentionProbe), or the joint attention of a
+    transformer's text-stream blocks (JointAttentionProbe). Yields the probe, whose `maps` fill."""
+    joint = [m for m in denoiser.modules() if getattr(m, "add_k_proj", None) is not None]
+    if not joint:
+        with cross_attention_processor(denoiser, AttentionProbe(mask)) as probe:
+            yield probe
+        return
+    probe = JointAttentionProbe(mask)
+    handles = [m.register_forward_hook(probe, with_kwargs=True) for m in joint]
+    try:
+        yield probe
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def token_weights(tokenizer, prompts: list[str], words: list[str], weight: float, length: int | None = None) -> torch.Tensor:
+    """(B, length) weights: `weight` at the token positions of `words` in each prompt, 1 elsewhere;
+    `length` the padded sequence's (default the tokenizer's maximum)."""
+    length = length or tokenizer.model_max_length
+    ids = tokenizer(prompts, padding="max_length", max_length=length, truncation=True).input_ids
     targets = [tokenizer(w, add_special_tokens=False).input_ids for w in words]
-    weights = torch.ones(len(prompts), tokenizer.model_max_length)
+    weights = torch.ones(len(prompts), length)
     for row, seq in enumerate(ids):
         for target in targets:
             for start in range(len(seq) - len(target) + 1):
                 if seq[start : start + len(target)] == target:
                     weights[row, start : start + len(target)] = weight
     return weights
+
+
+def concept_token_mask(pipe, prompts: list[str], words: list[str], length: int) -> torch.Tensor:
+    """(B, length): 1 on the tokens of `words` in each prompt's conditioning sequence, 0 elsewhere, in
+    every segment the family's sequence is made of (SD3: CLIP's tokens, then T5's)."""
+    from .families import family_of
+
+    parts, start = [], 0
+    for tokenizer, size in family_of(pipe).sequence_segments(pipe):
+        size = size or length - start
+        parts.append(1 - token_weights(tokenizer, prompts, words, 0.0, size))
+        start += size
+    return torch.cat(parts, dim=1)
 
 
 @contextmanager

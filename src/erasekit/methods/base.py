@@ -92,7 +92,7 @@ def needs_cross_attention(family, what: str) -> None:
     """Refuse, in one line, a method that reads or reweights cross-attention maps on a family without them."""
     if not family.cross_attention:
         raise ErasekitError(f"{what} works on the cross-attention maps of a UNet; {family.label}'s joint attention has none "
-                            "that erasekit reads yet: use esd-x, esd-u, abo (explicit δ), uce, sdd or ablating")
+                            "that erasekit reweights yet: use esd-x, esd-u, abo (explicit δ), uce, sdd, ablating or fmn")
 
 
 def one_each(count: int, n_concepts: int, what: str) -> int:

@@ -6,18 +6,21 @@ in every cross-attention layer (losses.fmn_loss), for few steps: the paper's 35.
 no longer attends to those tokens, the concept word stops steering generation. Trains the
 cross-attention parameters; learning rate ours, for the built-in model.
 
-Refused on SD3 and FLUX: their text reaches the image through joint attention, one softmax over
-text and image tokens together, with no cross-attention layer whose maps the loss could read.
+On SD3 and FLUX text reaches the image through joint attention, one softmax over image and text
+keys together: the loss reads the image queries' attention to the concept's text tokens there
+(attention.JointAttentionProbe), in every block with a text stream (FLUX's dual-stream blocks; its
+single-stream blocks share their weights between text and image and are not probed), the concept's
+tokens found in each tokenizer's part of the sequence (SD3: CLIP's, then T5's).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..attention import AttentionProbe, cross_attention_processor, token_weights
+from ..attention import attention_probe, concept_token_mask
 from ..losses import fmn_loss
 from ..sampling import unet_out
-from .base import ImageBankMethod, MethodConfig, needs_cross_attention
+from .base import ImageBankMethod, MethodConfig
 
 
 @dataclass
@@ -35,10 +38,6 @@ class Fmn(ImageBankMethod):
     Config = FmnConfig
 
     @classmethod
-    def check_family(cls, config, family):
-        needs_cross_attention(family, "fmn (attention re-steering)")
-
-    @classmethod
     def check_replacement(cls, config, replacement):
         from ..errors import ErasekitError
 
@@ -47,7 +46,7 @@ class Fmn(ImageBankMethod):
 
     def __init__(self, pipe, concepts, config: FmnConfig, replacement=None):
         super().__init__(pipe, concepts, config)
-        self.token_mask = 1 - token_weights(pipe.tokenizer, concepts, concepts, 0.0)  # 1 on each concept's tokens
+        self.token_mask = concept_token_mask(pipe, concepts, concepts, self.concept_emb.hidden.shape[1])  # 1 on each concept's tokens
 
     images_label = "concept images"
 
@@ -59,7 +58,7 @@ class Fmn(ImageBankMethod):
 
     def loss(self, batch):
         concept = batch["concept"]
-        with cross_attention_processor(self.denoiser, AttentionProbe(self.token_mask[concept].to(self.device))) as probe:
+        with attention_probe(self.denoiser, self.token_mask[concept].to(self.device)) as probe:
             unet_out(self.denoiser, batch["x"].to(self.device), batch["t"], self.concept_emb[concept])
         loss = fmn_loss(probe.maps)
         return loss, {"attention": loss.item()}
