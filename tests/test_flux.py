@@ -19,6 +19,7 @@ WEIGHT_METHODS = {  # each with a run small enough for a test, and the layers it
     "esd-x": ({}, "transformer_blocks.0.attn.add_k_proj"), "esd-u": ({}, "single_transformer_blocks.0.attn.to_q"),
     "abo": ({}, "transformer_blocks.0.attn.add_q_proj"), "uce": ({}, "context_embedder"),
     "ablating": ({"anchor_images": 2}, "context_embedder"), "sdd": ({}, "attn.add_k_proj"), "fmn": ({"concept_images": 2}, "attn.add_q_proj"),
+    "esd-all": ({}, "proj_out"), "esd-x-strict": ({}, "context_embedder"),
 }
 
 
