@@ -106,3 +106,10 @@ def erases_saves_and_reloads_into_plain_diffusers(folder, pipeline_class, method
     theirs, mine = dict(plain.transformer.named_parameters()), dict(ours.transformer.named_parameters())
     assert all(torch.equal(theirs[n], mine[n]) for n in erasure.names)
     return ours
+
+
+def red_circles(n: int, size: int = 16):
+    """Ground-truth images of red circles at the tiny pipelines' size: concept images a random model never draws."""
+    from erasekit.shapes.world import Labels, render
+
+    return [render(Labels("circle", "red", "solid", "grey"), np.random.default_rng(k)).resize((size, size)) for k in range(n)]

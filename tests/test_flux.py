@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 
-import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -13,7 +12,7 @@ from safetensors.torch import load_file
 from erasekit import ErasekitError, Sampling, erase, generate, load_pipeline
 from erasekit.sampling import decode, embed, initial_noise, latent_shape, run_sampler, sampling_scheduler, unet_out
 
-from .conftest import pixel_diff
+from .conftest import pixel_diff, red_circles
 
 WEIGHT_METHODS = {  # each with a run small enough for a test, and the layers its default preset means on FLUX
     "esd-x": ({}, "transformer_blocks.0.attn.add_k_proj"), "esd-u": ({}, "single_transformer_blocks.0.attn.to_q"),
@@ -30,12 +29,6 @@ def tiny_flux_folder(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tiny-flux")
     random_flux_pipeline().save_pretrained(folder, safe_serialization=True)
     return folder
-
-
-def circles(n: int):
-    from erasekit.shapes.world import Labels, render
-
-    return [render(Labels("circle", "red", "solid", "grey"), np.random.default_rng(k)).resize((16, 16)) for k in range(n)]
 
 
 def test_erasekits_own_sampler_draws_what_the_flux_pipeline_draws(tiny_flux_folder):
@@ -113,12 +106,12 @@ def test_evaluate_every_attack_and_purify_run_on_flux_and_what_it_lacks_is_refus
         assert evaluation.suites["target"].n_images == len(task.select("target")["target"]), steer
     options = {"paraphrase": {"paraphrases": {"circle": ["disc"]}}}
     for name in ATTACKS:
-        result = run_attack(name, base, "circle", ["a red circle"], ShapesDetector(), sampling=sampling, images=circles(2),
+        result = run_attack(name, base, "circle", ["a red circle"], ShapesDetector(), sampling=sampling, images=red_circles(2),
                             steps=None if name == "paraphrase" else 1, **options.get(name, {}))
         assert result.n_prompts == 1, name
     with pytest.raises(ErasekitError, match="implicit δ .* joint attention"):
         erase(str(tiny_flux_folder), method="abo", concepts="circle", steps=1, delta="implicit", progress=False)
-    purified = purify(base, base, circles(2), steps=4, strength=0.5)
+    purified = purify(base, base, red_circles(2), steps=4, strength=0.5)
     assert [im.size for im in purified.images] == [(16, 16)] * 2
 
 

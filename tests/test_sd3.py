@@ -10,6 +10,8 @@ from safetensors.torch import load_file
 from erasekit import ErasekitError, Sampling, erase, generate, load_erasure, load_pipeline
 from erasekit.sampling import is_flow, run_sampler, sampling_scheduler, training_noise
 
+from .conftest import red_circles
+
 WEIGHT_METHODS = {  # each with a run small enough for a test, and the layers its default preset means on SD3
     "esd-x": ({}, "attn.add_k_proj"), "esd-u": ({}, "transformer_blocks.0.ff.net"), "abo": ({}, "attn.add_q_proj"),
     "uce": ({}, "context_embedder"), "ablating": ({"anchor_images": 2}, "context_embedder"), "sdd": ({}, "attn.add_k_proj"),
@@ -96,12 +98,9 @@ def test_evaluate_and_every_attack_run_on_sd3(tiny_sd3_folder, tmp_path):
     from erasekit.methods import get_method
     from erasekit.tasks.shapes import ShapesDetector, shapes_task
 
-    import numpy as np
 
-    from erasekit.shapes.world import Labels, render
 
     base = load_pipeline(str(tiny_sd3_folder))
-    circles = [render(Labels("circle", "red", "solid", "grey"), np.random.default_rng(k)) for k in range(2)]  # a random model draws none
     steered = get_method("neg-prompt").steer(base, "circle", get_method("neg-prompt").make_config())
     sampling = Sampling(seeds=(0,), steps=2)
     task = shapes_task("circle", "target")
@@ -110,7 +109,7 @@ def test_evaluate_and_every_attack_run_on_sd3(tiny_sd3_folder, tmp_path):
     vocabulary = [len(t) for t in (base.tokenizer, base.tokenizer_2)]
     options, results = {"paraphrase": {"paraphrases": {"circle": ["disc"]}}}, {}
     for name in ATTACKS:
-        result = results[name] = run_attack(name, base, "circle", ["a red circle"], ShapesDetector(), sampling=sampling, images=circles,
+        result = results[name] = run_attack(name, base, "circle", ["a red circle"], ShapesDetector(), sampling=sampling, images=red_circles(2),
                             steps=None if name == "paraphrase" else 1, **options.get(name, {}))
         assert result.n_prompts == 1, name
         assert [len(t) for t in (base.tokenizer, base.tokenizer_2)] == vocabulary, name  # a placeholder token is taken out again
@@ -173,15 +172,13 @@ def test_flow_inversion_then_sampling_gives_the_latents_back_closer_with_more_st
     """purify's inversion on SD3 runs the flow ODE backwards by Euler steps; sampling forward from
     there, all the way or from half-way, returns the latents, with an error that shrinks as the
     steps grow (first order), as DDIM inversion's does on the UNet (tests/test_purify.py)."""
-    import numpy as np
 
     from erasekit.attacks.purify import _guided, invert, purify
     from erasekit.families import denoiser_of
     from erasekit.sampling import embed, encode_images
-    from erasekit.shapes.world import Labels, render
 
     pipe = load_pipeline(str(tiny_sd3_folder))
-    images = [render(Labels("circle", "red", "solid", "grey"), np.random.default_rng(k)).resize((16, 16)) for k in range(2)]
+    images = red_circles(2)
     latents, conditioning = encode_images(pipe, images), embed(pipe, ["", ""])
     guided = _guided(denoiser_of(pipe), conditioning, 1.0)
 
@@ -209,7 +206,6 @@ def test_with_t5_uce_aligns_each_segment_the_token_attacks_reach_t5_and_the_sing
     from erasekit.tasks.shapes import ShapesDetector
     from erasekit.testing import random_sd3_pipeline
 
-    from .test_flux import circles
 
     pipe = random_sd3_pipeline(t5=True)
     folder = tmp_path / "sd3-t5"
@@ -226,7 +222,7 @@ def test_with_t5_uce_aligns_each_segment_the_token_attacks_reach_t5_and_the_sing
     with torch.no_grad():
         gap = lambda layer: (layer(words) - before(empty)).norm().item()  # noqa: E731
         assert gap(after) < 0.2 * gap(before)
-    result = run_attack("inversion", pipe, "circle", ["a red circle"], ShapesDetector(), sampling=Sampling(seeds=(0,), steps=2), images=circles(2), steps=1)
+    result = run_attack("inversion", pipe, "circle", ["a red circle"], ShapesDetector(), sampling=Sampling(seeds=(0,), steps=2), images=red_circles(2), steps=1)
     result.save(tmp_path, pipe=pipe)
     widths = [pipe.text_encoder.config.hidden_size, pipe.text_encoder_2.config.hidden_size, pipe.text_encoder_3.config.d_model]
     assert {k: v.shape[1] for k, v in load_file(str(tmp_path / "learned_embeds.safetensors")).items()} == dict(zip(("clip_l", "clip_g", "t5"), widths))

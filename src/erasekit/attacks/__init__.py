@@ -15,9 +15,9 @@ Every attack is reached through `get_attack(name)`, as methods are through their
 from __future__ import annotations
 
 import importlib
+import copy
 import json
 import time
-import copy
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -67,7 +67,6 @@ class Attack:
     name: str
     default_steps: int | None = None
     needs_base: bool = False
-    learns_tokens: bool = False  # it puts a new token in the text encoders (learned_tokens)
     model_agnostic: bool = False  # its prompts depend only on the text encoder, which erasures here leave alone
 
     def key(self) -> str:
@@ -229,12 +228,12 @@ class learned_tokens:
     def __enter__(self):
         from .tokens import split_widths
 
-        tokenizers = {id(tokenizer): tokenizer for tokenizer, _ in self.pairs}  # one tokenizer may serve two encoders
-        self.saved = {key: copy.deepcopy(tokenizer.__dict__) for key, tokenizer in tokenizers.items()}
+        tokenizers = {id(tokenizer): tokenizer for tokenizer, _ in self.pairs}.values()  # one tokenizer may serve two encoders
+        self.saved = [(tokenizer, copy.deepcopy(tokenizer.__dict__)) for tokenizer in tokenizers]
         self.tables = [encoder.get_input_embeddings() for _, encoder in self.pairs]
         tokens = list(self.embeddings)
         parts = list(zip(*(split_widths(self.pipe, vector.detach()) for vector in self.embeddings.values())))  # per encoder: a row per token
-        for tokenizer in tokenizers.values():
+        for tokenizer in tokenizers:
             tokenizer.add_tokens(tokens)
         for (tokenizer, encoder), table, rows in zip(self.pairs, self.tables, parts):
             ids = tokenizer.convert_tokens_to_ids(tokens)
@@ -248,8 +247,8 @@ class learned_tokens:
         return self.pipe
 
     def __exit__(self, *exc):
-        for tokenizer, _ in self.pairs:
+        for tokenizer, state in self.saved:
             tokenizer.__dict__.clear()
-            tokenizer.__dict__.update(self.saved[id(tokenizer)])
+            tokenizer.__dict__.update(state)
         for (_, encoder), table in zip(self.pairs, self.tables):
             encoder.set_input_embeddings(table)

@@ -43,7 +43,6 @@ class ConceptInversion(Attack):
     name = "inversion"
     default_steps = 300
     needs_base = True
-    learns_tokens = True
 
     def find(self, erased, concept, prompts, steps, *, sampling, detector=None, base=None, images=None, progress=False, word=None, n_images: int = 32, lr: float = 5e-3, train_batch: int = 8, init: str = "something", seed: int = 0) -> Found:
         """Learn the token on `images` (or `n_images` of the base model's), then put it in every target prompt."""

@@ -38,7 +38,6 @@ class UnlearnDiffAtk(Attack):
     name = "unlearndiffatk"
     default_steps = 40
     needs_base = True
-    learns_tokens = True
 
     def find(self, erased, concept, prompts, steps, *, sampling, detector=None, base=None, images=None, progress=False, word=None, tokens: int = 5, lr: float = 0.05, noises: int = 1, seed: int = 0) -> Found:
         """A k-token prefix per (prompt, seed), optimised against the base model's image for it (or the user's images, in turn)."""
