@@ -188,17 +188,21 @@ def test_an_erased_flux_transformer_round_trips_through_black_forest_labs_single
     assert not torch.equal(mine["context_embedder.weight"], erasure.base["context_embedder.weight"].to(torch.bfloat16))  # the erasure is in it
 
 
-@pytest.mark.parametrize("family", ["sd3", "flux"])
+@pytest.mark.parametrize("family", ["sd3", "sd3-without-t5", "flux"])
 def test_the_joint_attention_probe_is_the_share_of_the_layers_output_that_the_text_values_make(family):
     """FMN's probe recomputes joint attention's softmax from the layer's own projections (SD3: image
-    first; FLUX: text first, rotated by position). Its text columns times the text values must be
-    exactly what the text adds to the layer's image output: checked by running the layer with the
-    text values zeroed."""
-    from erasekit.attention import JointAttentionProbe
+    first; FLUX: text first, rotated by position; SD3 without T5: its last text row weighing 256). Its
+    text columns times the text values must be exactly what the text adds to the layer's image
+    output: checked by running the layer with the text values zeroed."""
+    from contextlib import nullcontext
+
+    from erasekit.attention import JointAttentionProbe, repeated_last_text_token
     from erasekit.families import denoiser_of
+    from erasekit.families.sd3 import t5_rows
     from erasekit.testing import random_flux_pipeline, random_sd3_pipeline
 
-    pipe = random_sd3_pipeline(t5=True) if family == "sd3" else random_flux_pipeline()
+    pipe = random_sd3_pipeline(t5=family == "sd3") if family.startswith("sd3") else random_flux_pipeline()
+    rows_as_one = repeated_last_text_token(pipe.transformer, t5_rows()) if family == "sd3-without-t5" else nullcontext()
     attn = next(m for m in denoiser_of(pipe).modules() if getattr(m, "add_k_proj", None) is not None)
     seen = {}
     handle = attn.register_forward_hook(lambda m, args, kwargs, out: seen.update(args=args, kwargs=kwargs, out=out), with_kwargs=True)
@@ -207,7 +211,7 @@ def test_the_joint_attention_probe_is_the_share_of_the_layers_output_that_the_te
     handle.remove()
     text = seen["kwargs"]["encoder_hidden_states"]
     probe = JointAttentionProbe(torch.ones(1, text.shape[1]))
-    with torch.no_grad():
+    with torch.no_grad(), rows_as_one:
         probe(attn, seen["args"], seen["kwargs"], seen["out"])
         values = attn.add_v_proj(text).unflatten(-1, (attn.heads, -1))[0]  # (text tokens, heads, head_dim)
         added = torch.einsum("hqk,khd->qhd", probe.maps[0], values).flatten(1) @ attn.to_out[0].weight.T

@@ -60,9 +60,43 @@ def test_erasekits_own_sampler_and_decoder_draw_what_the_sd3_pipeline_draws(tiny
     scheduler = sampling_scheduler(pipe, steps)
     x = initial_noise(1, latent_shape(pipe), torch.Generator().manual_seed(5), scheduler)
     c = embed(pipe, ["", "a red circle"])
+    assert c.hidden.shape[1] == pipe.tokenizer.model_max_length + 1  # no T5: its 256 zero rows held as one
     ours = decode(pipe, run_sampler(scheduler, x, lambda x, t, i: cfg(*unet_out(pipe.transformer, x.expand(2, -1, -1, -1), t, c).chunk(2), scale)))
     theirs = pipe("a red circle", generator=torch.Generator().manual_seed(5), num_inference_steps=steps, guidance_scale=scale).images
     assert pixel_diff(ours[0], theirs[0]).max() <= 1
+    generated = generate(pipe, ["a red circle"], n=1, seed=5, steps=steps, guidance=scale, progress=False)  # the pipeline's call, rows as one
+    assert pixel_diff(generated[0], theirs[0]).max() <= 1
+
+
+def test_repeated_last_text_token_computes_the_pipelines_full_sequence():
+    """erasekit conditions SD3 without T5 on the pipeline's sequence with its 256 zero rows as one: the
+    processor must give the transformer's output on the full sequence, which plain attention does not."""
+    from erasekit.attention import RepeatedLastTextToken
+    from erasekit.families.sd3 import t5_rows
+    from erasekit.testing import random_sd3_pipeline
+
+    pipe = random_sd3_pipeline()
+    transformer = pipe.transformer
+    with torch.no_grad():  # weights spread wider than their initialisation, so that the text moves the output clearly
+        for p in transformer.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    prompts = ["a red circle", "a blue dotted square"]
+    full, _, pooled, _ = pipe.encode_prompt(prompts, None, None, do_classifier_free_guidance=False)
+    one_row, _, _, _ = pipe.encode_prompt(prompts, None, None, do_classifier_free_guidance=False, max_sequence_length=1)
+    assert full.shape[1] == pipe.tokenizer.model_max_length + t5_rows() and one_row.shape[1] == pipe.tokenizer.model_max_length + 1
+    x, t = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0)), torch.tensor([300.0, 800.0])
+
+    def run(sequence):
+        with torch.no_grad():
+            return transformer(hidden_states=x, timestep=t, encoder_hidden_states=sequence, pooled_projections=pooled).sample
+
+    reference, plain = run(full), run(one_row)
+    stock = transformer.attn_processors
+    transformer.set_attn_processor(RepeatedLastTextToken(t5_rows()))
+    repeated = run(one_row)
+    transformer.set_attn_processor(stock)
+    assert (plain - reference).abs().max() > 1e-2  # one zero row is not 256 of them
+    torch.testing.assert_close(repeated, reference, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("method", WEIGHT_METHODS)

@@ -37,7 +37,8 @@ def generate_batch(pipe, batch: list[Job], steps: int, negative_prompt: str | No
     from .families import family_of
 
     size = sizes_of(pipe)["image_size"]
-    return pipe(
+    return family_of(pipe).call(
+        pipe,
         prompt=[p for p, _, _ in batch],
         negative_prompt=[negative_prompt] * len(batch) if negative_prompt else None,
         generator=[torch.Generator("cpu").manual_seed(s) for _, s, _ in batch],

@@ -4,9 +4,11 @@ or inside the joint attention of SD3's and FLUX's transformers."""
 
 from __future__ import annotations
 
+import math
 from contextlib import contextmanager
 
 import torch
+import torch.nn.functional as F
 from diffusers.models.attention_processor import AttnProcessor
 
 
@@ -78,8 +80,47 @@ class JointAttentionProbe:
             keys, columns = apply_rotary_emb(torch.cat([text_key, key], 1), rotary, sequence_dim=1), slice(0, n)
         else:  # SD3: image first
             keys, columns = torch.cat([key, text_key], 1), slice(key.shape[1], None)
-        probs = (torch.einsum("bqhd,bkhd->bhqk", query, keys) * head_dim**-0.5).softmax(-1)[..., columns]
+        logits = torch.einsum("bqhd,bkhd->bhqk", query, keys) * head_dim**-0.5
+        if isinstance(attn.processor, RepeatedLastTextToken):  # SD3 without T5: its last text row stands for 256 (image first, so the last key)
+            logits[..., -1] += attn.processor.log_count
+        probs = logits.softmax(-1)[..., columns]
         self.maps.append((probs * self.mask.to(probs.dtype)[:, None, None, :]).flatten(0, 1))  # (B·heads, image queries, text tokens)
+
+
+class RepeatedLastTextToken:
+    """SD3's joint attention (diffusers' JointAttnProcessor2_0) as if the last text token stood `count`
+    times over. `count` identical tokens stay identical through every block and weigh `count` times one
+    in each softmax, so adding log(count) to that key's logit computes the full sequence exactly, at the
+    cost of one token. SD3 without T5 conditions on 256 equal zero rows (families/sd3.py): a 64-token
+    image would otherwise be outnumbered five to one."""
+
+    def __init__(self, count: int):
+        self.log_count = math.log(count)
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, *args, **kwargs):
+        def heads(x, norm):  # (B, heads, tokens, head_dim), normed as the layer norms it
+            x = x.unflatten(-1, (attn.heads, -1)).transpose(1, 2)
+            return norm(x) if norm is not None else x
+
+        query = torch.cat([heads(attn.to_q(hidden_states), attn.norm_q), heads(attn.add_q_proj(encoder_hidden_states), attn.norm_added_q)], 2)
+        key = torch.cat([heads(attn.to_k(hidden_states), attn.norm_k), heads(attn.add_k_proj(encoder_hidden_states), attn.norm_added_k)], 2)
+        value = torch.cat([heads(attn.to_v(hidden_states), None), heads(attn.add_v_proj(encoder_hidden_states), None)], 2)
+        bias = torch.zeros(key.shape[2], dtype=query.dtype, device=query.device)
+        bias[-1] = self.log_count
+        out = F.scaled_dot_product_attention(query, key, value, attn_mask=bias[None]).transpose(1, 2).flatten(2)
+        image, text = out[:, : hidden_states.shape[1]], out[:, hidden_states.shape[1] :]
+        return attn.to_out[1](attn.to_out[0](image)), (text if attn.context_pre_only else attn.to_add_out(text))
+
+
+@contextmanager
+def repeated_last_text_token(transformer, count: int):
+    """Within the block, every joint-attention layer of `transformer` weighs its last text token `count` times."""
+    original = transformer.attn_processors
+    transformer.set_attn_processor(RepeatedLastTextToken(count))
+    try:
+        yield
+    finally:
+        transformer.set_attn_processor(original)
 
 
 @contextmanager

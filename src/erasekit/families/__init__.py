@@ -131,6 +131,11 @@ class Family:
         return cls.pipeline_type().from_single_file(path, config=config, local_files_only=True, **cls.pipeline_kwargs(), **kwargs)
 
     @classmethod
+    def call(cls, pipe, **kwargs):
+        """The pipeline's own call (generation), as the family makes it (SD3 without T5: cheaper, same images)."""
+        return pipe(**kwargs)
+
+    @classmethod
     def encode(cls, pipe, prompts: list[str]) -> Conditioning:
         """The conditioning the pipeline gives its UNet for `prompts`; "" is the unconditional prompt,
         as the pipeline conditions on it when no negative prompt is given. Differentiable (attacks

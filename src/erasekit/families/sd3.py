@@ -8,8 +8,11 @@ with FlowMatchEulerDiscreteScheduler. A folder may leave T5 out, as diffusers al
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 
+from ..attention import repeated_last_text_token
 from . import Conditioning, Family
 
 
@@ -19,6 +22,23 @@ class JointConditioning(Conditioning):
     def denoise(self, denoiser, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return denoiser(hidden_states=x, timestep=t, encoder_hidden_states=self.hidden.to(x.dtype),
                         pooled_projections=self.added["pooled_projections"].to(x.dtype)).sample
+
+
+class RowsAsOneConditioning(JointConditioning):
+    """SD3 without T5: the pipeline's 256 equal zero rows in T5's place held as one row, which every joint
+    attention weighs 256 times (attention.RepeatedLastTextToken). The transformer's output is the same
+    (to float rounding; tests/test_sd3.py), at a fraction of the text tokens."""
+
+    def denoise(self, denoiser, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        with repeated_last_text_token(getattr(denoiser, "module", denoiser), t5_rows()):  # the module, also when called with other weights (SDD's teacher)
+            return super().denoise(denoiser, x, t)
+
+
+def t5_rows() -> int:
+    """How many zero rows diffusers' SD3 pipeline conditions on in T5's place (encode_prompt's max_sequence_length)."""
+    from diffusers import StableDiffusion3Pipeline
+
+    return inspect.signature(StableDiffusion3Pipeline.encode_prompt).parameters["max_sequence_length"].default
 
 
 # The text stream of the joint blocks, and what embeds the text and the pooled text and time.
@@ -52,8 +72,18 @@ class StableDiffusion3(Family):
 
     @classmethod
     def encode(cls, pipe, prompts):
-        hidden, _, pooled, _ = pipe.encode_prompt(prompts, None, None, device=pipe.device, do_classifier_free_guidance=False)
-        return JointConditioning(hidden, {"pooled_projections": pooled})
+        if pipe.text_encoder_3 is not None:
+            hidden, _, pooled, _ = pipe.encode_prompt(prompts, None, None, device=pipe.device, do_classifier_free_guidance=False)
+            return JointConditioning(hidden, {"pooled_projections": pooled})
+        hidden, _, pooled, _ = pipe.encode_prompt(prompts, None, None, device=pipe.device, do_classifier_free_guidance=False, max_sequence_length=1)
+        return RowsAsOneConditioning(hidden, {"pooled_projections": pooled})
+
+    @classmethod
+    def call(cls, pipe, **kwargs):
+        if pipe.text_encoder_3 is not None:
+            return pipe(**kwargs)
+        with repeated_last_text_token(pipe.transformer, t5_rows()):  # T5's zero rows as one, as in encode
+            return pipe(**kwargs, max_sequence_length=1)
 
     @classmethod
     def sequence_segments(cls, pipe):

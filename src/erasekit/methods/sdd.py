@@ -47,6 +47,17 @@ class SddConfig(MethodConfig):
 PAPER = {"steps": 1500, "ema_decay": 0.999, "sample_guidance": 3.0}
 
 
+class WithWeights:
+    """The denoiser module called with other weights (the EMA teacher's), wherever the module itself is called;
+    `module` is the module, whose attention processors a family may set around the call (SD3's)."""
+
+    def __init__(self, module: torch.nn.Module, weights: dict[str, torch.Tensor]):
+        self.module, self.weights = module, weights
+
+    def __call__(self, *args, **kwargs):
+        return functional_call(self.module, self.weights, args, kwargs, strict=False)
+
+
 class Sdd(TrajectoryBankMethod):
     name = "sdd"
     Config = SddConfig
@@ -87,7 +98,6 @@ class Sdd(TrajectoryBankMethod):
         eps_concept = unet_out(self.denoiser, x, t, self.concept_emb[batch["concept"]])
         with torch.no_grad():
             t_full = torch.as_tensor(t, device=x.device)
-            teacher = lambda *args, **kwargs: functional_call(self.denoiser, self.ema, args, kwargs, strict=False)  # noqa: E731
-            eps_teacher = unet_out(teacher, x, t_full, self.uncond_like(x.shape[0]))
+            eps_teacher = unet_out(WithWeights(self.denoiser, self.ema), x, t_full, self.uncond_like(x.shape[0]))
         loss = sdd_loss(eps_concept, eps_teacher)
         return loss, {"sdd": loss.item()}
