@@ -7,9 +7,10 @@ import json
 import os
 import platform
 import sys
-import tomllib
 from datetime import datetime, timezone
 from pathlib import Path
+
+import tomllib
 
 
 def run_meta() -> dict:
@@ -46,6 +47,17 @@ def in_own_process(script: str, cell: dict, results_dir: Path) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def parse_args_or_run_cell(parser: argparse.ArgumentParser, run_cell) -> argparse.Namespace | None:
+    """The script's arguments; or, when `in_own_process` started it (`--one CELL`), its cell run here and
+    printed as JSON on the last line, and None."""
+    parser.add_argument("--one", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(run_cell(**json.loads(args.one))))
+        return None
+    return args
+
+
 def expand_runs(runs: list[dict]) -> list[tuple[str, dict, int]]:
     """An experiment's [[runs]] as (method, settings, training seed), in the order they train."""
     return [(r["method"], r.get("settings", {}), seed) for r in runs for seed in r.get("train_seeds", [0])]
@@ -53,6 +65,27 @@ def expand_runs(runs: list[dict]) -> list[tuple[str, dict, int]]:
 
 def load_runs(path: Path) -> list[tuple[str, dict, int]]:
     return expand_runs(tomllib.loads(Path(path).read_text(encoding="utf-8"))["runs"])
+
+
+def reset_peak_memory(cuda: bool) -> None:
+    import gc
+
+    import torch
+
+    gc.collect()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    else:
+        Path("/proc/self/clear_refs").write_text("5")  # Linux: the peak RSS (VmHWM) restarts from the current RSS
+
+
+def peak_memory_gib(cuda: bool) -> float:
+    import torch
+
+    if cuda:
+        return torch.cuda.max_memory_allocated() / 2**30
+    status = Path("/proc/self/status").read_text()
+    return int(next(line for line in status.splitlines() if line.startswith("VmHWM:")).split()[1]) / 2**20  # kB
 
 
 def write_results(directory: Path, meta: dict, rows: list[dict], markdown: list[str]) -> None:

@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import add_output_flags, heading, in_own_process, run_meta, write_results
+from common import add_output_flags, heading, in_own_process, parse_args_or_run_cell, run_meta, write_results
 from sd_cost import build_model, device_meta, peak_memory_gib, reset_peak_memory
 
 COUNTS = (1, 10, 100)
@@ -53,10 +53,8 @@ def run_cell(folder: str, method: str, n: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_output_flags(parser)
-    parser.add_argument("--one", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.one:
-        print(json.dumps(run_cell(**json.loads(args.one))))
+    args = parse_args_or_run_cell(parser, run_cell)
+    if args is None:
         return
     meta = run_meta() | device_meta("cpu")
     rows = []

@@ -22,9 +22,11 @@ from common import add_output_flags, heading, load_runs, run_meta, write_results
 
 from erasekit.evaluation.statistics import points_below_interval
 
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--concept", default="square")
+    parser.add_argument("--model", default="builtin", help="builtin, or a pipeline folder of the shapes world")
     parser.add_argument("--eval-seeds", type=int, default=6, help="seeds per prompt: 0 .. N-1, or from --first-eval-seed")
     parser.add_argument("--first-eval-seed", type=int, default=0,
                         help="start the evaluation seeds here instead (held-out images for settings chosen on seeds 0 .. N-1)")
@@ -34,22 +36,21 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(2)
-    from erasekit import erase, load_pipeline
-    from erasekit.tasks.shapes import ShapesDetector, attribute_of, shapes_task
-    from erasekit import Sampling
+    from erasekit import Sampling, erase, load_pipeline
     from erasekit.evaluation.evaluate import evaluate, seeds_of
     from erasekit.shapes.world import ATTRIBUTES
+    from erasekit.tasks.shapes import ShapesDetector, attribute_of, shapes_task
 
     attribute, _ = attribute_of(args.concept)
     seeds = list(range(args.first_eval_seed, args.first_eval_seed + args.eval_seeds))
     suites = shapes_task(args.concept, "target,related").suites
     wanted = [p.wanted[attribute] for p in suites["related"] for _ in seeds_of(p, seeds)]  # evaluate's job order
-    base, detector = load_pipeline("builtin"), ShapesDetector()
+    base, detector = load_pipeline(args.model), ShapesDetector()
     base_images, base_confidence, base_labels = None, None, None
     rows = []
     for method, settings, train_seed in load_runs(args.experiment):
         print("running", method, settings or "defaults", "training seed", train_seed, flush=True)
-        erased = load_pipeline("builtin")
+        erased = load_pipeline(args.model)
         erasure = erase(erased, method=method, concepts=args.concept, seed=train_seed, progress=False, **settings)
         evaluation = evaluate(base, erased, shapes_task(args.concept), suites, detector, sampling=Sampling(seeds=seeds), reference=None,
                               base_images=base_images, progress=True)
@@ -108,8 +109,9 @@ def _drawn_as(row: dict) -> str:
 def write_table(rows, jobs, base_confidence, base_labels, wanted, args, meta) -> None:
     n, seeds = len(wanted), rows[0]["eval_seeds"]
     base_right = sum(b == w for b, w in zip(base_labels, wanted))
-    lines = heading(f"Preservation of other shapes when erasing '{args.concept}', on {args.eval_seeds} seeds per prompt", meta) + [
-        f"Related prompts (another shape named), evaluation seeds {seeds[0]}..{seeds[-1]}: {n} images per model; "
+    model = "" if args.model == "builtin" else f" from {args.model}"
+    lines = heading(f"Preservation of the other values when erasing '{args.concept}'{model}, on {args.eval_seeds} seeds per prompt", meta) + [
+        f"Related prompts (another value of the attribute named), evaluation seeds {seeds[0]}..{seeds[-1]}: {n} images per model; "
         f"the base model draws {base_right} of them right ({100 * base_right / n:.1f}%); target prompts: {rows[0]['n_target']} images. "
         "'Changed' counts images whose predicted shape differs from the base model's image of the same prompt and seed; "
         "'among the base's 10 least confident' counts how many of those the classifier was least sure of in the base model.", "",

@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 from statistics import median
 
-from common import add_output_flags, heading, in_own_process, run_meta, write_results
+from common import add_output_flags, heading, in_own_process, parse_args_or_run_cell, peak_memory_gib, reset_peak_memory, run_meta, write_results
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = {"sd14": "sd14_unet_config.json", "sd21": "sd21_unet_config.json", "sdxl": "sdxl_unet_config.json", "tiny": "tiny_unet_config.json"}
@@ -97,27 +97,6 @@ def run_cell(folder: str, variant: str, device: str, dtype: str, steps: int, ban
             "step_ms": round(1000 * median(gaps), 2) if gaps else None, "peak_gib": round(peak_memory_gib(cuda), 3)}
 
 
-def reset_peak_memory(cuda: bool) -> None:
-    import gc
-
-    import torch
-
-    gc.collect()
-    if cuda:
-        torch.cuda.reset_peak_memory_stats()
-    else:
-        Path("/proc/self/clear_refs").write_text("5")  # Linux: the peak RSS (VmHWM) restarts from the current RSS
-
-
-def peak_memory_gib(cuda: bool) -> float:
-    import torch
-
-    if cuda:
-        return torch.cuda.max_memory_allocated() / 2**30
-    status = Path("/proc/self/status").read_text()
-    return int(next(line for line in status.splitlines() if line.startswith("VmHWM:")).split()[1]) / 2**20  # kB
-
-
 def device_meta(device: str) -> dict:
     import diffusers
     import torch
@@ -149,11 +128,8 @@ def main() -> None:
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated, of: " + ", ".join(VARIANTS))
     parser.add_argument("--steps", type=int, help="training steps per cell (default: the mode's)")
     add_output_flags(parser)
-    parser.add_argument("--one", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-
-    if args.one:
-        print(json.dumps(run_cell(**json.loads(args.one))))
+    args = parse_args_or_run_cell(parser, run_cell)
+    if args is None:
         return
 
     import torch

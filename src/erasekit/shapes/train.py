@@ -5,13 +5,18 @@ Four phases, each saved when done, so that re-running with the same output folde
   2. VAE: an AutoencoderKL (4x down) on random crops (it is fully convolutional);
   3. latents: the training set encoded once;
   4. UNet + CLIP text encoder, jointly, on latents (v-prediction loss, min-SNR-5 weights, 10% caption
-     dropout, EMA, cosine learning rate restarted every `unet_cycle` steps), checkpointed every
+     dropout, EMA, cosine learning rate restarted every `denoiser_cycle` steps), checkpointed every
      `checkpoint_every` steps.
 The result is a standard diffusers `StableDiffusionPipeline` folder.
+
+The second world (`denoiser="dit"`) keeps the first's classifier, VAE and text
+encoder, and trains only an SD3 transformer by flow matching in phase 4, with the same loop: a standard
+`StableDiffusion3Pipeline` folder.
 """
 
 from __future__ import annotations
 
+import copy
 import csv
 import dataclasses
 import json
@@ -29,9 +34,13 @@ from ..errors import ErasekitError
 from ..io import atomic_save_torch, atomic_write_text
 from ..progress import progress_bar
 from .classifier import ShapesClassifier, save_classifier, to_tensor
-from .models import make_scheduler, make_text_encoder, make_unet, make_vae
+from .models import DIT_TEXT_LENGTH, make_flow_scheduler, make_scheduler, make_text_encoder, make_transformer, make_unet, make_vae, with_projection
 from .tokenizer import save_tokenizer
 from .world import ATTRIBUTES, caption, render_dataset
+
+
+DENOISERS = ("unet", "dit")
+DIT_LR = 5e-4  # the DiT's peak learning rate, a little below the UNet's
 
 
 @dataclass
@@ -43,10 +52,11 @@ class TrainConfig:
     vae_steps: int = 2500
     vae_batch: int = 32
     vae_crop: int = 32
-    unet_steps: int = 7200
-    unet_cycle: int = 2400
-    unet_batch: int = 64
-    unet_lr: float = 6e-4
+    denoiser: str = "unet"  # or "dit": an SD3 transformer on the UNet world's VAE and text encoder
+    denoiser_steps: int = 7200
+    denoiser_cycle: int = 2400
+    denoiser_batch: int = 64
+    denoiser_lr: float = 6e-4
     warmup_steps: int = 200
     caption_dropout: float = 0.1
     min_snr_gamma: float = 5.0
@@ -56,8 +66,10 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Every count positive, every rate in range: refused in one line before any work."""
+        if self.denoiser not in DENOISERS:
+            raise ErasekitError(f"shapes train: denoiser must be one of {', '.join(DENOISERS)}, got {self.denoiser!r}")
         for name, value in vars(self).items():
-            if name != "seed" and value <= 0 and name not in ("caption_dropout",):
+            if name not in ("seed", "denoiser") and value <= 0 and name not in ("caption_dropout",):
                 raise ErasekitError(f"shapes train: {name.replace('_', '-')} must be positive, got {value}")
         if not 0 <= self.caption_dropout < 1 or not 0 <= self.ema_decay < 1:
             raise ErasekitError("shapes train: caption_dropout and ema_decay must be in [0, 1)")
@@ -154,58 +166,48 @@ def _min_snr_weights(scheduler, timesteps: torch.Tensor, gamma: float) -> torch.
     return torch.clamp(snr, max=gamma) / (snr + 1)
 
 
-def train_unet(latents: torch.Tensor, labels: list, tokenizer, cfg: TrainConfig, work: Path, log):
-    torch.manual_seed(cfg.seed + 2)
-    unet, text_encoder, scheduler = make_unet(), make_text_encoder(tokenizer), make_scheduler()
-    ema = {"unet": make_unet(), "text_encoder": make_text_encoder(tokenizer)}
-    params = list(unet.parameters()) + list(text_encoder.parameters())
-    opt = torch.optim.AdamW(params, lr=cfg.unet_lr, weight_decay=1e-2)
+def train_denoiser(phase: str, trained: dict[str, torch.nn.Module], batch_loss, latents: torch.Tensor, labels: list,
+                   cfg: TrainConfig, work: Path, log) -> dict[str, torch.nn.Module]:
+    """The denoiser's training loop, for either world: AdamW with warm restarts and gradient clipping on
+    the `trained` modules, their EMA copies, a checkpoint every `checkpoint_every` steps that a re-run
+    resumes from. Each step draws a batch of latents and captions (10% dropped to "") and calls
+    `batch_loss(x0, captions, generator)`. Returns the EMA copies."""
+    ema = {name: copy.deepcopy(module).requires_grad_(False) for name, module in trained.items()}
+    params = [p for module in trained.values() for p in module.parameters()]
+    opt = torch.optim.AdamW(params, lr=cfg.denoiser_lr, weight_decay=1e-2)
 
     def lr_at(step: int) -> float:
         # Warm restarts (SGDR, Loshchilov & Hutter 2017): a longer run continues a shorter one exactly,
         # because its first cycle is the shorter run's whole schedule.
-        step %= cfg.unet_cycle
+        step %= cfg.denoiser_cycle
         if step < cfg.warmup_steps:
             return (step + 1) / cfg.warmup_steps
-        progress = (step - cfg.warmup_steps) / max(1, cfg.unet_cycle - cfg.warmup_steps)
+        progress = (step - cfg.warmup_steps) / max(1, cfg.denoiser_cycle - cfg.warmup_steps)
         return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
     g = torch.Generator().manual_seed(cfg.seed + 3)
     step = 0
-    ckpt = work / "unet_checkpoint.pt"
+    ckpt = work / f"{phase}_checkpoint.pt"
     if ckpt.exists():
         state = torch.load(ckpt, weights_only=True)
-        unet.load_state_dict(state["unet"])
-        text_encoder.load_state_dict(state["text_encoder"])
-        ema["unet"].load_state_dict(state["ema_unet"])
-        ema["text_encoder"].load_state_dict(state["ema_text_encoder"])
+        for name in trained:
+            trained[name].load_state_dict(state[name])
+            ema[name].load_state_dict(state[f"ema_{name}"])
         opt.load_state_dict(state["opt"])
         sched.load_state_dict(state["sched"])
         g.set_state(state["generator"])
         step = state["step"]
-    else:
-        ema["unet"].load_state_dict(unet.state_dict())
-        ema["text_encoder"].load_state_dict(text_encoder.state_dict())
-    for m in ema.values():
-        m.requires_grad_(False)
 
-    unet.train()
-    text_encoder.train()
+    for module in trained.values():
+        module.train()
     with progress_bar() as bar:
-        task = bar.add_task("unet", total=cfg.unet_steps, completed=step, info="")
-        while step < cfg.unet_steps:
-            idx = torch.randint(0, len(latents), (cfg.unet_batch,), generator=g)
+        task = bar.add_task(phase, total=cfg.denoiser_steps, completed=step, info="")
+        while step < cfg.denoiser_steps:
+            idx = torch.randint(0, len(latents), (cfg.denoiser_batch,), generator=g)
             caption_rng = np.random.default_rng([cfg.seed, step])
             texts = ["" if caption_rng.random() < cfg.caption_dropout else caption(labels[i], caption_rng) for i in idx.tolist()]
-            ids = tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt").input_ids
-            x0 = latents[idx]
-            noise = torch.randn(x0.shape, generator=g)
-            t = torch.randint(0, scheduler.config.num_train_timesteps, (x0.shape[0],), generator=g)
-            xt = scheduler.add_noise(x0, noise, t)
-            pred = unet(xt, t, text_encoder(ids).last_hidden_state).sample
-            per_sample = (pred - scheduler.get_velocity(x0, noise, t)).pow(2).mean(dim=(1, 2, 3))
-            loss = (per_sample * _min_snr_weights(scheduler, t, cfg.min_snr_gamma)).mean()
+            loss = batch_loss(latents[idx], texts, g)
             opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -213,46 +215,129 @@ def train_unet(latents: torch.Tensor, labels: list, tokenizer, cfg: TrainConfig,
             sched.step()
             decay = min(cfg.ema_decay, (1 + step) / (10 + step))
             with torch.no_grad():
-                for name, live in (("unet", unet), ("text_encoder", text_encoder)):
+                for name, live in trained.items():
                     for pe, p in zip(ema[name].parameters(), live.parameters()):
                         pe.lerp_(p, 1 - decay)
             step += 1
-            log("unet", step, loss=loss.item(), lr=sched.get_last_lr()[0])
+            log(phase, step, loss=loss.item(), lr=sched.get_last_lr()[0])
             bar.update(task, advance=1, info=f"loss {loss.item():.4f}")
-            if step % cfg.checkpoint_every == 0 or step == cfg.unet_steps:
-                atomic_save_torch(
-                    {
-                        "unet": unet.state_dict(), "text_encoder": text_encoder.state_dict(),
-                        "ema_unet": ema["unet"].state_dict(), "ema_text_encoder": ema["text_encoder"].state_dict(),
-                        "opt": opt.state_dict(), "sched": sched.state_dict(), "generator": g.get_state(), "step": step,
-                    },
-                    ckpt,
-                )
-    return ema["unet"].eval(), ema["text_encoder"].eval(), scheduler
+            if step % cfg.checkpoint_every == 0 or step == cfg.denoiser_steps:
+                state = {name: module.state_dict() for name, module in trained.items()}
+                state.update({f"ema_{name}": module.state_dict() for name, module in ema.items()})
+                atomic_save_torch({**state, "opt": opt.state_dict(), "sched": sched.state_dict(), "generator": g.get_state(), "step": step}, ckpt)
+    return {name: module.eval() for name, module in ema.items()}
 
 
-def save_pipeline(out: Path, unet, vae, text_encoder, tokenizer, scheduler) -> None:
-    """Save as a StableDiffusionPipeline folder, weights in fp16 (the package ships <= 25 MB)."""
-    from diffusers import StableDiffusionPipeline
+def train_unet(latents: torch.Tensor, labels: list, tokenizer, cfg: TrainConfig, work: Path, log):
+    """The UNet and its CLIP text encoder, jointly: v-prediction loss with min-SNR-γ weights."""
+    torch.manual_seed(cfg.seed + 2)
+    unet, text_encoder, scheduler = make_unet(), make_text_encoder(tokenizer), make_scheduler()
 
-    pipe = StableDiffusionPipeline(
-        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-    )
+    def batch_loss(x0, texts, g):
+        ids = tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt").input_ids
+        noise = torch.randn(x0.shape, generator=g)
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (x0.shape[0],), generator=g)
+        pred = unet(scheduler.add_noise(x0, noise, t), t, text_encoder(ids).last_hidden_state).sample
+        per_sample = (pred - scheduler.get_velocity(x0, noise, t)).pow(2).mean(dim=(1, 2, 3))
+        return (per_sample * _min_snr_weights(scheduler, t, cfg.min_snr_gamma)).mean()
+
+    ema = train_denoiser("unet", {"unet": unet, "text_encoder": text_encoder}, batch_loss, latents, labels, cfg, work, log)
+    return ema["unet"], ema["text_encoder"], scheduler
+
+
+def train_transformer(latents: torch.Tensor, labels: list, pipe, cfg: TrainConfig, work: Path, log):
+    """An SD3 transformer on the world's frozen text encoders (`pipe`'s), by rectified flow: x_t = (1 − σ) x0 + σ ε,
+    target the velocity ε − x0 at timestep 1000 σ, σ logit-normal (SD3, Esser et al. 2024, section 3.1). The
+    conditioning is the pipeline's own, through the family layer (which weighs T5's zero rows as one)."""
+    from ..families.sd3 import StableDiffusion3
+
+    torch.manual_seed(cfg.seed + 2)
+    transformer = make_transformer()
+    pipe.register_modules(transformer=transformer)  # its config sizes the pipeline's conditioning
+
+    def batch_loss(x0, texts, g):
+        condition = StableDiffusion3.embed(pipe, texts)
+        noise = torch.randn(x0.shape, generator=g)
+        sigma = torch.sigmoid(torch.randn(x0.shape[0], generator=g))[:, None, None, None]
+        pred = condition.denoise(transformer, (1 - sigma) * x0 + sigma * noise, 1000 * sigma.flatten())
+        return (pred - (noise - x0)).pow(2).mean()
+
+    return train_denoiser("transformer", {"transformer": transformer}, batch_loss, latents, labels, cfg, work, log)["transformer"]
+
+
+def save_pipeline(out: Path, pipe) -> None:
+    """Save a pipeline folder, weights in fp16 (the package ships <= 25 MB)."""
     pipe.to(torch.float16)
     pipe.save_pretrained(out, safe_serialization=True)
 
 
-def train_all(out: Path, cfg: TrainConfig) -> Path:
-    """Run (or resume) every phase; returns the pipeline folder."""
+def _latents(vae, images: np.ndarray, work: Path) -> torch.Tensor:
+    """The training set through the VAE's encoder (its posterior means), encoded once per run."""
+    path = work / "latents.pt"
+    if not path.exists():
+        atomic_save_torch(encode_latents(vae, images), path)
+    return torch.load(path, weights_only=True)
+
+
+def train_unet_world(images: np.ndarray, labels: list, cfg: TrainConfig, out: Path, work: Path, log):
+    """The classifier, the VAE, then the UNet with its text encoder: a StableDiffusionPipeline."""
+    from diffusers import AutoencoderKL, StableDiffusionPipeline
+
+    classifier_dir = out / "classifier"
+    if not (classifier_dir / "classifier.safetensors").exists():
+        save_classifier(train_classifier(images, labels, cfg, log), classifier_dir)
+    tokenizer = save_tokenizer(work / "tokenizer")
+    vae_dir = work / "vae"
+    if not (vae_dir / "config.json").exists():
+        train_vae(images, cfg, log).save_pretrained(vae_dir)
+    vae = AutoencoderKL.from_pretrained(vae_dir).eval()
+    latents = _latents(vae, images, work)
+    scaling = 1.0 / latents.std().item()
+    vae.register_to_config(scaling_factor=scaling)
+    unet, text_encoder, scheduler = train_unet(latents * scaling, labels, tokenizer, cfg, work, log)
+    return StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
+                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+
+
+def train_dit_world(images: np.ndarray, labels: list, cfg: TrainConfig, world: Path, work: Path, log):
+    """An SD3 transformer on the UNet world's (`world`'s) VAE and text encoder, both frozen: a
+    StableDiffusion3Pipeline whose two CLIP encoders are that one encoder, and no T5. The VAE's
+    shift and scale centre and whiten the latents, as SD3's do."""
+    from diffusers import AutoencoderKL, StableDiffusion3Pipeline
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    vae = AutoencoderKL.from_pretrained(world / "vae", torch_dtype=torch.float32).eval()
+    encoder = with_projection(CLIPTextModel.from_pretrained(world / "text_encoder", torch_dtype=torch.float32)).eval().requires_grad_(False)
+    tokenizer = CLIPTokenizer.from_pretrained(world / "tokenizer", model_max_length=DIT_TEXT_LENGTH)
+    latents = _latents(vae, images, work)
+    shift = latents.mean().item()
+    scaling = 1.0 / (latents - shift).std().item()
+    vae.register_to_config(shift_factor=shift, scaling_factor=scaling)
+    pipe = StableDiffusion3Pipeline(transformer=None, scheduler=make_flow_scheduler(), vae=vae, text_encoder=encoder, tokenizer=tokenizer,
+                                    text_encoder_2=encoder, tokenizer_2=tokenizer, text_encoder_3=None, tokenizer_3=None)
+    pipe.register_modules(transformer=train_transformer((latents - shift) * scaling, labels, pipe, cfg, work, log))
+    return pipe
+
+
+def _resumable(config: dict) -> dict:
+    """What a resumed run must share with the run it resumes: everything but the step count, since warm
+    restarts make a longer run continue a shorter one exactly."""
+    return {key: value for key, value in config.items() if key != "denoiser_steps"}
+
+
+def train_all(out: Path, cfg: TrainConfig, world: Path | None = None) -> Path:
+    """Run (or resume) every phase of `cfg.denoiser`'s world; returns the pipeline folder. The DiT world
+    reuses `world`'s VAE and text encoder (default: the shipped model's) and its classifier."""
+    from ..assets import builtin_pipeline_dir
+
     cfg.validate()
     torch.set_num_threads(cfg.threads)
     out.mkdir(parents=True, exist_ok=True)
     work = out / "work"
     work.mkdir(exist_ok=True)
     config_path = out / "train_config.json"
-    if config_path.exists() and json.loads(config_path.read_text()) != dataclasses.asdict(cfg):
-        raise ErasekitError(f"{out} holds a run with another config; use a new --out to train anew")
+    if config_path.exists() and _resumable(json.loads(config_path.read_text())) != _resumable(dataclasses.asdict(cfg)):
+        raise ErasekitError(f"{out} holds a run with another config (only --steps may change); use a new --out to train anew")
     atomic_write_text(config_path, json.dumps(dataclasses.asdict(cfg), indent=2))
     log_file = (out / "train_log.csv").open("a", newline="")
     writer = csv.writer(log_file)
@@ -264,27 +349,11 @@ def train_all(out: Path, cfg: TrainConfig) -> Path:
             log_file.flush()
 
     images, labels = render_parallel(cfg.n_images, cfg.seed, workers=cfg.threads)
-
-    classifier_dir = out / "classifier"
-    if not (classifier_dir / "classifier.safetensors").exists():
-        save_classifier(train_classifier(images, labels, cfg, log), classifier_dir)
-
-    tokenizer = save_tokenizer(work / "tokenizer")
-    vae_dir = work / "vae"
-    if not (vae_dir / "config.json").exists():
-        train_vae(images, cfg, log).save_pretrained(vae_dir)
-    from diffusers import AutoencoderKL
-
-    vae = AutoencoderKL.from_pretrained(vae_dir).eval()
-    latents_path = work / "latents.pt"
-    if not latents_path.exists():
-        atomic_save_torch(encode_latents(vae, images), latents_path)
-    latents = torch.load(latents_path, weights_only=True)
-    scaling = 1.0 / latents.std().item()
-    vae.register_to_config(scaling_factor=scaling)
-
-    unet, text_encoder, scheduler = train_unet(latents * scaling, labels, tokenizer, cfg, work, log)
+    if cfg.denoiser == "dit":
+        pipe = train_dit_world(images, labels, cfg, world or builtin_pipeline_dir(), work, log)
+    else:
+        pipe = train_unet_world(images, labels, cfg, out, work, log)
     pipeline_dir = out / "pipeline"
-    save_pipeline(pipeline_dir, unet, vae, text_encoder, tokenizer, scheduler)
+    save_pipeline(pipeline_dir, pipe)
     log_file.close()
     return pipeline_dir
