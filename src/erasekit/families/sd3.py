@@ -8,6 +8,7 @@ with FlowMatchEulerDiscreteScheduler. A folder may leave T5 out, as diffusers al
 
 from __future__ import annotations
 
+import functools
 import inspect
 
 import torch
@@ -34,6 +35,7 @@ class RowsAsOneConditioning(JointConditioning):
             return super().denoise(denoiser, x, t)
 
 
+@functools.cache  # read once: denoise asks at every denoiser call
 def t5_rows() -> int:
     """How many zero rows diffusers' SD3 pipeline conditions on in T5's place (encode_prompt's max_sequence_length)."""
     from diffusers import StableDiffusion3Pipeline
@@ -72,11 +74,10 @@ class StableDiffusion3(Family):
 
     @classmethod
     def encode(cls, pipe, prompts):
-        if pipe.text_encoder_3 is not None:
-            hidden, _, pooled, _ = pipe.encode_prompt(prompts, None, None, device=pipe.device, do_classifier_free_guidance=False)
-            return JointConditioning(hidden, {"pooled_projections": pooled})
-        hidden, _, pooled, _ = pipe.encode_prompt(prompts, None, None, device=pipe.device, do_classifier_free_guidance=False, max_sequence_length=1)
-        return RowsAsOneConditioning(hidden, {"pooled_projections": pooled})
+        rows_as_one = pipe.text_encoder_3 is None
+        hidden, _, pooled, _ = pipe.encode_prompt(prompts, None, None, device=pipe.device, do_classifier_free_guidance=False,
+                                                  **({"max_sequence_length": 1} if rows_as_one else {}))
+        return (RowsAsOneConditioning if rows_as_one else JointConditioning)(hidden, {"pooled_projections": pooled})
 
     @classmethod
     def call(cls, pipe, **kwargs):
