@@ -1,6 +1,6 @@
-"""Load a Stable Diffusion pipeline from anywhere a user keeps one, with errors that say what to do.
+"""Load a text-to-image diffusion pipeline from anywhere a user keeps one, with errors that say what to do.
 
-One code path serves the built-in shapes world, Stable Diffusion 1.x/2.x and SDXL (families/): a
+One code path serves the built-in shapes world, Stable Diffusion 1.x/2.x, SDXL, SD3 and FLUX (families/): a
 diffusers folder, a single-file `.safetensors` checkpoint, or a hub id (local cache first). Weights
 load from safetensors only; pickled checkpoints are refused, never opened.
 """
@@ -28,7 +28,7 @@ class ModelLoadError(ErasekitError):
 
 
 def load_pipeline(source: str | os.PathLike = "builtin", device=None, dtype=None, config: str | None = None):
-    """Load a `StableDiffusionPipeline` or `StableDiffusionXLPipeline` on `device` in `dtype`.
+    """Load a diffusers pipeline of a supported family (SD 1.x/2.x, SDXL, SD3, FLUX) on `device` in `dtype`.
 
     source: "builtin" (the shapes world shipped with erasekit), a local diffusers folder, a
     single-file `.safetensors` checkpoint (`config`: a local diffusers folder giving its
