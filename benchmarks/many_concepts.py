@@ -10,6 +10,8 @@ classifier finds it. Preservation is read on prompts that name a value of the sa
 no erasure of the set touches (square, triangle and hexagon when the shapes are erased), as the
 share of images whose shape (or colour) is the one named. A run whose settings say
 preserve = "untouched" keeps exactly those values (AbO's `preserve`), alone and together alike.
+With --steps-per-concept the erasure of the whole set trains n times the steps each concept gets
+alone, so that every concept gets as many draws as it does alone.
 """
 
 from __future__ import annotations
@@ -26,14 +28,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--eval-seeds", type=int, default=4, help="seeds per prompt: 0 .. N-1 from --first-eval-seed")
     parser.add_argument("--first-eval-seed", type=int, default=0)
+    parser.add_argument("--steps-per-concept", action="store_true", help="erase the set of n concepts with n times the steps each gets alone")
+    parser.add_argument("--sets", default=",".join(SETS), help=f"which sets of concepts, comma-separated, of {', '.join(SETS)}")
     add_output_flags(parser, trains=True)
     args = parser.parse_args()
+    unknown = sorted(set(args.sets.split(",")) - set(SETS))
+    if unknown:
+        parser.error(f"unknown set '{unknown[0]}': choose from {', '.join(SETS)}")
+    sets = {name: SETS[name] for name in args.sets.split(",")}
 
     import torch
 
     torch.set_num_threads(2)
     from erasekit import erase, load_pipeline
     from erasekit.api import generate_jobs
+    from erasekit.methods import get_method
     from erasekit.tasks.shapes import ATTRIBUTES, ShapesDetector, attribute_of, target_prompts
 
     seeds = list(range(args.first_eval_seed, args.first_eval_seed + args.eval_seeds))
@@ -60,7 +69,7 @@ def main() -> None:
         return sum(p == w for p, w in zip(predicted, wanted)) / len(wanted), len(wanted)
 
     rows = []
-    for set_name, concepts in SETS.items():
+    for set_name, concepts in sets.items():
         base_rates = {c: detected(base, c) for c in concepts}
         base_kept, n_kept = kept(base, concepts)
         for method, settings, train_seed in load_runs(args.experiment):
@@ -68,8 +77,9 @@ def main() -> None:
             if given.get("preserve") == "untouched":
                 given["preserve"] = ",".join(untouched(concepts))
             print("erasing", concepts, "with", method, given or "defaults", "training seed", train_seed, flush=True)
-            together = erase(load_pipeline("builtin"), method=method, concepts=concepts, seed=train_seed, progress=False, **given).pipe
-            row = {"set": set_name, "concepts": concepts, "method": method, "settings": settings, "train_seed": train_seed,
+            steps = get_method(method).make_config(**given).steps * (len(concepts) if args.steps_per_concept else 1)
+            together = erase(load_pipeline("builtin"), method=method, concepts=concepts, seed=train_seed, progress=False, **given | {"steps": steps}).pipe
+            row = {"set": set_name, "concepts": concepts, "method": method, "settings": settings, "train_seed": train_seed, "steps_together": steps,
                    "eval_seeds": seeds, "n_target": len(target_prompts(concepts[0])) * len(seeds), "n_kept": n_kept,
                    "base": base_rates, "together": {c: detected(together, c) for c in concepts},
                    "kept_base": base_kept, "kept_together": kept(together, concepts)[0], "alone": {}}
@@ -83,7 +93,10 @@ def main() -> None:
 
 def write_table(rows: list[dict], meta: dict, results_dir) -> None:
     pct = lambda x: f"{100 * x:.1f}%"  # noqa: E731
-    named = lambda r: ", ".join(f"{k}={v}" for k, v in r["settings"].items()) or "defaults"  # noqa: E731
+    def named(r: dict) -> str:
+        settings = ", ".join(f"{k}={v}" for k, v in r["settings"].items()) or "defaults"
+        return settings + (f"; the set: {r['steps_together']} steps" if r.get("steps_together") else "")
+
     r0 = rows[0]
     lines = heading("Erasing three concepts at once against each alone", meta) + [
         f"Method {r0['method']}; training seeds {sorted({r['train_seed'] for r in rows})}; evaluation seeds {r0['eval_seeds']}. "

@@ -238,6 +238,11 @@ def test_abo_keeps_each_preserved_concepts_guidance_as_the_frozen_model_gives_it
     by_hand = (gamma2 * (torch.stack([eps_red[0], eps_square[1]]) - eps_uncond) - wanted).pow(2).mean()
     assert terms["keep"] == pytest.approx(by_hand.item(), rel=1e-4)
     assert loss.item() == pytest.approx(terms["concept"] + method.config.lam * terms["penalty"] + terms["keep"], rel=1e-4)
+    # With two concepts erased each draws half the batch, so L_keep weighs half as much against the step's loss.
+    two = abo(pipe, ["circle", "star"], abo.make_config(preserve="square, red", preserve_weight=0.6, **GENTLE["abo"]))
+    with torch.no_grad():
+        loss, terms = two.loss(batch)
+    assert loss.item() == pytest.approx(terms["concept"] + two.config.lam * terms["penalty"] + 0.3 * terms["keep"], rel=1e-4)
 
     with pytest.raises(ErasekitError, match="'circle' is both erased and preserved"):
         abo(pipe, ["circle"], abo.make_config(preserve="circle", **GENTLE["abo"]))

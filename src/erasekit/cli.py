@@ -314,6 +314,7 @@ def erase(
 
     Example: erasekit erase --concept circle --replacement square --report report/
     Many at once: erasekit erase --concepts-file concepts.txt (a line each: "circle -> square", "red")
+    Many concepts share the method's steps: n times the steps (--set steps=...) and, for abo, what to keep (--set preserve=square,triangle) erase each as well as alone (docs/results.md, "Many concepts at once").
     On a GPU: erasekit erase --model CompVis/stable-diffusion-v1-4 --concept "Van Gogh" --method esd-x --dtype bf16
     """
     from .erase import erase as erase_concepts

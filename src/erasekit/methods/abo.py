@@ -24,7 +24,10 @@ outputs, so they carry over as ESD's do (esd.py), δ included (a sum of guidance
 Concepts to keep (`preserve`, as UCE's): each gets the concept loss with a zero δ,
   L_keep = ‖γ2 (ε_θ(x_t, p) − sg[ε_θ(x_t, ∅)]) − γ1 (ε*(x_t, p) − ε*(x_t, ∅))‖²,
 so the student keeps the frozen model's guidance towards p at the same x_t where it unlearns c's:
-the anchors of the mass-erasure methods (MACE, ANT), in AbO's own terms. Not in the paper.
+the anchors of the mass-erasure methods (MACE, ANT), in AbO's own terms. Not in the paper. Each
+draw erases one of n concepts and keeps one kept concept, so each concept's L_concept carries 1/n
+of the loss; L_keep is weighed `preserve_weight`/n, so that it pulls against each concept as hard
+as it does against one erased alone (benchmarks/results/many-concepts-keep-divided/results.md).
 
 Fast path: every x_τ of a trajectory and both targets at it are computed once, in batches, into the
 teacher bank (the frozen outputs at x_t are the very ones that drew it); each step then runs only
@@ -76,7 +79,7 @@ class AboConfig(MethodConfig):
     trajectory: str = "auto"
     bank_trajectories: int | None = None  # one per 25 draws: 24 for the defaults, 8 for the paper's 200 x 1
     preserve: str = ""  # comma-separated concepts to keep (the module docstring's L_keep), e.g. "square,triangle"
-    preserve_weight: float = 1.0  # the weight of L_keep, against L_concept's 1
+    preserve_weight: float = 1.0  # the weight of L_keep against one concept's L_concept (divided by the concepts erased)
 
     def validate(self) -> None:
         super().validate()
@@ -179,5 +182,5 @@ class Abo(TrajectoryBankMethod):
         if eps_kept:
             target = batch["keep"][torch.arange(n), batch["kept"]].to(self.device)
             keep = abo_concept_loss(eps_kept[0], eps_uncond, target, self.config.gamma2)
-            loss, terms = loss + self.config.preserve_weight * keep, terms | {"keep": keep.item()}
+            loss, terms = loss + self.config.preserve_weight / len(self.concepts) * keep, terms | {"keep": keep.item()}
         return loss, terms
