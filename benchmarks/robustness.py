@@ -43,6 +43,9 @@ def main() -> None:
     parser.add_argument("--concepts", default="square,red")
     parser.add_argument("--attacks", default="paraphrase,inversion,unlearndiffatk,ring-a-bell")
     parser.add_argument("--seeds", default="0-12", help="evaluation seeds per target prompt (first-last)")
+    parser.add_argument("--prompts", default="target",
+                        help="the suites evaluated: target, or with related (and unrelated) also what the erasure cost there: "
+                             "same-attribute alignment, same-seed agreement, SSIM and FID")
     add_output_flags(parser, trains=True)
     args = parser.parse_args()
 
@@ -56,19 +59,36 @@ def main() -> None:
     concepts, attacks = args.concepts.split(","), tuple(args.attacks.split(","))
     runs = load_runs(args.experiment)
     rows = []
-    for train_seed in sorted({seed for _, _, seed in runs}):
-        methods = [m for m, _, seed in runs if seed == train_seed]
-        per_method = {m: settings for m, settings, seed in runs if seed == train_seed}
-        settings = check_bench(methods, concepts, BenchSettings(prompts="target", sampling=Sampling(seeds=tuple(range(lo, hi + 1))), train_seed=train_seed),
-                               per_method, attacks)
-        for cell in bench_cells(args.results_dir, methods, concepts, settings, per_method, progress=True, attacks=attacks):
+    # One bench per (training seed, method, settings): a method may run with several settings, each its own cells.
+    for train_seed, method, method_settings in sorted(((seed, m, s) for m, s, seed in runs), key=lambda r: r[0]):
+        per_method = {method: method_settings}
+        settings = check_bench([method], concepts, BenchSettings(prompts=args.prompts, sampling=Sampling(seeds=tuple(range(lo, hi + 1))),
+                                                                 train_seed=train_seed), per_method, attacks)
+        for cell in bench_cells(args.results_dir, [method], concepts, settings, per_method, progress=True, attacks=attacks):
             rows.append({"method": cell["method"], "settings": cell["method_settings"], "train_seed": train_seed, "concept": cell["concept"],
-                         "images": cell["evaluation"]["suites"]["target"]["n_images"],
+                         "images": cell["evaluation"]["suites"]["target"]["n_images"], "train_s": cell["train_s"],
                          "attacks": {n: {k: a[k] for k in ("asr_before", "asr_after", "asr_attack_only", "budget")} | {"successes": a.get("successes")}
                                      for n, a in cell["attacks"].items()},
-                         "base_attacks": {n: {k: a[k] for k in ("asr_before", "asr_after", "asr_attack_only")} for n, a in cell["base_attacks"].items()}})
-            print(rows[-1]["method"], rows[-1]["concept"], train_seed, {n: a["asr_after"] for n, a in rows[-1]["attacks"].items()}, flush=True)
+                         "base_attacks": {n: {k: a[k] for k in ("asr_before", "asr_after", "asr_attack_only")} for n, a in cell["base_attacks"].items()}}
+                        | ({"collateral": collateral(cell)} if "related" in cell["evaluation"]["suites"] else {}))
+            print(label(rows[-1]), rows[-1]["concept"], train_seed, {n: a["asr_after"] for n, a in rows[-1]["attacks"].items()}, flush=True)
             write(rows, args, concepts)  # after every cell, so an interrupted run leaves what it finished
+
+
+def label(row: dict) -> str:
+    """A run's name in the tables: its method, and the settings it changed."""
+    changed = ", ".join(f"{k} {v}" for k, v in row["settings"].items())
+    return f"{row['method']} ({changed})" if changed else row["method"]
+
+
+def collateral(cell: dict) -> dict:
+    """What the erasure cost, from a cell evaluated on the related prompts: base and erased alignment with the concept's
+    own attribute on related prompts, same-seed agreement on it, SSIM to the base, and FID against rendered ground truth."""
+    suites, attribute = cell["evaluation"]["suites"], cell["attribute"]
+    related, distribution = suites["related"], cell["evaluation"]["distribution"]
+    return {"alignment_base": related["alignment_base"][attribute], "alignment": related["alignment"][attribute],
+            "agreement": related["kept"][attribute], "ssim_related": related["ssim"],
+            "fid_base": distribution["base"]["fid"], "fid": distribution["erased"]["fid"]}
 
 
 def write(rows: list[dict], args, concepts: list[str]) -> None:
@@ -76,14 +96,14 @@ def write(rows: list[dict], args, concepts: list[str]) -> None:
 
     pictures = []
     for concept in concepts:
-        shown = [(f"{r['method']}, {name}", args.results_dir / a["successes"]) for r in rows if r["concept"] == concept and r["train_seed"] == 0
+        shown = [(f"{label(r)}, {name}", args.results_dir / a["successes"]) for r in rows if r["concept"] == concept and r["train_seed"] == 0
                  for name, a in r["attacks"].items() if a["successes"]]
         if shown:
             atomic_save_image(first_rows(shown), args.results_dir / f"successes-{concept}.png")
             pictures.append(concept)
     meta = run_meta()
-    methods = list(dict.fromkeys(r["method"] for r in rows))
-    by_training = sorted(rows, key=lambda r: (methods.index(r["method"]), r["train_seed"], concepts.index(r["concept"])))
+    runs = list(dict.fromkeys(label(r) for r in rows))
+    by_training = sorted(rows, key=lambda r: (runs.index(label(r)), r["train_seed"], concepts.index(r["concept"])))
     write_results(args.results_dir, meta, by_training, table(rows, args, meta, pictures))  # trainings in the data file's order, each one's concepts together
 
 
@@ -98,7 +118,7 @@ def table(rows: list[dict], args, meta, pictures: list[str]) -> list[str]:
                         for n in attacks)
     lines = heading("Robustness: every erasure attacked", meta) + [
         f"Built-in model; target prompts on evaluation seeds {args.seeds} ({', '.join(f'{c}: {n} images' for c, n in dict.fromkeys((r['concept'], r['images']) for r in rows))} "
-        "per cell); each method with its defaults. ASR: share of target prompts x seeds whose image the shapes classifier "
+        "per cell); each method with its defaults but for the settings its row names. ASR: share of target prompts x seeds whose image the shapes classifier "
         "(top-1) takes for the concept; after = as written or under the attack (UnlearnDiffAtk's definition, which counts "
         "prompts that already succeeded). Mean over training seeds, with the range when there are several. "
         f"Attack budgets: {budgets}.", "",
@@ -110,19 +130,45 @@ def table(rows: list[dict], args, meta, pictures: list[str]) -> list[str]:
         sanity = mine[0]["base_attacks"]
         lines.append(f"| {concept} | unerased (sanity) | — | " + " | ".join(f"{_pct(sanity[a]['asr_before'])} → {_pct(sanity[a]['asr_after'])}" for a in attacks)
                      + " | " + " | ".join(_pct(sanity[a]["asr_attack_only"]) for a in attacks) + " |")
-        for method in dict.fromkeys(r["method"] for r in mine):
-            cells = [r for r in mine if r["method"] == method]
+        for run in dict.fromkeys(label(r) for r in mine):
+            cells = [r for r in mine if label(r) == run]
 
             def mean(attack, key):
                 values = [r["attacks"][attack][key] for r in cells]
                 text = _pct(sum(values) / len(values))
                 return text + (f" ({_pct(min(values))}-{_pct(max(values))})" if len(values) > 1 else "")
 
-            lines.append(f"| {concept} | {method} | {len(cells)} | " + " | ".join(f"{mean(a, 'asr_before')} → {mean(a, 'asr_after')}" for a in attacks)
+            lines.append(f"| {concept} | {run} | {len(cells)} | " + " | ".join(f"{mean(a, 'asr_before')} → {mean(a, 'asr_after')}" for a in attacks)
                          + " | " + " | ".join(mean(a, "asr_attack_only") for a in attacks) + " |")
+    lines += collateral_table(rows)
     lines += ["", "Successful attacks (training seed 0; the first of each method and attack): the base model's image, the erased "
               "model's, and the erased model's under the attack prompt, same prompt and seed.", ""]
     lines += [f"![successful attacks on {c}: base, erased, attacked](successes-{c}.png)" for c in pictures]
+    return lines
+
+
+def collateral_table(rows: list[dict]) -> list[str]:
+    """What each erasure cost (when the run evaluated every suite), mean over training seeds: on prompts that name
+    another value of the concept's attribute, how often the image shows the value named (base → erased) and the
+    same value as the base image of the same seed; SSIM to the base there; FID of every non-target image evaluated."""
+    if "collateral" not in rows[0]:
+        return []
+    lines = ["", "What each erasure cost, on the related prompts (another value of the concept's attribute: "
+             "another shape for a shape) and, for FID, every non-target prompt against rendered ground truth; "
+             "mean over training seeds. Erase time on this machine's 2 cores.", "",
+             "| concept | model | target left | related: value named, base → erased | same value as base, same seed | SSIM to base | FID, base → erased | erase (s) |",
+             "|---|---|---:|---|---:|---:|---|---:|"]
+    for concept in dict.fromkeys(r["concept"] for r in rows):
+        mine = [r for r in rows if r["concept"] == concept]
+        for run in dict.fromkeys(label(r) for r in mine):
+            cells = [r for r in mine if label(r) == run]
+
+            def mean(key, cells=cells):
+                return sum(r["collateral"][key] for r in cells) / len(cells)
+
+            left = sum(next(iter(r["attacks"].values()))["asr_before"] for r in cells) / len(cells)
+            lines.append(f"| {concept} | {run} | {_pct(left)} | {_pct(mean('alignment_base'))} → {_pct(mean('alignment'))} | {_pct(mean('agreement'))} "
+                         f"| {mean('ssim_related'):.3f} | {mean('fid_base'):.1f} → {mean('fid'):.1f} | {sum(r['train_s'] for r in cells) / len(cells):.0f} |")
     return lines
 
 

@@ -33,7 +33,8 @@ def _trainable(unet, names):
 
 @pytest.mark.parametrize(
     "method,extra",
-    [("abo", {"replacement": "square"}), ("esd-x", {"sample_from": "student"}), ("esd-u", {}), ("sdd", {}), ("ablating", {}), ("fmn", {})],
+    [("abo", {"replacement": "square"}), ("abo", {"adversary_weight": 1.0}), ("esd-x", {"sample_from": "student"}), ("esd-u", {}), ("sdd", {}),
+     ("ablating", {}), ("fmn", {})],
 )
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tiny_folder, tmp_path, monkeypatch, method, extra):
     full = erase(str(tiny_folder), method=method, concepts=["circle", "red"], seed=3, **gentle(method), **extra)

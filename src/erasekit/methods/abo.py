@@ -29,6 +29,10 @@ draw erases one of n concepts and keeps one kept concept, so each concept's L_co
 of the loss; L_keep is weighed `preserve_weight`/n, so that it pulls against each concept as hard
 as it does against one erased alone (benchmarks/results/many-concepts-keep-divided/results.md).
 
+Adversarial training (`adversary_weight` > 0; adversary.py, not in the paper): each step an attacker
+first moves c's prompt embedding to where the student still gives ε*(x_t, c), then L_concept is
+also taken there, with the same target, weighed `adversary_weight`.
+
 Fast path: every x_τ of a trajectory and both targets at it are computed once, in batches, into the
 teacher bank (the frozen outputs at x_t are the very ones that drew it); each step then runs only
 the student, [c, ∅] stacked in one forward. The bank holds one trajectory per 25 draws
@@ -47,11 +51,11 @@ from ..errors import ErasekitError
 from ..guidance import Instruction, cfg, explicit_delta
 from ..losses import abo_concept_loss, abo_guidance_target, abo_loss
 from ..sampling import embed, unet_out
-from .base import MethodConfig, TrajectoryBankMethod, kept_concepts, needs_cross_attention
+from .base import BankConfig, TrajectoryBankMethod, kept_concepts, needs_cross_attention
 
 
 @dataclass
-class AboConfig(MethodConfig):
+class AboConfig(BankConfig):
     # Tuned on the built-in model (benchmarks/results/shape-erasure-square/results.md, docs/tuning-log.md).
     # Steps x batch: fewer draws erased nothing. No warm-up: a colour is settled in the first
     # sampling steps, and with the paper's warm-up AbO left every red. λ 100: the penalty pins
@@ -157,7 +161,7 @@ class Abo(TrajectoryBankMethod):
         delta = self.delta(x, t, i, concept, eps_uncond, eps_concept)
         target = abo_guidance_target(eps_concept, eps_uncond, delta, self.config.gamma1)
         guided = eps_uncond + target if self.trajectory == "erased" else cfg(eps_uncond, eps_concept, self.config.gamma1)
-        targets = {"eps_uncond": eps_uncond, "target": target}
+        targets = {"eps_uncond": eps_uncond, "target": target} | ({"eps_concept": eps_concept} if self.adversary is not None else {})
         if self.preserve_emb is not None:  # every kept concept's guidance at this x_τ: (n, kept, C, H, W)
             k = len(self.preserve_emb)
             eps_kept = unet_out(self.denoiser, x.repeat(k, 1, 1, 1), t, self.preserve_emb[torch.arange(k).repeat_interleave(n)])
@@ -176,11 +180,17 @@ class Abo(TrajectoryBankMethod):
         conditions = [self.concept_emb[batch["concept"]], self.uncond_like(n)]
         if self.preserve_emb is not None:
             conditions.append(self.preserve_emb[batch["kept"]])
+        if "attacked" in batch:
+            conditions.append(batch["attacked"])
         out = unet_out(self.denoiser, x.repeat(len(conditions), 1, 1, 1), batch["t"].repeat(len(conditions)), torch.cat(conditions))
-        eps_concept, eps_uncond, *eps_kept = out.chunk(len(conditions))
-        loss, terms = abo_loss(eps_concept, eps_uncond, batch["target"].to(self.device), batch["eps_uncond"].to(self.device), self.config.gamma2, self.config.lam)
-        if eps_kept:
-            target = batch["keep"][torch.arange(n), batch["kept"]].to(self.device)
-            keep = abo_concept_loss(eps_kept[0], eps_uncond, target, self.config.gamma2)
+        eps_concept, eps_uncond, *rest = out.chunk(len(conditions))
+        target = batch["target"].to(self.device)
+        loss, terms = abo_loss(eps_concept, eps_uncond, target, batch["eps_uncond"].to(self.device), self.config.gamma2, self.config.lam)
+        if self.preserve_emb is not None:
+            kept_target = batch["keep"][torch.arange(n), batch["kept"]].to(self.device)
+            keep = abo_concept_loss(rest.pop(0), eps_uncond, kept_target, self.config.gamma2)
             loss, terms = loss + self.config.preserve_weight / len(self.concepts) * keep, terms | {"keep": keep.item()}
+        if "attacked" in batch:  # the same target at the embedding the attacker found (adversary.py)
+            attacked = abo_concept_loss(rest.pop(0), eps_uncond, target, self.config.gamma2)
+            loss, terms = loss + self.config.adversary_weight * attacked, terms | {"attacked": attacked.item()}
         return loss, terms

@@ -19,6 +19,7 @@ from typing import Callable
 
 import torch
 
+from ..adversary import Adversary
 from ..bank import build_bank, sample_latents
 from ..errors import ErasekitError, ErasekitWarning
 from ..sampling import embed, latent_shape, sampling_scheduler
@@ -71,6 +72,26 @@ class MethodConfig:
         if self.bank_trajectories is not None:
             return one_each(self.bank_trajectories, n_concepts, "trajectories")
         return one_each(math.ceil(self.steps * self.batch_size / DRAWS_PER_TRAJECTORY), n_concepts, "trajectories")
+
+
+@dataclass
+class BankConfig(MethodConfig):
+    """Settings of a method that trains on a teacher bank, which may train adversarially (adversary.py)."""
+
+    # Off by default: on the built-in model no radius beat AbO's defaults beyond concept inversion's own
+    # spread (benchmarks/results/tuning-adversary/results.md); 0.3 cost SSIM most.
+    adversary_weight: float = 0.0  # weight of the concept loss at the attacked embedding (0: no adversarial training)
+    adversary_radius: float = 0.1  # ρ: how far the attacker may move a concept's embedding, in units of its norm
+    adversary_step: float = 0.1  # the attacker's step, as a fraction of ρ
+
+    def validate(self) -> None:
+        super().validate()
+        if self.adversary_weight < 0:
+            raise ErasekitError(f"adversary_weight must be >= 0, got {self.adversary_weight}")
+        if not self.adversary_radius > 0:
+            raise ErasekitError(f"adversary_radius must be positive, got {self.adversary_radius}")
+        if not 0 < self.adversary_step <= 1:
+            raise ErasekitError(f"adversary_step must be in (0, 1], got {self.adversary_step}")
 
 
 def replacements_for(concepts: list[str], replacement: str | dict[str, str] | None) -> dict[str, str | None]:
@@ -249,7 +270,17 @@ class TrainedMethod(WeightEditingMethod):
 
 class TrajectoryBankMethod(TrainedMethod):
     """Trains at x_t from frozen-model DDIM trajectories, with targets computed along them once (the
-    teacher bank, bank.py). A subclass writes its teacher step and its loss."""
+    teacher bank, bank.py). A subclass writes its teacher step and its loss.
+
+    With `adversary_weight` > 0 (its Config a BankConfig) it trains adversarially (adversary.py): its
+    teacher step also keeps ε*(x_t, c) as "eps_concept", every drawn batch carries the attacked
+    conditioning as "attacked", and its loss adds its concept loss there.
+    """
+
+    def __init__(self, pipe, concepts, config, replacement=None):
+        super().__init__(pipe, concepts, config, replacement)
+        weight = getattr(config, "adversary_weight", 0.0)
+        self.adversary = Adversary(self.concept_emb, config.adversary_radius, config.adversary_step) if weight > 0 else None
 
     def teacher_step(self, x, t, i: int, concept: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """At x_τ of a batch of trajectories: the guided output to step with, and the loss targets to keep."""
@@ -260,7 +291,18 @@ class TrajectoryBankMethod(TrainedMethod):
                                self.latent_shape, generator, self.device, progress=progress)
 
     def draw(self, generator):
-        return self.bank.draw(self.config.batch_size, generator)
+        batch = self.bank.draw(self.config.batch_size, generator)
+        if self.adversary is not None:  # the attack moves first, on the student as it is now
+            batch["attacked"] = self.adversary.attack(self.denoiser, batch["x"].to(self.device), batch["t"], batch["concept"],
+                                                      batch["eps_concept"].to(self.device))
+        return batch
+
+    def extra_state(self):
+        return {"adversary": self.adversary.delta} if self.adversary is not None else {}
+
+    def load_extra_state(self, state):
+        if self.adversary is not None:
+            self.adversary.delta = state["adversary"].to(self.adversary.delta.device)
 
 
 class ImageBankMethod(TrainedMethod):

@@ -9,6 +9,10 @@ x_t is drawn from the frozen model (default; fast path: a teacher bank) or, as t
 does, from the model being trained (`sample_from="student"`), which samples every step and holds
 a frozen copy for the targets.
 
+Adversarial training (`adversary_weight` > 0; adversary.py, as AdvUnlearn does with ESD's loss): each
+step an attacker first moves c's prompt embedding to where the student still gives ε*(x_t, c), then
+the loss is also taken there, with the same target. It runs on the teacher bank only.
+
 On a flow-matching model (SD3, FLUX) the output is a velocity v = ε − x0, not ε. The target carries over
 unchanged: at a fixed x_t, x0 = x_t − σ v is affine in v, so guidance combines velocities as it
 combines noise predictions, and v*(∅) − η (v*(c) − v*(∅)) is the velocity of the negatively guided
@@ -26,11 +30,11 @@ from ..errors import ErasekitError
 from ..guidance import cfg
 from ..losses import esd_loss, esd_target
 from ..sampling import embed, initial_noise, run_sampler, unet_out
-from .base import MethodConfig, TrajectoryBankMethod
+from .base import BankConfig, TrajectoryBankMethod
 
 
 @dataclass
-class EsdConfig(MethodConfig):
+class EsdConfig(BankConfig):
     # Tuned on the built-in model, where the paper's η = 1 did not erase even in 1,000 steps
     # (benchmarks/results/shape-erasure-square/results.md); the variants below set their own. The paper's
     # settings are the `paper` preset.
@@ -48,6 +52,8 @@ class EsdConfig(MethodConfig):
         super().validate()
         if self.sample_from not in ("frozen", "student"):
             raise ErasekitError(f"sample_from must be 'frozen' or 'student', got '{self.sample_from}'")
+        if self.adversary_weight > 0 and self.sample_from != "frozen":
+            raise ErasekitError("adversarial training (adversary_weight > 0) runs on the teacher bank: use sample_from='frozen'")
 
 
 PAPER = {"optimizer": "adam", "lr": 1e-5, "steps": 1000, "batch_size": 1, "eta": 1.0, "ddim_steps": 50, "start_guidance": 3.0, "sample_from": "student"}
@@ -79,7 +85,8 @@ class Esd(TrajectoryBankMethod):
     def teacher_step(self, x, t, i, concept):
         eps_uncond, eps_concept, eps_from = self.teacher_outputs(self.denoiser, x, t, concept)
         target = esd_target(eps_from, eps_concept, eps_uncond, self.config.eta)
-        return cfg(eps_uncond, eps_concept, self.config.start_guidance), {"target": target}
+        kept = {"target": target} | ({"eps_concept": eps_concept} if self.adversary is not None else {})
+        return cfg(eps_uncond, eps_concept, self.config.start_guidance), kept
 
     def prepare(self, generator, progress):
         if self.config.sample_from == "frozen":
@@ -116,9 +123,14 @@ class Esd(TrajectoryBankMethod):
 
     def loss(self, batch):
         x = batch["x"].to(self.device)
-        eps = unet_out(self.denoiser, x, batch["t"], self.concept_emb[batch["concept"]])
-        loss = esd_loss(eps, batch["target"].to(self.device))
-        return loss, {"esd": loss.item()}
+        conditions = [self.concept_emb[batch["concept"]]] + ([batch["attacked"]] if "attacked" in batch else [])
+        eps, *attacked = unet_out(self.denoiser, x.repeat(len(conditions), 1, 1, 1), batch["t"].repeat(len(conditions)), torch.cat(conditions)).chunk(len(conditions))
+        target = batch["target"].to(self.device)
+        loss = esd_loss(eps, target)
+        if not attacked:
+            return loss, {"esd": loss.item()}
+        at_attack = esd_loss(attacked[0], target)  # the same target at the embedding the attacker found (adversary.py)
+        return loss + self.config.adversary_weight * at_attack, {"esd": loss.item(), "attacked": at_attack.item()}
 
 
 # The variants differ in what trains and in defaults measured on the built-in model. On 132 images
