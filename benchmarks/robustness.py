@@ -46,6 +46,7 @@ def main() -> None:
     parser.add_argument("--prompts", default="target",
                         help="the suites evaluated: target, or with related (and unrelated) also what the erasure cost there: "
                              "same-attribute alignment, same-seed agreement, SSIM and FID")
+    parser.add_argument("--attack-restarts", type=int, default=1, help="runs of each optimising attack with its own seeds, pooled: the worst case over them")
     add_output_flags(parser, trains=True)
     args = parser.parse_args()
 
@@ -63,7 +64,7 @@ def main() -> None:
     for train_seed, method, method_settings in sorted(((seed, m, s) for m, s, seed in runs), key=lambda r: r[0]):
         per_method = {method: method_settings}
         settings = check_bench([method], concepts, BenchSettings(prompts=args.prompts, sampling=Sampling(seeds=tuple(range(lo, hi + 1))),
-                                                                 train_seed=train_seed), per_method, attacks)
+                                                                 train_seed=train_seed, attack_restarts=args.attack_restarts), per_method, attacks)
         for cell in bench_cells(args.results_dir, [method], concepts, settings, per_method, progress=True, attacks=attacks):
             rows.append({"method": cell["method"], "settings": cell["method_settings"], "train_seed": train_seed, "concept": cell["concept"],
                          "images": cell["evaluation"]["suites"]["target"]["n_images"], "train_s": cell["train_s"],

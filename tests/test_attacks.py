@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from erasekit import Sampling, erase
 from erasekit.api import generate_batch
-from erasekit.attacks import get_attack, run_attack
+from erasekit.attacks import Found, get_attack, pooled, run_attack
 from erasekit.attacks.ring_a_bell import concept_vector, word_ids
 from erasekit.attacks.tokens import decode_words, word_tokens
 from erasekit.attacks.unlearndiffatk import nearest_words
@@ -129,6 +129,33 @@ def test_the_denoising_loss_is_the_squared_error_averaged_per_sample():
     assert denoising_loss(prediction, torch.zeros_like(prediction)).tolist() == [(1 + 9) / 2, 0.25]
 
 
+def test_restarts_pool_every_runs_prompts_with_their_learned_tokens_renamed_apart():
+    runs = [Found([("a red square", 0, "a red <concept>"), ("square", 0, "<concept>")], steps=3, images=2, embeddings={"<concept>": torch.full((4,), float(k))},
+                  details={"lr": 0.1}) for k in range(2)]
+    both = pooled(runs)
+    assert both.prompts == [("a red square", 0, "a red <concept-0>"), ("square", 0, "<concept-0>"),
+                            ("a red square", 0, "a red <concept-1>"), ("square", 0, "<concept-1>")]
+    assert both.embeddings["<concept-1>"][0] == 1.0 and both.embeddings["<concept-0>"][0] == 0.0
+    assert both.steps == 3 and both.details == {"lr": 0.1, "restarts": 2}  # steps per run, and how many runs
+    assert pooled(runs[:1]) is runs[0]
+
+
+def test_a_restarted_attack_counts_a_prompt_brought_back_by_any_of_its_runs(builtin_pipe, monkeypatch):
+    """Restarts are the worst case over the attack's own seeds: run k (seed k) here brings back only target prompt k,
+    so with two restarts exactly prompts 0 and 1 count, on every evaluation seed, and no other."""
+    from erasekit.attacks.unlearndiffatk import UnlearnDiffAtk
+
+    def find(self, erased, concept, prompts, steps, *, sampling, seed=0, **_):
+        return Found([(p, s, "a red square" if i == seed else "a blue square") for i, p in enumerate(prompts) for s in sampling.seeds], steps=1, images=0)
+
+    monkeypatch.setattr(UnlearnDiffAtk, "find", find)
+    prompts, sampling = ["red", "a red shape", "a red circle"], Sampling(seeds=[0, 1])
+    both = run_attack("unlearndiffatk", builtin_pipe, "red", prompts, ShapesDetector(), sampling=sampling, base=builtin_pipe, before=[False] * 6, restarts=2)
+    assert sorted({(f["prompt"], f["seed"]) for f in both.found}) == [("a red shape", 0), ("a red shape", 1), ("red", 0), ("red", 1)]
+    assert both.asr_after == both.asr_attack_only == 4 / 6
+    assert both.budget["restarts"] == 2 and both.budget["images_generated"] == 2 * 6
+
+
 def test_attacks_are_refused_by_name_and_budget_before_any_work(builtin_pipe):
     with pytest.raises(ErasekitError, match="unknown attack 'gcg'; choose from paraphrase, inversion, unlearndiffatk, ring-a-bell"):
         get_attack("gcg")
@@ -136,6 +163,15 @@ def test_attacks_are_refused_by_name_and_budget_before_any_work(builtin_pipe):
         run_attack("inversion", builtin_pipe, "square", ["square"], ShapesDetector(), sampling=Sampling(seeds=[0]), base=builtin_pipe, steps=0)
     with pytest.raises(ErasekitError, match="needs images of the concept"):
         run_attack("inversion", builtin_pipe, "square", ["square"], ShapesDetector(), sampling=Sampling(seeds=[0]))
+    with pytest.raises(ErasekitError, match="attack restarts must be at least 1"):
+        run_attack("inversion", builtin_pipe, "square", ["square"], ShapesDetector(), sampling=Sampling(seeds=[0]), base=builtin_pipe, restarts=0)
+    with pytest.raises(ErasekitError, match="the paraphrase attack has no randomness of its own"):
+        run_attack("paraphrase", builtin_pipe, "square", ["square"], ShapesDetector(), sampling=Sampling(seeds=[0]), restarts=2)
+    from erasekit.evaluation.bench import BenchSettings, check_bench
+
+    with pytest.raises(ErasekitError, match="attack restarts must be at least 1"):
+        check_bench(["abo"], ["red"], BenchSettings(attack_restarts=0), {}, ("inversion",))
+    check_bench(["abo"], ["red"], BenchSettings(attack_restarts=2), {}, ("paraphrase", "inversion"))  # a bench runs paraphrase once
 
 
 def test_a_learned_token_spans_both_text_encoders_of_sdxl_and_leaves_them_as_they_were(tiny_sdxl_folder):

@@ -579,6 +579,7 @@ def bench(
     clip: Optional[str] = typer.Option(None, help="CLIP model (folder or hub id): the style and person tasks' detector."),
     setting: Optional[List[str]] = typer.Option(None, "--set", help="Method settings: key=value for every listed method that has the setting, or method.key=value for one (--set abo.steps=50 --set sld.preset=max)."),
     attacks: str = typer.Option("", help="Comma-separated attacks (paraphrase, inversion, unlearndiffatk, ring-a-bell) run against every cell and the unerased model: one ASR column each."),
+    attack_restarts: int = typer.Option(1, help="Runs of each optimising attack with its own seeds 0..N-1, a prompt counted as brought back when any run brings it back: one run is one draw of the attack."),
     out: Path = typer.Option(Path("bench"), help="Folder for bench.md, bench.html, scatter.png, grids and the per-cell cache (cells/)."),
     device: str = device_option(),
     dtype: str = dtype_option(),
@@ -612,7 +613,7 @@ def bench(
         raise ErasekitError("--concepts names no concept")
     suites = load_task(task, concept_list[0]).select(prompts)
     _check_limits(model, None, steps, 2 * len(sampling.seeds) * sum(map(len, suites.values())), f"--seeds {seeds} over the prompts of a cell")
-    settings = BenchSettings(model=model, sampling=sampling, prompts=prompts, task=task, clip=clip, device=device, dtype=dtype)
+    settings = BenchSettings(model=model, sampling=sampling, prompts=prompts, task=task, clip=clip, device=device, dtype=dtype, attack_restarts=attack_restarts)
     check_bench(method_list, concept_list, settings, per_method, attack_list)
     check_paths({"--model": _model_path(model), "--task": _local(task), "--prompts": _local(prompts), "--clip": _local(clip)},
                 [("--out", out / name) for name in BENCH_FILES], into={"--out": out})
@@ -640,6 +641,7 @@ def attack(
     preset: Optional[str] = typer.Option(None, help="The --method's named settings, e.g. sld's weak, medium (default), strong or max."),
     model: str = typer.Option("builtin", help=MODEL_HELP),
     attack_steps: Optional[int] = typer.Option(None, help="The attack's budget: optimisation steps (inversion 300, unlearndiffatk 40, ring-a-bell 100 generations by default); paraphrase takes none."),
+    restarts: int = typer.Option(1, help="Runs of the attack with its own seeds 0..N-1, a prompt counted as brought back when any run brings it back: one run is one draw of an optimising attack (docs/results.md, \"Concept inversion's own seed\")."),
     images: Optional[Path] = typer.Option(None, help="inversion, unlearndiffatk: a folder of images of the concept to learn from (default: the base model's own)."),
     paraphrases: Optional[Path] = typer.Option(None, help="paraphrase: a UTF-8 file of words or phrases, one per line, put where the prompts name the concept (nudity's: 'nude'; default: the task's, e.g. the shapes world's synonyms)."),
     prompts: Optional[str] = typer.Option(None, help="The target prompts to attack: a CSV file (I2P or COCO columns; each text once, on --seeds) instead of the task's target suite."),
@@ -673,7 +675,7 @@ def attack(
     from .methods import get_method
     from .model import load_pipeline, sizes_of
 
-    attack_method = check_attack(attack_name, attack_steps, base=True)
+    attack_method = check_attack(attack_name, attack_steps, base=True, restarts=restarts)
     steering = _erasure_or_method(erasure, method, preset)
     measures = _measured(task, concept, erasure, clip, detector, threshold)
     folders = _folders(measures, out)
@@ -715,7 +717,7 @@ def attack(
     for measured, found in measures:
         name, folder = measured.concept, folders[measured.concept]
         result = run_attack(attack_name, pipe, name, targets[name], found, sampling=sampling, base=base, images=concept_pictures,
-                            steps=attack_steps, progress=True, **options[name])
+                            steps=attack_steps, progress=True, restarts=restarts, **options[name])
         ensure_writable_dir(folder)
         written = result.save(folder, {"erasure": str(erasure) if erasure else None, "method": method, "preset": preset, "model": model,
                                        "task": measured.name, "detector": found.name}, pipe=pipe)

@@ -144,30 +144,58 @@ def get_attack(name: str) -> Attack:
     return getattr(importlib.import_module(f".{module}", __name__), cls)()
 
 
-def check_attack(name: str, steps: int | None, base=None, images=None) -> Attack:
-    """The attack, once its name, step count and inputs are known good (one line otherwise)."""
+def check_attack(name: str, steps: int | None, base=None, images=None, restarts: int = 1) -> Attack:
+    """The attack, once its name, step count, restarts and inputs are known good (one line otherwise)."""
     attack = get_attack(name)
     if steps is not None and steps < 1:
         raise ErasekitError(f"attack steps must be at least 1, got {steps}")
     if steps is not None and attack.default_steps is None:
         raise ErasekitError(f"the {name} attack does not optimise, so it takes no steps")
+    if restarts < 1:
+        raise ErasekitError(f"attack restarts must be at least 1, got {restarts}")
+    if restarts > 1 and attack.default_steps is None:
+        raise ErasekitError(f"the {name} attack has no randomness of its own, so restarting it finds nothing new")
     if attack.needs_base and base is None and not images:
         raise ErasekitError(f"the {name} attack needs images of the concept: the base model's, or a folder of them")
     return attack
 
 
+def restarts_of(attack: Attack, restarts: int) -> int:
+    """How often a bench runs `attack` when asked for `restarts`: once, where the attack has no randomness of its own."""
+    return restarts if attack.default_steps is not None else 1
+
+
+def pooled(runs: list[Found]) -> Found:
+    """The attack prompts of several runs of one attack, side by side: each run's learned tokens renamed
+    apart ("<concept>" of run k becomes "<concept-k>"), so a target prompt counts as brought back when
+    any run's prompt brings it back: the worst case over the attack's own randomness."""
+    if len(runs) == 1:
+        return runs[0]
+    prompts, embeddings = [], {}
+    for k, run in enumerate(runs):
+        names = {token: f"{token[:-1]}-{k}>" if token.endswith(">") else f"{token}-{k}" for token in run.embeddings}
+        embeddings |= {names[token]: vector for token, vector in run.embeddings.items()}
+        for prompt, seed, text in run.prompts:
+            for token, name in names.items():
+                text = text.replace(token, name)
+            prompts.append((prompt, seed, text))
+    return Found(prompts, steps=runs[0].steps, images=runs[0].images, embeddings=embeddings, details=runs[0].details | {"restarts": len(runs)})
+
+
 def run_attack(name: str, erased, concept: str, prompts: list[str], detector, *, sampling: Sampling = Sampling(seeds=range(4)),
                base=None, images=None, steps: int | None = None, before: list[bool] | None = None, progress: bool = False,
-               found: Found | None = None, **options) -> AttackResult:
+               found: Found | None = None, restarts: int = 1, **options) -> AttackResult:
     """Attack `erased` on every target prompt x seed of `sampling` and score it with `detector`.
 
     base: the unerased pipeline, for attacks that look at images of the concept (or `images`, a
     list of them). steps: the attack's optimisation steps (its default if None). before: the
     detector's flags on the prompts as written, in prompt-major order, if already generated
     (bench has them); otherwise they are generated here. found: what the attack found before, for
-    a model-agnostic attack whose prompts serve every erasure of the same base model.
+    a model-agnostic attack whose prompts serve every erasure of the same base model. restarts: runs
+    of the attack with its own seeds 0 .. restarts-1, pooled (`pooled`): one run is one draw of an
+    optimising attack (benchmarks/results/attack-seeds/results.md).
     """
-    attack = check_attack(name, steps, base, images)
+    attack = check_attack(name, steps, base, images, restarts)
     sampling.check()
     originals = [(p, s) for p in prompts for s in sampling.seeds]
     if before is None:
@@ -176,8 +204,8 @@ def run_attack(name: str, erased, concept: str, prompts: list[str], detector, *,
         raise ErasekitError(f"{len(before)} flags for {len(originals)} target prompts x seeds")
     started = time.perf_counter()
     if found is None:
-        found = attack.find(erased, concept, prompts, steps, sampling=sampling, detector=detector, base=base, images=images,
-                            progress=progress, **options)
+        found = pooled([attack.find(erased, concept, prompts, steps, sampling=sampling, detector=detector, base=base, images=images,
+                                    progress=progress, **options | ({"seed": k} if restarts > 1 else {})) for k in range(restarts)])
     with learned_tokens(erased, found.embeddings) if found.embeddings else nullcontext():
         attacked = sampling.generate(erased, [(text, s, sampling.guidance) for _, s, text in found.prompts])
     flags = detector.detect(attacked, concept).flags if attacked else []

@@ -43,6 +43,7 @@ class BenchSettings:
     train_seed: int = 0
     device: str = "auto"
     dtype: str = "auto"
+    attack_restarts: int = 1  # runs of each optimising attack, pooled (attacks.pooled); not part of a cell's key, only of its attacks'
 
 
 def route_settings(methods: list[str], settings: dict) -> dict[str, dict]:
@@ -73,7 +74,8 @@ def cell_key(method: str, concept: str, method_settings: dict, settings: BenchSe
     retrained model ever reuse another's cells."""
     from .. import __version__
 
-    blob = json.dumps([method, concept, _resolved(method, method_settings), asdict(settings), base_unet, __version__],
+    measured = {k: v for k, v in asdict(settings).items() if k != "attack_restarts"}  # the attacks' folders carry their restarts
+    blob = json.dumps([method, concept, _resolved(method, method_settings), measured, base_unet, __version__],
                       sort_keys=True, default=list)
     return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
@@ -177,14 +179,16 @@ def attack_cell(out: Path, folder: Path, erased, task, detector, settings: Bench
     """Each attack against one cell's model (`erased()` builds it) on the task's target prompts and the
     bench's seeds, judged by `detector`, cached per attack in <cell>/attacks/<attack>-<key>/ (attack.json,
     successes.png, learned tokens). A model-agnostic attack's prompts are found once per concept and kept in out/cells/."""
-    from ..attacks import Found, get_attack, run_attack, successes_grid
+    from ..attacks import Found, get_attack, restarts_of, run_attack, successes_grid
 
     concept, sampling = task.concept, settings.sampling
     prompts = task.target_texts()
     results, pipe, before = {}, None, None
     for name in attacks:
         attack = get_attack(name)
-        where = folder / "attacks" / f"{name}-{attack.key()}"
+        restarts = restarts_of(attack, settings.attack_restarts)
+        key = attack.key() + (f"-x{restarts}" if restarts > 1 else "")
+        where = folder / "attacks" / f"{name}-{key}"
         if (where / "attack.json").exists():
             results[name] = json.loads((where / "attack.json").read_text())
             continue
@@ -193,10 +197,10 @@ def attack_cell(out: Path, folder: Path, erased, task, detector, settings: Bench
             images = target_images or sampling.generate(pipe, sampling.jobs(prompts))
             before = detector.detect(images, concept).flags
         any_seed = cell_key("base", concept, {}, replace(settings, train_seed=0), base.fingerprint)
-        shared = out / "cells" / f"found-{name}-{concept}-{attack.key()}-{any_seed}.json"
+        shared = out / "cells" / f"found-{name}-{concept}-{key}-{any_seed}.json"
         found = Found.from_json(json.loads(shared.read_text())) if attack.model_agnostic and shared.exists() else None
         result = run_attack(name, pipe, concept, prompts, detector, sampling=sampling, base=base.pipe, before=before,
-                            progress=progress, found=found, **task.attack_options(name))
+                            progress=progress, found=found, restarts=restarts, **task.attack_options(name))
         if attack.model_agnostic and found is None:
             atomic_write_text(shared, json.dumps(result.tried.to_json()))
         grid = successes_grid(base.pipe, pipe, result, sampling, n=4)
@@ -227,10 +231,10 @@ def check_bench(methods: list[str], concepts: list[str], settings: BenchSettings
         task.select(settings.prompts)
         if "paraphrase" in attacks:
             get_attack("paraphrase").check_prompts(task.target_texts(), task.concept, **task.attack_options("paraphrase"))
-    from ..attacks import check_attack
+    from ..attacks import check_attack, restarts_of
 
     for a in attacks:
-        check_attack(a, None, base=True)
+        check_attack(a, None, base=True, restarts=restarts_of(get_attack(a), settings.attack_restarts))
     device = resolve_device(settings.device)
     return replace(settings, device=str(device), dtype=dtype_name(resolve_dtype(settings.dtype, device)))
 
