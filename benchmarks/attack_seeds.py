@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 
-from common import add_output_flags, heading, load_runs, run_meta, write_results
+from common import add_output_flags, heading, load_runs, run_meta, seed_range, write_results
 
 
 def main() -> None:
@@ -33,8 +33,7 @@ def main() -> None:
     from erasekit.tasks import load_task
     from erasekit.tasks.shapes import attribute_of
 
-    lo, hi = (int(x) for x in args.seeds.split("-"))
-    sampling = Sampling(seeds=tuple(range(lo, hi + 1)))
+    sampling = Sampling(seeds=seed_range(args.seeds))
     task = load_task("shapes", args.concept)
     detector, prompts = task.make_detector(), task.target_texts()
     base = load_pipeline("builtin")

@@ -58,6 +58,12 @@ def parse_args_or_run_cell(parser: argparse.ArgumentParser, run_cell) -> argpars
     return args
 
 
+def seed_range(text: str) -> tuple[int, ...]:
+    """"0-12" -> (0, 1, ..., 12): a --seeds flag of the form first-last."""
+    first, last = (int(x) for x in text.split("-"))
+    return tuple(range(first, last + 1))
+
+
 def expand_runs(runs: list[dict]) -> list[tuple[str, dict, int]]:
     """An experiment's [[runs]] as (method, settings, training seed), in the order they train."""
     return [(r["method"], r.get("settings", {}), seed) for r in runs for seed in r.get("train_seeds", [0])]

@@ -32,10 +32,11 @@ def main() -> None:
     parser.add_argument("--sets", default=",".join(SETS), help=f"which sets of concepts, comma-separated, of {', '.join(SETS)}")
     add_output_flags(parser, trains=True)
     args = parser.parse_args()
-    unknown = sorted(set(args.sets.split(",")) - set(SETS))
+    names = args.sets.split(",")
+    unknown = sorted(set(names) - set(SETS))
     if unknown:
         parser.error(f"unknown set '{unknown[0]}': choose from {', '.join(SETS)}")
-    sets = {name: SETS[name] for name in args.sets.split(",")}
+    sets = {name: SETS[name] for name in names}
 
     import torch
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from common import add_output_flags, heading, load_runs, run_meta, write_results
+from common import add_output_flags, heading, load_runs, run_meta, seed_range, write_results
 
 
 def first_rows(paths: list[tuple[str, Path]]):
@@ -56,14 +56,13 @@ def main() -> None:
     from erasekit.api import Sampling
     from erasekit.evaluation.bench import BenchSettings, bench_cells, check_bench
 
-    lo, hi = (int(x) for x in args.seeds.split("-"))
     concepts, attacks = args.concepts.split(","), tuple(args.attacks.split(","))
     runs = load_runs(args.experiment)
     rows = []
     # One bench per (training seed, method, settings): a method may run with several settings, each its own cells.
     for train_seed, method, method_settings in sorted(((seed, m, s) for m, s, seed in runs), key=lambda r: r[0]):
         per_method = {method: method_settings}
-        settings = check_bench([method], concepts, BenchSettings(prompts=args.prompts, sampling=Sampling(seeds=tuple(range(lo, hi + 1))),
+        settings = check_bench([method], concepts, BenchSettings(prompts=args.prompts, sampling=Sampling(seeds=seed_range(args.seeds)),
                                                                  train_seed=train_seed, attack_restarts=args.attack_restarts), per_method, attacks)
         for cell in bench_cells(args.results_dir, [method], concepts, settings, per_method, progress=True, attacks=attacks):
             rows.append({"method": cell["method"], "settings": cell["method_settings"], "train_seed": train_seed, "concept": cell["concept"],
@@ -80,6 +79,14 @@ def label(row: dict) -> str:
     """A run's name in the tables: its method, and the settings it changed."""
     changed = ", ".join(f"{k} {v}" for k, v in row["settings"].items())
     return f"{row['method']} ({changed})" if changed else row["method"]
+
+
+def by_concept_and_run(rows: list[dict]) -> dict[str, dict[str, list[dict]]]:
+    """The rows of each concept, then of each run (`label`), in the order they came: the tables' rows."""
+    groups: dict[str, dict[str, list[dict]]] = {}
+    for r in rows:
+        groups.setdefault(r["concept"], {}).setdefault(label(r), []).append(r)
+    return groups
 
 
 def collateral(cell: dict) -> dict:
@@ -126,15 +133,13 @@ def table(rows: list[dict], args, meta, pictures: list[str]) -> list[str]:
         "| concept | model | training seeds | " + " | ".join(f"{a}: before → after" for a in attacks) + " | " + " | ".join(f"{a}: its prompts alone" for a in attacks) + " |",
         "|---|---|---:|" + "---:|" * (2 * len(attacks)),
     ]
-    for concept in dict.fromkeys(r["concept"] for r in rows):
-        mine = [r for r in rows if r["concept"] == concept]
-        sanity = mine[0]["base_attacks"]
+    for concept, runs in by_concept_and_run(rows).items():
+        sanity = next(iter(runs.values()))[0]["base_attacks"]
         lines.append(f"| {concept} | unerased (sanity) | — | " + " | ".join(f"{_pct(sanity[a]['asr_before'])} → {_pct(sanity[a]['asr_after'])}" for a in attacks)
                      + " | " + " | ".join(_pct(sanity[a]["asr_attack_only"]) for a in attacks) + " |")
-        for run in dict.fromkeys(label(r) for r in mine):
-            cells = [r for r in mine if label(r) == run]
+        for run, cells in runs.items():
 
-            def mean(attack, key):
+            def mean(attack, key, cells=cells):
                 values = [r["attacks"][attack][key] for r in cells]
                 text = _pct(sum(values) / len(values))
                 return text + (f" ({_pct(min(values))}-{_pct(max(values))})" if len(values) > 1 else "")
@@ -159,10 +164,8 @@ def collateral_table(rows: list[dict]) -> list[str]:
              "mean over training seeds. Erase time on this machine's 2 cores.", "",
              "| concept | model | target left | related: value named, base → erased | same value as base, same seed | SSIM to base | FID, base → erased | erase (s) |",
              "|---|---|---:|---|---:|---:|---|---:|"]
-    for concept in dict.fromkeys(r["concept"] for r in rows):
-        mine = [r for r in rows if r["concept"] == concept]
-        for run in dict.fromkeys(label(r) for r in mine):
-            cells = [r for r in mine if label(r) == run]
+    for concept, runs in by_concept_and_run(rows).items():
+        for run, cells in runs.items():
 
             def mean(key, cells=cells):
                 return sum(r["collateral"][key] for r in cells) / len(cells)

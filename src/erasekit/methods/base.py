@@ -279,8 +279,8 @@ class TrajectoryBankMethod(TrainedMethod):
 
     def __init__(self, pipe, concepts, config, replacement=None):
         super().__init__(pipe, concepts, config, replacement)
-        weight = getattr(config, "adversary_weight", 0.0)
-        self.adversary = Adversary(self.concept_emb, config.adversary_radius, config.adversary_step) if weight > 0 else None
+        trains_adversarially = isinstance(config, BankConfig) and config.adversary_weight > 0  # SDD's bank has no attacker
+        self.adversary = Adversary(self.concept_emb, config.adversary_radius, config.adversary_step) if trains_adversarially else None
 
     def teacher_step(self, x, t, i: int, concept: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """At x_τ of a batch of trajectories: the guided output to step with, and the loss targets to keep."""
