@@ -51,6 +51,12 @@ class Bank:
         idx = torch.randint(0, len(self), (batch,), generator=generator)
         return {"x": self.x[idx], "t": self.t[idx], "concept": self.concept[idx], **{k: v[idx] for k, v in self.targets.items()}}
 
+    def batches(self, size: int):
+        """Every entry once, in order, `size` at a time, as `draw` gives them."""
+        for start in range(0, len(self), size):
+            part = slice(start, start + size)
+            yield {"x": self.x[part], "t": self.t[part], "concept": self.concept[part], **{k: v[part] for k, v in self.targets.items()}}
+
     def draw_noised(self, batch: int, scheduler, generator: torch.Generator) -> dict[str, torch.Tensor]:
         """Draw clean latents and noise them as the model was trained (sampling.training_noise)."""
         drawn = self.draw(batch, generator)

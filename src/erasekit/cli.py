@@ -314,6 +314,7 @@ def erase(
 
     Example: erasekit erase --concept circle --replacement square --report report/
     Many at once: erasekit erase --concepts-file concepts.txt (a line each: "circle -> square", "red")
+    Train each concept as long as it needs (abo, esd-x, esd-u): --set check_every=50 --set steps=600 stops once the erasing loss on held-out trajectories falls by less than 5% (min_gain) between checks.
     Many concepts share the method's steps: n times the steps (--set steps=...) and, for abo, what to keep (--set preserve=square,triangle) erase each as well as alone (docs/results.md, "Many concepts at once").
     On a GPU: erasekit erase --model CompVis/stable-diffusion-v1-4 --concept "Van Gogh" --method esd-x --dtype bf16
     """
@@ -372,6 +373,8 @@ def erase(
         raise typer.Exit(130) from None
     meta = erasure.metadata
     typer.echo(f"wrote {out} ({len(erasure.names)} changed tensors, trained in {meta['base_dtype']} on {meta['device']}, final loss {meta['final_loss']})")
+    if meta.get("steps_trained", meta["hyperparameters"]["steps"]) < meta["hyperparameters"]["steps"]:
+        typer.echo(f"stopped early after {meta['steps_trained']} of {meta['hyperparameters']['steps']} steps: the held-out erasing loss fell by less than min_gain")
     if save_lora is not None:
         from .families import family_of
         from .lora import TOLERANCE

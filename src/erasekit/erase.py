@@ -19,7 +19,7 @@ from .images import ensure_writable_dir
 from .io import output_lock
 from .paths import check_not_under_a_file
 from .methods import get_method
-from .methods.base import replacements_for
+from .methods.base import TrainedMethod, replacements_for
 from .model import hash_rounding, load_pipeline, peek_family, peek_sizes, peek_tokenizer, sizes_of, unet_fingerprint, unet_norms
 from .erasure_file import load_erasure, save_erasure
 from .presets import select_parameters
@@ -335,4 +335,6 @@ def _erase(*, model, model_config, method_cls, config, concepts, replacement, pr
         "erasekit_version": __version__,
         "final_loss": history[-1] if history else None,
     }
+    if isinstance(instance, TrainedMethod):  # early stopping may end it before `steps`
+        metadata["steps_trained"] = len(history)
     return Erasure(metadata=metadata, names=names, tensors=tensors, unet=denoiser, history=history, base=base, pipe=pipe)

@@ -5,6 +5,11 @@ UNet stays in the compute dtype; the bank's passes and every step run under auto
 scaling in float16 (precision.py). A checkpoint holds the trainable parameters, the optimiser,
 the loss scaler, the step, the losses so far and the random generator (and, beside it, the teacher bank), so a
 resumed run ends with the same weights as one that was never interrupted.
+
+Early stopping (a method's `early_stopping`, the settings `check_every` and `min_gain`): every few
+steps the erasing loss is taken on held-out trajectories, and training stops once it has
+`plateaued`; the best loss so far and whether it stopped are checkpointed too, so a resumed run
+stops where the uninterrupted one did.
 """
 
 from __future__ import annotations
@@ -52,8 +57,17 @@ def _differences(saved: dict, run: dict) -> list[str]:
     return fields
 
 
+def plateaued(best: float, value: float, min_gain: float) -> bool:
+    """Early stopping's rule: the held-out loss `value` fell by less than `min_gain` of the `best` before it (or rose)."""
+    return value > best * (1 - min_gain)
+
+
+# What `prepare` computed that a checkpoint keeps beside its state: each a method attribute, saved as <name>.safetensors.
+BANKS = ("bank", "held_out")
+
+
 def _save_checkpoint(directory: Path, step: int, params: dict[str, torch.nn.Parameter], opt, scaler, generator: torch.Generator, run: dict, method,
-                     history: list[dict[str, float]]) -> None:
+                     history: list[dict[str, float]], best: float, stopped: bool) -> None:
     state = {
         "run": json.dumps(run, sort_keys=True),
         "step": step,
@@ -63,6 +77,8 @@ def _save_checkpoint(directory: Path, step: int, params: dict[str, torch.nn.Para
         "scaler": scaler.state_dict(),
         "generator": generator.get_state(),
         "method": {k: v.detach().cpu().clone() for k, v in method.extra_state().items()},
+        "held_out_best": best,
+        "stopped": stopped,
     }
     atomic_save_torch(state, directory / "state.pt")
 
@@ -110,8 +126,8 @@ def train(method, names: list[str], generator: torch.Generator, checkpoint_dir: 
     scaler = grad_scaler(device, dtype)
     method.bind(params)
 
-    bank_file = checkpoint_dir / "bank.safetensors" if checkpoint_dir else None
-    start = 0
+    every, min_gain = method.early_stopping()
+    start, best, stopped = 0, math.inf, False
     run = _run_identity(method, identity or {})
     history = []
     if resume:
@@ -119,8 +135,10 @@ def train(method, names: list[str], generator: torch.Generator, checkpoint_dir: 
         saved = json.loads(state["run"])
         if saved != run:
             raise ErasekitError(f"the checkpoint in {checkpoint_dir} is of another run ({', '.join(_differences(saved, run))} differ): resume with the same ones, or start afresh without --resume")
-        if bank_file.is_file():
-            method.bank = Bank.load(bank_file)
+        if (checkpoint_dir / "bank.safetensors").is_file():
+            for name in BANKS:
+                if (checkpoint_dir / f"{name}.safetensors").is_file():
+                    setattr(method, name, Bank.load(checkpoint_dir / f"{name}.safetensors"))
         else:
             with autocast(device, dtype):
                 method.prepare(generator, progress)  # student sampling: only the frozen copy, drawn from the base weights
@@ -131,21 +149,24 @@ def train(method, names: list[str], generator: torch.Generator, checkpoint_dir: 
         scaler.load_state_dict(state["scaler"])
         generator.set_state(state["generator"])
         method.load_extra_state(state["method"])
-        start = state["step"]
+        start, best, stopped = state["step"], state.get("held_out_best", math.inf), state.get("stopped", False)
         history = json.loads(state.get("history", "[]"))
     else:
         with autocast(device, dtype):
             method.prepare(generator, progress)
+            if every:
+                best = method.held_out_loss()  # before any step: the first check must fall below it
         if checkpoint_dir is not None:
-            with atomic_dir(checkpoint_dir) as tmp:  # the bank and the first state together, or neither
-                if method.bank is not None:
-                    method.bank.save(tmp / bank_file.name)
-                _save_checkpoint(tmp, 0, params, opt, scaler, generator, run, method, history)
+            with atomic_dir(checkpoint_dir) as tmp:  # the banks and the first state together, or neither
+                for name in BANKS:
+                    if getattr(method, name) is not None:
+                        getattr(method, name).save(tmp / f"{name}.safetensors")
+                _save_checkpoint(tmp, 0, params, opt, scaler, generator, run, method, history, best, stopped)
 
     last_saved = start
     with progress_bar(disable=not progress) as bar:
         task = bar.add_task(f"erase ({method.name})", total=config.steps, completed=start, info="")
-        for step in range(start, config.steps):
+        for step in range(start, start if stopped else config.steps):  # a run that stopped early is done
             with autocast(device, dtype):
                 batch = method.draw(generator)
                 loss, terms = method.loss(batch)
@@ -154,11 +175,18 @@ def train(method, names: list[str], generator: torch.Generator, checkpoint_dir: 
                 raise _diverged(loss.item(), step, dtype, where)
             scaled_step(opt, scaler, loss)
             method.after_step()
-            history.append(terms)
-            bar.update(task, advance=1, info="  ".join(f"{k} {v:.4g}" for k, v in terms.items()))
             done = step + 1
-            if checkpoint_dir is not None and (done % checkpoint_every == 0 or done == config.steps):
-                _save_checkpoint(checkpoint_dir, done, params, opt, scaler, generator, run, method, history)
+            if every and done % every == 0:
+                with autocast(device, dtype):
+                    terms["held_out"] = method.held_out_loss()
+                stopped = plateaued(best, terms["held_out"], min_gain)
+                best = min(best, terms["held_out"])
+            history.append(terms)
+            bar.update(task, advance=1, info="  ".join(f"{k} {v:.4g}" for k, v in terms.items()) + ("  held-out loss levelled off: stopped" if stopped else ""))
+            if checkpoint_dir is not None and (done % checkpoint_every == 0 or done == config.steps or stopped):
+                _save_checkpoint(checkpoint_dir, done, params, opt, scaler, generator, run, method, history, best, stopped)
                 last_saved = done
+            if stopped:
+                break
     unet.requires_grad_(False)
     return history

@@ -174,6 +174,12 @@ class Abo(TrajectoryBankMethod):
             batch["kept"] = torch.randint(0, len(self.preserve_emb), (len(batch["x"]),), generator=generator)
         return batch
 
+    def erasure_loss(self, batch):
+        x = batch["x"].to(self.device)
+        conditions = torch.cat([self.concept_emb[batch["concept"]], self.uncond_like(x.shape[0])])
+        eps_concept, eps_uncond = unet_out(self.denoiser, x.repeat(2, 1, 1, 1), batch["t"].repeat(2), conditions).chunk(2)
+        return abo_concept_loss(eps_concept, eps_uncond, batch["target"].to(self.device), self.config.gamma2)
+
     def loss(self, batch):
         x = batch["x"].to(self.device)
         n = x.shape[0]

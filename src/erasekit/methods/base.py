@@ -29,6 +29,8 @@ from ..families import denoiser_of
 # The fewest trajectories per training draw that kept AbO's erasure and preservation inside the seed
 # spread of Algorithm 1's fresh trajectory per draw (benchmarks/results/abo-fast-vs-reference/results.md).
 DRAWS_PER_TRAJECTORY = 25
+# Early stopping's held-out trajectories are drawn with the run's seed plus this.
+HELD_OUT_SEED = 1_000_003
 
 
 @dataclass
@@ -83,9 +85,21 @@ class BankConfig(MethodConfig):
     adversary_weight: float = 0.0  # weight of the concept loss at the attacked embedding (0: no adversarial training)
     adversary_radius: float = 0.1  # ρ: how far the attacker may move a concept's embedding, in units of its norm
     adversary_step: float = 0.1  # the attacker's step, as a fraction of ρ
+    # Early stopping (train.py, `plateaued`): every `check_every` steps the erasing loss is taken on
+    # trajectories training never draws, and training stops once it falls by less than `min_gain` of
+    # its best; `steps` is then the most it trains.
+    check_every: int = 0  # 0: no check, train exactly `steps`
+    min_gain: float = 0.05
+    held_out_trajectories: int = 16
 
     def validate(self) -> None:
         super().validate()
+        if self.check_every < 0:
+            raise ErasekitError(f"check_every must be >= 0 (0: train every step asked), got {self.check_every}")
+        if not 0 < self.min_gain < 1:
+            raise ErasekitError(f"min_gain must be in (0, 1), got {self.min_gain}")
+        if self.held_out_trajectories < 1:
+            raise ErasekitError(f"held_out_trajectories must be >= 1, got {self.held_out_trajectories}")
         if self.adversary_weight < 0:
             raise ErasekitError(f"adversary_weight must be >= 0, got {self.adversary_weight}")
         if not self.adversary_radius > 0:
@@ -197,8 +211,10 @@ class WeightEditingMethod(Method):
         self.uncond = embed(pipe, [""])
         self.concept_emb = embed(pipe, concepts)
 
-    # Methods with a teacher bank keep it here, so that a resumed run reuses it.
+    # Methods with a teacher bank keep it here, so that a resumed run reuses it; early stopping's
+    # trajectories, which training never draws, are kept beside it.
     bank = None
+    held_out = None
 
     @classmethod
     def accepts(cls, key, value):
@@ -254,6 +270,14 @@ class TrainedMethod(WeightEditingMethod):
         raise NotImplementedError
 
     # Hooks of the training loop; most methods need none of them.
+    def early_stopping(self) -> tuple[int, float]:
+        """(check every so many steps, the least share the held-out loss must fall by to go on); (0, 0.0): no checks."""
+        return 0, 0.0
+
+    def held_out_loss(self) -> float:
+        """The erasing loss on data training never draws: what early stopping watches."""
+        raise NotImplementedError
+
     def bind(self, params: dict[str, torch.nn.Parameter]) -> None:
         """Called once with the trainable parameters, before `prepare`."""
 
@@ -287,8 +311,24 @@ class TrajectoryBankMethod(TrainedMethod):
         raise NotImplementedError
 
     def prepare(self, generator, progress):
-        self.bank = build_bank(self.scheduler, self.teacher_step, self.config.bank_size(len(self.concepts)), len(self.concepts),
-                               self.latent_shape, generator, self.device, progress=progress)
+        n = len(self.concepts)
+        self.bank = build_bank(self.scheduler, self.teacher_step, self.config.bank_size(n), n, self.latent_shape, generator, self.device, progress=progress)
+        if self.early_stopping()[0]:  # its own seed: training draws exactly what it would draw without checks
+            held = torch.Generator().manual_seed(generator.initial_seed() + HELD_OUT_SEED)
+            self.held_out = build_bank(self.scheduler, self.teacher_step, one_each(self.config.held_out_trajectories, n, "held-out trajectories"), n,
+                                       self.latent_shape, held, self.device, progress=progress)
+
+    def early_stopping(self):
+        return (self.config.check_every, self.config.min_gain) if isinstance(self.config, BankConfig) else (0, 0.0)
+
+    def erasure_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The loss's erasing term alone (no penalty, no keeping, no attacker) on a batch of the bank."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def held_out_loss(self):
+        total = sum(self.erasure_loss(batch).item() * len(batch["x"]) for batch in self.held_out.batches(64))
+        return total / len(self.held_out)
 
     def draw(self, generator):
         batch = self.bank.draw(self.config.batch_size, generator)

@@ -54,6 +54,8 @@ class EsdConfig(BankConfig):
             raise ErasekitError(f"sample_from must be 'frozen' or 'student', got '{self.sample_from}'")
         if self.adversary_weight > 0 and self.sample_from != "frozen":
             raise ErasekitError("adversarial training (adversary_weight > 0) runs on the teacher bank: use sample_from='frozen'")
+        if self.check_every > 0 and self.sample_from != "frozen":
+            raise ErasekitError("early stopping (check_every > 0) holds out trajectories of the teacher bank: use sample_from='frozen'")
 
 
 PAPER = {"optimizer": "adam", "lr": 1e-5, "steps": 1000, "batch_size": 1, "eta": 1.0, "ddim_steps": 50, "start_guidance": 3.0, "sample_from": "student"}
@@ -120,6 +122,10 @@ class Esd(TrajectoryBankMethod):
         if self.bank is not None:
             return super().draw(generator)
         return self._sample_from_student(generator)
+
+    def erasure_loss(self, batch):
+        x = batch["x"].to(self.device)
+        return esd_loss(unet_out(self.denoiser, x, batch["t"], self.concept_emb[batch["concept"]]), batch["target"].to(self.device))
 
     def loss(self, batch):
         x = batch["x"].to(self.device)
