@@ -110,9 +110,13 @@ def write(rows: list[dict], args, concepts: list[str]) -> None:
             atomic_save_image(first_rows(shown), args.results_dir / f"successes-{concept}.png")
             pictures.append(concept)
     meta = run_meta()
+    write_results(args.results_dir, meta, in_training_order(rows, concepts), table(rows, args, meta, pictures))
+
+
+def in_training_order(rows: list[dict], concepts: list[str]) -> list[dict]:
+    """Rows as the data file's trainings come (run, then training seed), each one's concepts together: what run.py --check reads."""
     runs = list(dict.fromkeys(label(r) for r in rows))
-    by_training = sorted(rows, key=lambda r: (runs.index(label(r)), r["train_seed"], concepts.index(r["concept"])))
-    write_results(args.results_dir, meta, by_training, table(rows, args, meta, pictures))  # trainings in the data file's order, each one's concepts together
+    return sorted(rows, key=lambda r: (runs.index(label(r)), r["train_seed"], concepts.index(r["concept"])))
 
 
 def _pct(v: float) -> str:

@@ -15,7 +15,7 @@ import argparse
 from pathlib import Path
 
 from common import add_output_flags, heading, load_runs, run_meta, seed_range, write_results
-from robustness import by_concept_and_run, collateral, label
+from robustness import by_concept_and_run, collateral, in_training_order, label
 
 # The concepts of the built-in world, attribute by attribute.
 CONCEPTS = "circle,square,triangle,star,hexagon,cross,red,yellow,green,cyan,blue,purple,solid,striped,dotted"
@@ -51,9 +51,7 @@ def main() -> None:
                          "steps_trained": meta["steps_trained"], "train_s": cell["train_s"], "collateral": collateral(cell),
                          "cell": cell["cell"], "base_cell": cell["base_cell"]})
             print(label(rows[-1]), rows[-1]["concept"], train_seed, f"left {rows[-1]['left']:.2f}", f"steps {rows[-1]['steps_trained']}", flush=True)
-            runs = list(dict.fromkeys(label(r) for r in rows))  # trainings in the data file's order, each one's concepts together
-            ordered = sorted(rows, key=lambda r: (runs.index(label(r)), r["train_seed"], concepts.index(r["concept"])))
-            write_results(args.results_dir, run_meta(), ordered, table(rows, args))  # after every cell: an interrupted run leaves what it finished
+            write_results(args.results_dir, run_meta(), in_training_order(rows, concepts), table(rows, args))  # after every cell: an interrupted run leaves what it finished
     atomic_save_image(samples(rows, args.results_dir / "cells"), args.results_dir / "samples.png")
 
 

@@ -48,14 +48,16 @@ class Bank:
         return int((self.t == self.t.max()).sum())
 
     def draw(self, batch: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
-        idx = torch.randint(0, len(self), (batch,), generator=generator)
-        return {"x": self.x[idx], "t": self.t[idx], "concept": self.concept[idx], **{k: v[idx] for k, v in self.targets.items()}}
+        return self.entries(torch.randint(0, len(self), (batch,), generator=generator))
 
     def batches(self, size: int):
         """Every entry once, in order, `size` at a time, as `draw` gives them."""
         for start in range(0, len(self), size):
-            part = slice(start, start + size)
-            yield {"x": self.x[part], "t": self.t[part], "concept": self.concept[part], **{k: v[part] for k, v in self.targets.items()}}
+            yield self.entries(slice(start, start + size))
+
+    def entries(self, index) -> dict[str, torch.Tensor]:
+        """The entries at `index` (indices or a slice): x, t, concept and every target."""
+        return {"x": self.x[index], "t": self.t[index], "concept": self.concept[index], **{k: v[index] for k, v in self.targets.items()}}
 
     def draw_noised(self, batch: int, scheduler, generator: torch.Generator) -> dict[str, torch.Tensor]:
         """Draw clean latents and noise them as the model was trained (sampling.training_noise)."""
