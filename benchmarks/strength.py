@@ -40,19 +40,32 @@ def main() -> None:
     concepts = args.concepts.split(",")
     rows = []
     for train_seed, method, method_settings in sorted(((seed, m, s) for m, s, seed in load_runs(args.experiment)), key=lambda r: r[0]):
-        per_method = {method: method_settings}
-        settings = check_bench([method], concepts, BenchSettings(prompts="target,related", sampling=Sampling(seeds=seed_range(args.seeds)),
-                                                                 train_seed=train_seed), per_method)
-        for cell in bench_cells(args.results_dir, [method], concepts, settings, per_method, progress=True):
+        for concept in concepts:
+            per_method = {method: for_concept(method_settings, concept)}
+            settings = check_bench([method], [concept], BenchSettings(prompts="target,related", sampling=Sampling(seeds=seed_range(args.seeds)),
+                                                                      train_seed=train_seed), per_method)
+            cell = next(bench_cells(args.results_dir, [method], [concept], settings, per_method, progress=True))
             target = cell["evaluation"]["suites"]["target"]
             meta = read_metadata(Path(args.results_dir) / "cells" / cell["cell"] / "erasure.safetensors")
-            rows.append({"method": cell["method"], "settings": cell["method_settings"], "train_seed": train_seed, "concept": cell["concept"],
+            rows.append({"method": cell["method"], "settings": method_settings, "train_seed": train_seed, "concept": cell["concept"],
                          "images": target["n_images"], "left_base": target["detected_base"], "left": target["detected"],
                          "steps_trained": meta["steps_trained"], "train_s": cell["train_s"], "collateral": collateral(cell),
                          "cell": cell["cell"], "base_cell": cell["base_cell"]})
             print(label(rows[-1]), rows[-1]["concept"], train_seed, f"left {rows[-1]['left']:.2f}", f"steps {rows[-1]['steps_trained']}", flush=True)
             write_results(args.results_dir, run_meta(), in_training_order(rows, concepts), table(rows, args))  # after every cell: an interrupted run leaves what it finished
     atomic_save_image(samples(rows, args.results_dir / "cells"), args.results_dir / "samples.png")
+
+
+def for_concept(settings: dict, concept: str) -> dict:
+    """A run's settings for one concept: `preserve = "siblings"` keeps the other values of its attribute (the other shapes
+    for a shape: the values the related prompts name), a rule that needs no per-concept choice."""
+    if settings.get("preserve") != "siblings":
+        return settings
+    from erasekit.shapes.world import ATTRIBUTES
+    from erasekit.tasks.shapes import attribute_of
+
+    attribute, value = attribute_of(concept)
+    return settings | {"preserve": ",".join(v for v in ATTRIBUTES[attribute] if v != value)}
 
 
 def samples(rows: list[dict], cells: Path):
