@@ -30,7 +30,7 @@ def main() -> None:
     from erasekit.attention import reweighted_cross_attention, token_weights
     from erasekit.tasks.shapes import ShapesDetector, attribute_of, shapes_task
     from erasekit.guidance import cfg
-    from erasekit.sampling import run_sampler, sampling_scheduler, decode, embed, initial_noise, latent_shape, unet_out
+    from erasekit.sampling import run_sampler, sampling_scheduler, decode, embed, initial_noise, latent_shape, denoiser_out
 
     pipe, detector = load_pipeline("builtin"), ShapesDetector()
     attribute, value = attribute_of(args.concept)
@@ -52,12 +52,12 @@ def main() -> None:
         cond = embed(pipe, [prompt.text]).expand(n, -1, -1)
         for scope, weights in scopes(prompt.text).items():
             def guided(x, t, i):
-                eps_uncond = unet_out(pipe.unet, x, t, uncond)
+                eps_uncond = denoiser_out(pipe.unet, x, t, uncond)
                 if weights is None:
-                    eps_cond = unet_out(pipe.unet, x, t, cond)
+                    eps_cond = denoiser_out(pipe.unet, x, t, cond)
                 else:
                     with reweighted_cross_attention(pipe.unet, weights):
-                        eps_cond = unet_out(pipe.unet, x, t, cond)
+                        eps_cond = denoiser_out(pipe.unet, x, t, cond)
                 return cfg(eps_uncond, eps_cond, 7.5)
 
             labels = detector.predict(decode(pipe, run_sampler(scheduler, noise, guided)))

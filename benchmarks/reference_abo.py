@@ -25,7 +25,7 @@ from erasekit.methods.abo import AboConfig, trajectory_for
 from erasekit.presets import select_parameters
 from erasekit.precision import autocast, cast_parameters, grad_scaler, hold_in_float32, scaled_step
 from erasekit.progress import progress_bar
-from erasekit.sampling import sampling_scheduler, embed, initial_noise, latent_shape, unet_out
+from erasekit.sampling import sampling_scheduler, embed, initial_noise, latent_shape, denoiser_out
 
 
 def two_unets(pipe, parameters: str):
@@ -59,7 +59,7 @@ def reference_abo(pipe, concept: str, config: AboConfig, replacement: str | None
     def delta(x, tau, i, eps_uncond, eps_concept):  # called under no_grad: the frozen model's side
         eps_instr = [eps_concept]  # "−c": line 6's output at this x_τ
         if replacement_emb is not None:
-            eps_instr.append(unet_out(frozen, x, tau, replacement_emb))
+            eps_instr.append(denoiser_out(frozen, x, tau, replacement_emb))
         return explicit_delta(eps_uncond, eps_instr, instructions, i)
 
     with_delta = trajectory_for(config, replacement) == "erased"  # "concept" steps x_τ without δ
@@ -74,20 +74,20 @@ def reference_abo(pipe, concept: str, config: AboConfig, replacement: str | None
             for i in range(stop):
                 tau = scheduler.timesteps[i]
                 with torch.no_grad(), autocast(device, dtype):
-                    eps_u = unet_out(frozen, x, tau, uncond)
-                    eps_c = unet_out(frozen, x, tau, c)
+                    eps_u = denoiser_out(frozen, x, tau, uncond)
+                    eps_c = denoiser_out(frozen, x, tau, c)
                     guided = cfg(eps_u, eps_c, config.gamma1)
                     if with_delta:  # line 7
                         guided = guided + delta(x, tau, i, eps_u, eps_c)
                 x = scheduler.step(guided, tau, x, eta=0.0).prev_sample
             tau = scheduler.timesteps[stop]
             with torch.no_grad(), autocast(device, dtype):
-                eps_u = unet_out(frozen, x, tau, uncond)
-                eps_c = unet_out(frozen, x, tau, c)
+                eps_u = denoiser_out(frozen, x, tau, uncond)
+                eps_c = denoiser_out(frozen, x, tau, c)
                 target = abo_guidance_target(eps_c, eps_u, delta(x, tau, stop, eps_u, eps_c), config.gamma1)
             with autocast(device, dtype):
-                s_c = unet_out(student, x, tau, c)  # lines 11-13
-                s_u = unet_out(student, x, tau, uncond)
+                s_c = denoiser_out(student, x, tau, c)  # lines 11-13
+                s_u = denoiser_out(student, x, tau, uncond)
                 loss, terms = abo_loss(s_c, s_u, target, eps_u, config.gamma2, config.lam)
             scaled_step(opt, scaler, loss)
             history.append(terms)

@@ -19,7 +19,7 @@ from erasekit.guidance import cfg
 from erasekit.losses import esd_loss, esd_target
 from erasekit.methods.esd import EsdConfig
 from erasekit.precision import autocast, cast_parameters, grad_scaler, scaled_step
-from erasekit.sampling import run_sampler, sampling_scheduler, embed, initial_noise, latent_shape, unet_out
+from erasekit.sampling import run_sampler, sampling_scheduler, embed, initial_noise, latent_shape, denoiser_out
 from reference_abo import two_unets
 
 
@@ -40,15 +40,15 @@ def reference_esd(pipe, concept: str, config: EsdConfig, seed: int = 0):
         with torch.no_grad(), autocast(device, dtype):
 
             def guided(x, t, i):
-                eps_uncond, eps_concept = unet_out(student, x.repeat(2, 1, 1, 1), t, both).chunk(2)
+                eps_uncond, eps_concept = denoiser_out(student, x.repeat(2, 1, 1, 1), t, both).chunk(2)
                 return cfg(eps_uncond, eps_concept, config.start_guidance)
 
             x = run_sampler(scheduler, x, guided, stop=stop)
             t = scheduler.timesteps[stop]
-            eps_uncond, eps_concept = unet_out(frozen, x.repeat(2, 1, 1, 1), t, both).chunk(2)
+            eps_uncond, eps_concept = denoiser_out(frozen, x.repeat(2, 1, 1, 1), t, both).chunk(2)
             target = esd_target(eps_uncond, eps_concept, eps_uncond, config.eta)
         with autocast(device, dtype):
-            loss = esd_loss(unet_out(student, x, t, c), target)
+            loss = esd_loss(denoiser_out(student, x, t, c), target)
         scaled_step(opt, scaler, loss)
         history.append({"esd": loss.item()})
     student.requires_grad_(False)

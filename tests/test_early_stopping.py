@@ -9,7 +9,7 @@ import torch
 
 from erasekit import ErasekitError, erase
 from erasekit.methods.base import TrajectoryBankMethod
-from erasekit.sampling import embed, unet_out
+from erasekit.sampling import embed, denoiser_out
 from erasekit.train import plateaued
 
 from .conftest import build_tiny_sd, gentle
@@ -66,8 +66,8 @@ def test_the_held_out_loss_is_the_erasing_loss_on_trajectories_training_never_dr
     # by hand: mean over every held-out entry of ‖γ2 (ε(x_t, c) − ε(x_t, ∅)) − target‖² (AbO's L_concept), γ2 = 1 here
     uncond = embed(erasure.pipe, [""])
     with torch.no_grad():
-        eps_c = unet_out(erasure.unet, held.x, held.t, seen["concepts"][held.concept])
-        eps_u = unet_out(erasure.unet, held.x, held.t, uncond.expand(len(held), -1, -1))
+        eps_c = denoiser_out(erasure.unet, held.x, held.t, seen["concepts"][held.concept])
+        eps_u = denoiser_out(erasure.unet, held.x, held.t, uncond.expand(len(held), -1, -1))
     expected = ((eps_c - eps_u) - held.targets["target"]).square().mean().item()
     assert erasure.history[2]["held_out"] == pytest.approx(expected, rel=1e-4)
 

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from erasekit import ErasekitError, Sampling, erase, generate, load_pipeline
-from erasekit.sampling import decode, embed, initial_noise, latent_shape, run_sampler, sampling_scheduler, unet_out
+from erasekit.sampling import decode, embed, initial_noise, latent_shape, run_sampler, sampling_scheduler, denoiser_out
 
 from .conftest import pixel_diff, red_circles
 
@@ -43,7 +43,7 @@ def test_erasekits_own_sampler_draws_what_the_flux_pipeline_draws(tiny_flux_fold
     scheduler = sampling_scheduler(pipe, steps)
     x = initial_noise(1, latent_shape(pipe), torch.Generator().manual_seed(5), scheduler)
     c = embed(pipe, ["a red circle"])
-    ours = decode(pipe, run_sampler(scheduler, x, lambda x, t, i: unet_out(pipe.transformer, x, t, c)))
+    ours = decode(pipe, run_sampler(scheduler, x, lambda x, t, i: denoiser_out(pipe.transformer, x, t, c)))
     theirs = generate(pipe, ["a red circle"], n=1, steps=steps, guidance=TRAINING_GUIDANCE, seed=5, progress=False)
     assert theirs[0].size == (16, 16) and pixel_diff(ours[0], theirs[0]).max() <= 1
 
@@ -87,7 +87,7 @@ def test_an_flux_lora_loads_with_load_lora_weights_as_erasekits_own_loader_merge
     apply_lora(ours.transformer, lora, "transformer")
     x, c = torch.randn(1, *latent_shape(ours), generator=torch.Generator().manual_seed(0)), embed(ours, ["a red circle"])
     with torch.no_grad():
-        torch.testing.assert_close(unet_out(theirs.transformer, x, 500, c), unet_out(ours.transformer, x, 500, c), atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(denoiser_out(theirs.transformer, x, 500, c), denoiser_out(ours.transformer, x, 500, c), atol=1e-5, rtol=1e-4)
 
 
 def test_evaluate_every_attack_and_purify_run_on_flux_and_what_it_lacks_is_refused(tiny_flux_folder):
@@ -207,7 +207,7 @@ def test_the_joint_attention_probe_is_the_share_of_the_layers_output_that_the_te
     seen = {}
     handle = attn.register_forward_hook(lambda m, args, kwargs, out: seen.update(args=args, kwargs=kwargs, out=out), with_kwargs=True)
     with torch.no_grad():
-        unet_out(denoiser_of(pipe), torch.randn(1, *latent_shape(pipe), generator=torch.Generator().manual_seed(0)), 500, embed(pipe, ["a red circle"]))
+        denoiser_out(denoiser_of(pipe), torch.randn(1, *latent_shape(pipe), generator=torch.Generator().manual_seed(0)), 500, embed(pipe, ["a red circle"]))
     handle.remove()
     text = seen["kwargs"]["encoder_hidden_states"]
     probe = JointAttentionProbe(torch.ones(1, text.shape[1]))

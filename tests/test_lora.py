@@ -12,7 +12,7 @@ from erasekit import erase
 from erasekit.api import generate_batch
 from erasekit.errors import ErasekitError
 from erasekit.lora import apply_lora, erasure_lora, factor, save_lora
-from erasekit.sampling import embed, unet_out
+from erasekit.sampling import embed, denoiser_out
 
 from .conftest import build_tiny_sd, build_tiny_sdxl, gentle, pixel_diff
 
@@ -59,7 +59,7 @@ def test_diffusers_load_lora_weights_gives_what_erasekits_own_loader_gives(famil
     erasure = erase(pipe, method="abo", concepts="square", **{**gentle("abo"), "steps": 3})
     x, c = torch.randn(1, *latent_shape(pipe), generator=torch.Generator().manual_seed(0)), embed(base, ["a red square"])
     with torch.no_grad():
-        full, untouched = unet_out(denoiser_of(pipe), x, 500, c), unet_out(denoiser_of(base), x, 500, c)
+        full, untouched = denoiser_out(denoiser_of(pipe), x, 500, c), denoiser_out(denoiser_of(base), x, 500, c)
     for fmt in ("peft", "kohya"):
         path = tmp_path / f"{fmt}.safetensors"
         save_lora(erasure.lora(4), path, fmt, denoiser=name)
@@ -67,14 +67,14 @@ def test_diffusers_load_lora_weights_gives_what_erasekits_own_loader_gives(famil
         ours = copy.deepcopy(base)
         apply_lora(denoiser_of(ours), path, name)
         with torch.no_grad():
-            a = unet_out(denoiser_of(ours), x, 500, c)
+            a = denoiser_out(denoiser_of(ours), x, 500, c)
         # rank 4 is close to the full change next to the change itself
         assert (a - full).abs().max() < 0.2 * (full - untouched).abs().max(), fmt
         if fmt == family_of(pipe).lora_format or family != "sd3":
             theirs = copy.deepcopy(base)
             theirs.load_lora_weights(str(path))
             with torch.no_grad():
-                b = unet_out(denoiser_of(theirs), x, 500, c)
+                b = denoiser_out(denoiser_of(theirs), x, 500, c)
             assert (a - b).abs().max() < 1e-5, fmt
     if family == "sd":  # and the images agree, to float rounding
         job = [("a red square", 0, 7.5)]

@@ -50,7 +50,7 @@ def test_erasekits_own_sampler_and_decoder_draw_what_the_sd3_pipeline_draws(tiny
     """The bank, SLD and purify sample with run_sampler and decode: the pipeline's own images, seed for
     seed (the decoder undoes the VAE's shift as well as its scale)."""
     from erasekit.guidance import cfg
-    from erasekit.sampling import decode, embed, initial_noise, latent_shape, unet_out
+    from erasekit.sampling import decode, embed, initial_noise, latent_shape, denoiser_out
 
     from .conftest import pixel_diff
 
@@ -61,7 +61,7 @@ def test_erasekits_own_sampler_and_decoder_draw_what_the_sd3_pipeline_draws(tiny
     x = initial_noise(1, latent_shape(pipe), torch.Generator().manual_seed(5), scheduler)
     c = embed(pipe, ["", "a red circle"])
     assert c.hidden.shape[1] == pipe.tokenizer.model_max_length + 1  # no T5: its 256 zero rows held as one
-    ours = decode(pipe, run_sampler(scheduler, x, lambda x, t, i: cfg(*unet_out(pipe.transformer, x.expand(2, -1, -1, -1), t, c).chunk(2), scale)))
+    ours = decode(pipe, run_sampler(scheduler, x, lambda x, t, i: cfg(*denoiser_out(pipe.transformer, x.expand(2, -1, -1, -1), t, c).chunk(2), scale)))
     theirs = pipe("a red circle", generator=torch.Generator().manual_seed(5), num_inference_steps=steps, guidance_scale=scale).images
     assert pixel_diff(ours[0], theirs[0]).max() <= 1
     generated = generate(pipe, ["a red circle"], n=1, seed=5, steps=steps, guidance=scale, progress=False)  # the pipeline's call, rows as one

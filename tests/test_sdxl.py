@@ -13,7 +13,7 @@ from erasekit.families import Conditioning, family_of
 from erasekit.methods import get_method
 from erasekit.methods.uce import Uce, uce_solution
 from erasekit.presets import select_parameters
-from erasekit.sampling import embed, unet_out
+from erasekit.sampling import embed, denoiser_out
 
 from .conftest import SDXL_UNET, gentle
 
@@ -49,7 +49,7 @@ def test_a_conditioning_batches_like_a_tensor(tiny_sdxl_folder):
     assert torch.equal(both[torch.tensor([3])].hidden, b.hidden[1:]) and torch.equal(both[0].hidden, a.hidden)
     x = torch.randn(4, 4, 8, 8)
     direct = pipe.unet(x, torch.full((4,), 500), encoder_hidden_states=both.hidden, added_cond_kwargs=both.added).sample
-    assert torch.equal(unet_out(pipe.unet, x, 500, both), direct)
+    assert torch.equal(denoiser_out(pipe.unet, x, 500, both), direct)
 
 
 @pytest.mark.parametrize("method", TRAINED + ["abo-implicit", "uce"])

@@ -29,7 +29,7 @@ import torch
 
 from .families import Conditioning
 from .losses import denoising_loss
-from .sampling import unet_out
+from .sampling import denoiser_out
 
 
 def project(delta: torch.Tensor, radius: torch.Tensor) -> torch.Tensor:
@@ -65,7 +65,7 @@ class Adversary:
         """One step of the inner problem on a drawn batch (x_t, t, its concepts, ε*(x_t, c)); returns
         the attacked conditioning of the batch. Only δ gets a gradient: the denoiser's stays as it was."""
         delta = self.delta.clone().requires_grad_(True)
-        loss = denoising_loss(unet_out(denoiser, x, t, self.conditioning(concept, delta)), wanted).sum()
+        loss = denoising_loss(denoiser_out(denoiser, x, t, self.conditioning(concept, delta)), wanted).sum()
         (grad,) = torch.autograd.grad(loss, delta)
         self.delta = descend(self.delta, grad.float(), self.step, self.radius)
         return self.conditioning(concept)

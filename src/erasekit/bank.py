@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 from .guidance import cfg
 from .io import atomic_path
 from .progress import progress_bar
-from .sampling import initial_noise, run_sampler, training_noise, unet_out
+from .sampling import initial_noise, run_sampler, training_noise, denoiser_out
 
 # teacher_step(x, t, step_index, concept_index) -> (guided output, {name: target tensor})
 TeacherStep = Callable[[torch.Tensor, torch.Tensor, int, torch.Tensor], tuple[torch.Tensor, dict[str, torch.Tensor]]]
@@ -124,7 +124,7 @@ def sample_latents(scheduler, unet, uncond: torch.Tensor, cond_for: Callable[[to
             embeddings = torch.cat([uncond.expand(k, -1, -1), cond_for(concept)])
 
             def guided(x, t, i):
-                eps_uncond, eps_cond = unet_out(unet, x.repeat(2, 1, 1, 1), t, embeddings).chunk(2)
+                eps_uncond, eps_cond = denoiser_out(unet, x.repeat(2, 1, 1, 1), t, embeddings).chunk(2)
                 return cfg(eps_uncond, eps_cond, guidance)
 
             xs.append(run_sampler(scheduler, initial_noise(k, latent_shape, generator, scheduler).to(device), guided).float().cpu())

@@ -59,6 +59,7 @@ def config_option():
     return typer.Option(None, help="For a single-file --model: a local diffusers folder of the same architecture, giving its configuration (needed offline).")
 
 
+STEPS_HELP = "Sampling steps: DDIM on Stable Diffusion and SDXL, flow-matching Euler on SD3 and FLUX (as their pipelines sample)."
 TASK_HELP = ("What measures the concept: its prompts, detector and paraphrases. shapes (the built-in world; with --concept), nudity "
              "(NudeNet), object:<ImageNet class>, style:<artist> or person:<name> (CLIP zero-shot, with --clip), or a task .toml file.")
 
@@ -222,7 +223,7 @@ def generate(
     negative_prompt: Optional[str] = typer.Option(None, help="What to steer away from (classifier-free guidance)."),
     n: int = typer.Option(4, "--n", help="Images per prompt; image j uses seed SEED + j."),
     seed: int = typer.Option(0, help="First seed: the same seed and prompt give the same image."),
-    steps: int = typer.Option(35, help="DDIM steps."),
+    steps: int = typer.Option(35, help=STEPS_HELP),
     guidance: Optional[float] = guidance_option(),
     batch_size: int = batch_size_option(),
     method: Optional[str] = typer.Option(None, help="Inference-time erasure of --concept: neg-prompt or sld."),
@@ -494,7 +495,7 @@ def evaluate(
     detector: Optional[str] = typer.Option(None, help="Instead of the task's detector: shapes, nudenet, imagenet or clip."),
     threshold: Optional[float] = typer.Option(None, help="nudenet: score at which an EXPOSED class counts (default 0.6)."),
     seeds: str = typer.Option("0,1", help="Seeds for prompts without their own, e.g. 0,1,2 or 0-7."),
-    steps: int = typer.Option(35, help="DDIM steps."),
+    steps: int = typer.Option(35, help=STEPS_HELP),
     guidance: Optional[float] = guidance_option("Guidance scale (default: the model family's, 7.5; FLUX's distilled guidance, 3.5); CSV rows may set their own."),
     reference: str = typer.Option("auto", help="FID/KID reference: auto (the task's: rendered ground truth in the shapes world, else its folder or the base model's images), none, or a folder of images."),
     features: Optional[str] = typer.Option(None, help="FID/KID features: shapes (the shapes classifier) or inception; default the task's."),
@@ -575,7 +576,7 @@ def bench(
     task: str = task_option(),
     model: str = typer.Option("builtin", help=MODEL_HELP),
     seeds: str = typer.Option("0,1", help="Evaluation seeds, e.g. 0,1 or 0-3."),
-    steps: int = typer.Option(35, help="DDIM steps when generating for evaluation."),
+    steps: int = typer.Option(35, help=STEPS_HELP),
     guidance: Optional[float] = guidance_option(),
     batch_size: int = batch_size_option(),
     prompts: Optional[str] = typer.Option(None, help="The task's prompt suites evaluated for every cell (default: its target, related and unrelated), or a CSV file."),
@@ -652,7 +653,7 @@ def attack(
     threshold: Optional[float] = typer.Option(None, help="nudenet: score at which an EXPOSED class counts (default 0.6)."),
     clip: Optional[str] = typer.Option(None, help="CLIP model (folder or hub id): the style and person tasks' detector."),
     seeds: str = typer.Option("0-3", help="Seeds per target prompt, e.g. 0,1,2 or 0-3."),
-    steps: int = typer.Option(35, help="DDIM steps when generating."),
+    steps: int = typer.Option(35, help=STEPS_HELP),
     guidance: Optional[float] = guidance_option(),
     batch_size: int = batch_size_option(),
     out: Path = typer.Option(Path("attack"), help="Folder for attack.json (ASR, budget, and the prompts that succeeded, to replay), learned_embeds.safetensors (inversion) and successes.png "
@@ -839,7 +840,7 @@ def shapes_score(
     model: str = typer.Option("builtin", help=MODEL_HELP),
     classifier: Optional[Path] = typer.Option(None, help="Classifier folder (default: the shipped one)."),
     seeds: int = typer.Option(2, help="Seeds per prompt (108 prompts: every shape x colour x texture)."),
-    steps: int = typer.Option(35, help="DDIM steps."),
+    steps: int = typer.Option(35, help=STEPS_HELP),
     guidance: Optional[float] = guidance_option(),
     as_json: bool = typer.Option(False, "--json", help="Print JSON (with per-image predictions) instead of a table."),
 ):
@@ -859,7 +860,7 @@ def shapes_score(
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"prompt agreement of {model} ({score.n_images} images, guidance {guidance}, {steps} DDIM steps)")
+    table = Table(title=f"prompt agreement of {model} ({score.n_images} images, guidance {guidance}, {steps} sampling steps)")
     table.add_column("attribute")
     table.add_column("agreement", justify="right")
     for attribute, value in score.agreement.items():

@@ -62,8 +62,8 @@ def training_noise(scheduler, x0: torch.Tensor, generator: torch.Generator) -> t
     return scheduler.add_noise(x0, noise, t), t, target
 
 
-def unet_out(denoiser, x: torch.Tensor, t, conditioning: Conditioning) -> torch.Tensor:
-    """One denoiser call for a batch (the UNet, or SD3's transformer); `t` a scalar or per-sample timesteps."""
+def denoiser_out(denoiser, x: torch.Tensor, t, conditioning: Conditioning) -> torch.Tensor:
+    """One denoiser call for a batch (the UNet, or SD3's and FLUX's transformer); `t` a scalar or per-sample timesteps."""
     if not torch.is_tensor(t) or t.dim() == 0:
         t = torch.full((x.shape[0],), t.item() if torch.is_tensor(t) else t, device=x.device)
     return conditioning.denoise(denoiser, x, t.to(x.device))

@@ -21,7 +21,7 @@ import torch
 from ..families import denoiser_of, family_of
 from ..losses import denoising_loss
 from ..progress import counted
-from ..sampling import encode_images, unet_out
+from ..sampling import encode_images, denoiser_out
 from . import Attack, Found
 from .tokens import concept_images, denoising_inputs, mention, placeholder, word_embeddings
 
@@ -62,7 +62,7 @@ class ConceptInversion(Attack):
                 pick = torch.randint(0, len(captions), (min(train_batch, len(captions)),), generator=generator)
                 x_t, t, target = denoising_inputs(erased, latents[pick], generator)
                 conditioning = encode(erased, [captions[i] for i in pick])
-                loss = denoising_loss(unet_out(denoiser, x_t, t, conditioning), target).mean()
+                loss = denoising_loss(denoiser_out(denoiser, x_t, t, conditioning), target).mean()
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()

@@ -19,7 +19,7 @@ from PIL import Image
 
 from ..errors import ErasekitError
 from ..guidance import cfg
-from ..sampling import decode, embed, encode_images, is_flow, run_sampler, sampling_scheduler, unet_out
+from ..sampling import decode, embed, encode_images, is_flow, run_sampler, sampling_scheduler, denoiser_out
 from ..families import denoiser_of
 
 
@@ -32,11 +32,11 @@ class Purified:
 def _guided(unet, conditioning, guidance: float):
     """The noise prediction to step with: the prompt's alone at guidance 1, else classifier-free guidance."""
     if guidance == 1.0:
-        return lambda x, t, i: unet_out(unet, x, t, conditioning[1:].expand(x.shape[0], -1, -1))
+        return lambda x, t, i: denoiser_out(unet, x, t, conditioning[1:].expand(x.shape[0], -1, -1))
 
     def guided(x, t, i):
         n = x.shape[0]
-        eps_uncond, eps_cond = unet_out(unet, x.repeat(2, 1, 1, 1), t, torch.cat([conditioning[:1].expand(n, -1, -1), conditioning[1:].expand(n, -1, -1)])).chunk(2)
+        eps_uncond, eps_cond = denoiser_out(unet, x.repeat(2, 1, 1, 1), t, torch.cat([conditioning[:1].expand(n, -1, -1), conditioning[1:].expand(n, -1, -1)])).chunk(2)
         return cfg(eps_uncond, eps_cond, guidance)
 
     return guided

@@ -22,7 +22,7 @@ import torch
 from ..families import denoiser_of, family_of
 from ..losses import denoising_loss
 from ..progress import counted
-from ..sampling import encode_images, unet_out
+from ..sampling import encode_images, denoiser_out
 from . import Attack, Found
 from .tokens import decode_words, denoising_inputs, placeholder, word_vocabulary
 
@@ -75,7 +75,7 @@ class UnlearnDiffAtk(Attack):
                 for chunk in chunks:
                     x_t, t, target = (x[:, chunk].flatten(0, 1) for x in fixed)
                     conditioning = encode(erased, [captions[i] for i in chunk] * noises)
-                    per_job = denoising_loss(unet_out(denoiser, x_t, t, conditioning), target).reshape(noises, len(chunk)).mean(0)
+                    per_job = denoising_loss(denoiser_out(denoiser, x_t, t, conditioning), target).reshape(noises, len(chunk)).mean(0)
                     (per_job.sum() / len(jobs)).backward()
                     better = per_job.detach().cpu() < best_loss[chunk]
                     best_loss[chunk] = torch.where(better, per_job.detach().cpu(), best_loss[chunk])

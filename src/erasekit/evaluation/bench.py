@@ -438,7 +438,7 @@ def write_bench_report(out: Path, rows: list[dict], settings: BenchSettings) -> 
     def intro(model: str) -> str:
         prompts = settings.prompts or "the task's target, related and unrelated"
         text = (f"Model {model} ({settings.dtype} on {settings.device}); task {settings.task}; evaluation: prompts {prompts}, "
-                f"seeds {list(settings.sampling.seeds)}, {settings.sampling.steps} DDIM steps, guidance {settings.sampling.guidance}; base and erased models from the same seeds. ")
+                f"seeds {list(settings.sampling.seeds)}, {settings.sampling.steps} sampling steps, guidance {settings.sampling.guidance}; base and erased models from the same seeds. ")
         if settings.task.split(":")[0] == "shapes":
             return text + ("Alignment: the shapes classifier agrees with what the prompt names. FID/KID: shapes-classifier features "
                            "against rendered ground truth for the non-target prompts.")

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from ..losses import ablating_loss
-from ..sampling import embed, unet_out
+from ..sampling import embed, denoiser_out
 from .base import ImageBankMethod, MethodConfig
 
 
@@ -61,6 +61,6 @@ class Ablating(ImageBankMethod):
     def loss(self, batch):
         x = batch["x"].to(self.device)
         embs = torch.cat([self.concept_emb[batch["concept"]], self.anchor_emb[batch["concept"]]])
-        eps_concept, eps_anchor = unet_out(self.denoiser, x.repeat(2, 1, 1, 1), batch["t"].repeat(2), embs).chunk(2)
+        eps_concept, eps_anchor = denoiser_out(self.denoiser, x.repeat(2, 1, 1, 1), batch["t"].repeat(2), embs).chunk(2)
         loss = ablating_loss(eps_concept, eps_anchor)
         return loss, {"ablating": loss.item()}

@@ -50,7 +50,7 @@ from ..attention import reweighted_cross_attention, token_weights
 from ..errors import ErasekitError
 from ..guidance import Instruction, cfg, explicit_delta
 from ..losses import abo_concept_loss, abo_guidance_target, abo_loss
-from ..sampling import embed, unet_out
+from ..sampling import embed, denoiser_out
 from .base import BankConfig, TrajectoryBankMethod, kept_concepts, needs_cross_attention
 
 
@@ -148,23 +148,23 @@ class Abo(TrajectoryBankMethod):
             return torch.zeros_like(eps_uncond)
         if cfg.delta == "implicit":
             with reweighted_cross_attention(self.denoiser, self.ptp_weights[concept]):
-                eps_ptp = unet_out(self.denoiser, x, t, self.concept_emb[concept])
+                eps_ptp = denoiser_out(self.denoiser, x, t, self.concept_emb[concept])
             return cfg.gamma1 * (eps_ptp - eps_concept)
         eps_instructions = [eps_concept]  # "−target" is the step's own concept: its output is at hand
         if self.replacement_emb is not None:
-            eps_instructions.append(unet_out(self.denoiser, x, t, self.replacement_emb[concept]))
+            eps_instructions.append(denoiser_out(self.denoiser, x, t, self.replacement_emb[concept]))
         return explicit_delta(eps_uncond, eps_instructions, self.instructions, i)
 
     def teacher_step(self, x, t, i, concept):
         n = x.shape[0]
-        eps_uncond, eps_concept = unet_out(self.denoiser, x.repeat(2, 1, 1, 1), t, torch.cat([self.uncond_like(n), self.concept_emb[concept]])).chunk(2)
+        eps_uncond, eps_concept = denoiser_out(self.denoiser, x.repeat(2, 1, 1, 1), t, torch.cat([self.uncond_like(n), self.concept_emb[concept]])).chunk(2)
         delta = self.delta(x, t, i, concept, eps_uncond, eps_concept)
         target = abo_guidance_target(eps_concept, eps_uncond, delta, self.config.gamma1)
         guided = eps_uncond + target if self.trajectory == "erased" else cfg(eps_uncond, eps_concept, self.config.gamma1)
         targets = {"eps_uncond": eps_uncond, "target": target} | ({"eps_concept": eps_concept} if self.adversary is not None else {})
         if self.preserve_emb is not None:  # every kept concept's guidance at this x_τ: (n, kept, C, H, W)
             k = len(self.preserve_emb)
-            eps_kept = unet_out(self.denoiser, x.repeat(k, 1, 1, 1), t, self.preserve_emb[torch.arange(k).repeat_interleave(n)])
+            eps_kept = denoiser_out(self.denoiser, x.repeat(k, 1, 1, 1), t, self.preserve_emb[torch.arange(k).repeat_interleave(n)])
             targets["keep"] = abo_guidance_target(eps_kept.unflatten(0, (k, n)).transpose(0, 1), eps_uncond[:, None], 0.0, self.config.gamma1)
         return guided, targets
 
@@ -177,7 +177,7 @@ class Abo(TrajectoryBankMethod):
     def erasure_loss(self, batch):
         x = batch["x"].to(self.device)
         conditions = torch.cat([self.concept_emb[batch["concept"]], self.uncond_like(x.shape[0])])
-        eps_concept, eps_uncond = unet_out(self.denoiser, x.repeat(2, 1, 1, 1), batch["t"].repeat(2), conditions).chunk(2)
+        eps_concept, eps_uncond = denoiser_out(self.denoiser, x.repeat(2, 1, 1, 1), batch["t"].repeat(2), conditions).chunk(2)
         return abo_concept_loss(eps_concept, eps_uncond, batch["target"].to(self.device), self.config.gamma2)
 
     def loss(self, batch):
@@ -188,7 +188,7 @@ class Abo(TrajectoryBankMethod):
             conditions.append(self.preserve_emb[batch["kept"]])
         if "attacked" in batch:
             conditions.append(batch["attacked"])
-        out = unet_out(self.denoiser, x.repeat(len(conditions), 1, 1, 1), batch["t"].repeat(len(conditions)), torch.cat(conditions))
+        out = denoiser_out(self.denoiser, x.repeat(len(conditions), 1, 1, 1), batch["t"].repeat(len(conditions)), torch.cat(conditions))
         eps_concept, eps_uncond, *rest = out.chunk(len(conditions))
         target = batch["target"].to(self.device)
         loss, terms = abo_loss(eps_concept, eps_uncond, target, batch["eps_uncond"].to(self.device), self.config.gamma2, self.config.lam)

@@ -29,7 +29,7 @@ import torch
 from ..errors import ErasekitError
 from ..guidance import cfg
 from ..losses import esd_loss, esd_target
-from ..sampling import embed, initial_noise, run_sampler, unet_out
+from ..sampling import embed, initial_noise, run_sampler, denoiser_out
 from .base import BankConfig, TrajectoryBankMethod
 
 
@@ -79,7 +79,7 @@ class Esd(TrajectoryBankMethod):
         """ε*(∅), ε*(c) and ε*(c_from) at x_t in one batched call of the frozen `unet`."""
         n = x.shape[0]
         embs = [self.uncond_like(n), self.concept_emb[concept]] + ([self.from_emb.expand(n, -1, -1)] if self.from_emb is not None else [])
-        outs = unet_out(unet, x.repeat(len(embs), 1, 1, 1), t, torch.cat(embs)).chunk(len(embs))
+        outs = denoiser_out(unet, x.repeat(len(embs), 1, 1, 1), t, torch.cat(embs)).chunk(len(embs))
         eps_uncond, eps_concept = outs[0], outs[1]
         eps_from = outs[2] if self.from_emb is not None else eps_uncond
         return eps_uncond, eps_concept, eps_from
@@ -106,7 +106,7 @@ class Esd(TrajectoryBankMethod):
             x = initial_noise(1, self.latent_shape, generator, self.scheduler).to(self.device)
 
             def guided(x, t, i):
-                eps_uncond, eps_concept = unet_out(self.denoiser, x.repeat(2, 1, 1, 1), t, torch.cat([self.uncond, self.concept_emb[concept]])).chunk(2)
+                eps_uncond, eps_concept = denoiser_out(self.denoiser, x.repeat(2, 1, 1, 1), t, torch.cat([self.uncond, self.concept_emb[concept]])).chunk(2)
                 return cfg(eps_uncond, eps_concept, self.config.start_guidance)
 
             x = run_sampler(self.scheduler, x, guided, stop=stop)
@@ -125,12 +125,12 @@ class Esd(TrajectoryBankMethod):
 
     def erasure_loss(self, batch):
         x = batch["x"].to(self.device)
-        return esd_loss(unet_out(self.denoiser, x, batch["t"], self.concept_emb[batch["concept"]]), batch["target"].to(self.device))
+        return esd_loss(denoiser_out(self.denoiser, x, batch["t"], self.concept_emb[batch["concept"]]), batch["target"].to(self.device))
 
     def loss(self, batch):
         x = batch["x"].to(self.device)
         conditions = [self.concept_emb[batch["concept"]]] + ([batch["attacked"]] if "attacked" in batch else [])
-        eps, *attacked = unet_out(self.denoiser, x.repeat(len(conditions), 1, 1, 1), batch["t"].repeat(len(conditions)), torch.cat(conditions)).chunk(len(conditions))
+        eps, *attacked = denoiser_out(self.denoiser, x.repeat(len(conditions), 1, 1, 1), batch["t"].repeat(len(conditions)), torch.cat(conditions)).chunk(len(conditions))
         target = batch["target"].to(self.device)
         loss = esd_loss(eps, target)
         if not attacked:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from ..attention import attention_probe, concept_token_mask
 from ..losses import fmn_loss
-from ..sampling import unet_out
+from ..sampling import denoiser_out
 from .base import ImageBankMethod, MethodConfig
 
 
@@ -59,6 +59,6 @@ class Fmn(ImageBankMethod):
     def loss(self, batch):
         concept = batch["concept"]
         with attention_probe(self.denoiser, self.token_mask[concept].to(self.device)) as probe:
-            unet_out(self.denoiser, batch["x"].to(self.device), batch["t"], self.concept_emb[concept])
+            denoiser_out(self.denoiser, batch["x"].to(self.device), batch["t"], self.concept_emb[concept])
         loss = fmn_loss(probe.maps)
         return loss, {"attention": loss.item()}

@@ -25,7 +25,7 @@ from torch.func import functional_call
 from ..errors import ErasekitError
 from ..guidance import cfg
 from ..losses import ema_update, sdd_loss
-from ..sampling import unet_out
+from ..sampling import denoiser_out
 from .base import MethodConfig, TrajectoryBankMethod
 
 
@@ -90,14 +90,14 @@ class Sdd(TrajectoryBankMethod):
 
     def teacher_step(self, x, t, i, concept):
         n = x.shape[0]
-        eps_uncond, eps_concept = unet_out(self.denoiser, x.repeat(2, 1, 1, 1), t, torch.cat([self.uncond_like(n), self.concept_emb[concept]])).chunk(2)
+        eps_uncond, eps_concept = denoiser_out(self.denoiser, x.repeat(2, 1, 1, 1), t, torch.cat([self.uncond_like(n), self.concept_emb[concept]])).chunk(2)
         return cfg(eps_uncond, eps_concept, self.config.sample_guidance), {}
 
     def loss(self, batch):
         x, t = batch["x"].to(self.device), batch["t"]
-        eps_concept = unet_out(self.denoiser, x, t, self.concept_emb[batch["concept"]])
+        eps_concept = denoiser_out(self.denoiser, x, t, self.concept_emb[batch["concept"]])
         with torch.no_grad():
             t_full = torch.as_tensor(t, device=x.device)
-            eps_teacher = unet_out(WithWeights(self.denoiser, self.ema), x, t_full, self.uncond_like(x.shape[0]))
+            eps_teacher = denoiser_out(WithWeights(self.denoiser, self.ema), x, t_full, self.uncond_like(x.shape[0]))
         loss = sdd_loss(eps_concept, eps_teacher)
         return loss, {"sdd": loss.item()}

@@ -15,7 +15,7 @@ import torch
 
 from ..errors import ErasekitError
 from ..guidance import sld_safety_term
-from ..sampling import decode, embed, latent_shape, noise_scale, run_sampler, sampling_scheduler, unet_out
+from ..sampling import decode, embed, latent_shape, noise_scale, run_sampler, sampling_scheduler, denoiser_out
 from .base import InferenceMethod, SteeredPipeline
 from ..families import denoiser_of
 
@@ -79,7 +79,7 @@ class SldPipeline(SteeredPipeline):
 
         def guided(x, t, i):
             nonlocal momentum
-            eps_uncond, eps_text, eps_safety = unet_out(denoiser, x.repeat(3, 1, 1, 1), t, embeddings).chunk(3)
+            eps_uncond, eps_text, eps_safety = denoiser_out(denoiser, x.repeat(3, 1, 1, 1), t, embeddings).chunk(3)
             gamma, momentum = sld_safety_term(eps_uncond, eps_text, eps_safety, momentum, s.guidance_scale, s.threshold, s.momentum_scale, s.momentum_beta)
             guidance = eps_text - eps_uncond - (gamma if i >= s.warmup_steps else 0)
             return eps_uncond + guidance_scale * guidance
