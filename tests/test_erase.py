@@ -251,6 +251,45 @@ def test_abo_keeps_each_preserved_concepts_guidance_as_the_frozen_model_gives_it
         abo.make_config(preserve_weight=-1)
 
 
+def test_abo_keeps_a_concept_along_its_own_trajectory_and_resumes_with_that_bank(tiny_folder, tmp_path):
+    """preserve_at="own": a second bank follows each kept concept's own γ1-guided trajectory, with target
+    γ1 (ε*(x, p) − ε*(x, ∅)) there, and L_keep is ‖γ2 (ε_θ(x, p) − ε_θ(x, ∅)) − target‖² at that x, by hand here."""
+    pipe = load_pipeline(str(tiny_folder))
+    abo = get_method("abo")
+    method = abo(pipe, ["circle"], abo.make_config(preserve="square, red", preserve_at="own", **GENTLE["abo"]))
+    x, t = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0)), method.scheduler.timesteps[1]
+    kx = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    out = lambda x, emb: method.denoiser(x, t, **emb.expand(2, -1, -1).unet_kwargs(x.dtype)).sample  # noqa: E731
+    with torch.no_grad():
+        _, targets = method.teacher_step(x, t, 1, torch.tensor([0, 0]))
+        guided, kept = method.kept_teacher_step(kx, t, 1, torch.tensor([1, 0]))
+        eps_uncond, eps_kept = out(kx, method.uncond), torch.stack([out(kx, method.preserve_emb[1])[0], out(kx, method.preserve_emb[0])[1]])
+    gamma1, gamma2 = method.config.gamma1, method.config.gamma2
+    assert "keep" not in targets  # nothing is kept at the erased concept's x_t
+    torch.testing.assert_close(kept["target"], gamma1 * (eps_kept - eps_uncond), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(guided, eps_uncond + gamma1 * (eps_kept - eps_uncond), atol=1e-5, rtol=1e-4)
+
+    wanted = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(2))
+    batch = {"x": x, "t": torch.stack([t, t]), "concept": torch.tensor([0, 0]), **targets,
+             "kept": torch.tensor([1, 0]), "kept_x": kx, "kept_t": torch.stack([t, t]), "kept_target": wanted}
+    with torch.no_grad():
+        loss, terms = method.loss(batch)
+    by_hand = (gamma2 * (eps_kept - eps_uncond) - wanted).pow(2).mean()
+    assert terms["keep"] == pytest.approx(by_hand.item(), rel=1e-4)
+    assert loss.item() == pytest.approx(terms["concept"] + method.config.lam * terms["penalty"] + terms["keep"], rel=1e-4)
+    with pytest.raises(ErasekitError, match="preserve_at must be 'target' or 'own'"):
+        abo.make_config(preserve_at="neighbours")
+
+    # The kept bank travels in the checkpoint: stopped at step 2 and resumed, the run is the one that never stopped.
+    run = dict(method="abo", concepts="circle", preserve="square", preserve_at="own", bank_trajectories=2, ddim_steps=4, batch_size=2,
+               progress=False, **GENTLE["abo"])
+    whole = erase(str(tiny_folder), steps=4, **run)
+    erase(str(tiny_folder), steps=2, checkpoint_dir=tmp_path / "ckpt", checkpoint_every=2, **run)
+    assert (tmp_path / "ckpt" / "kept_bank.safetensors").is_file()
+    resumed = erase(str(tiny_folder), steps=4, checkpoint_dir=tmp_path / "ckpt", resume=True, **run)
+    assert resumed.history == whole.history and all(torch.equal(resumed.tensors[n], whole.tensors[n]) for n in whole.names)
+
+
 def test_abo_auto_trajectory_is_the_erased_one_only_with_a_replacement():
     from erasekit.methods.abo import trajectory_for
 

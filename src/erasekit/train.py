@@ -63,7 +63,7 @@ def plateaued(best: float, value: float, min_gain: float) -> bool:
 
 
 # What `prepare` computed that a checkpoint keeps beside its state: each a method attribute, saved as <name>.safetensors.
-BANKS = ("bank", "held_out")
+BANKS = ("bank", "held_out", "kept_bank")
 
 
 def _save_checkpoint(directory: Path, step: int, params: dict[str, torch.nn.Parameter], opt, scaler, generator: torch.Generator, run: dict, method,

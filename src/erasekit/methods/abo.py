@@ -28,6 +28,9 @@ the anchors of the mass-erasure methods (MACE, ANT), in AbO's own terms. Not in 
 draw erases one of n concepts and keeps one kept concept, so each concept's L_concept carries 1/n
 of the loss; L_keep is weighed `preserve_weight`/n, so that it pulls against each concept as hard
 as it does against one erased alone (benchmarks/results/many-concepts-keep-divided/results.md).
+Where: `preserve_at="target"` takes L_keep at the erased concept's x_t (above); `"own"` takes it at
+x_t of p's own γ1-guided trajectory, from a second bank, as UCE and MACE keep a concept where the
+model draws it, so that a kept neighbour does not pull against the erasure at c's own images.
 
 Adversarial training (`adversary_weight` > 0; adversary.py, not in the paper): each step an attacker
 first moves c's prompt embedding to where the student still gives ε*(x_t, c), then L_concept is
@@ -51,7 +54,8 @@ from ..errors import ErasekitError
 from ..guidance import Instruction, cfg, explicit_delta
 from ..losses import abo_concept_loss, abo_guidance_target, abo_loss
 from ..sampling import embed, denoiser_out
-from .base import BankConfig, TrajectoryBankMethod, kept_concepts, needs_cross_attention
+from ..bank import build_bank
+from .base import BankConfig, TrajectoryBankMethod, kept_concepts, needs_cross_attention, one_each
 
 
 @dataclass
@@ -84,6 +88,7 @@ class AboConfig(BankConfig):
     bank_trajectories: int | None = None  # one per 25 draws: 24 for the defaults, 8 for the paper's 200 x 1
     preserve: str = ""  # comma-separated concepts to keep (the module docstring's L_keep), e.g. "square,triangle"
     preserve_weight: float = 1.0  # the weight of L_keep against one concept's L_concept (divided by the concepts erased)
+    preserve_at: str = "target"  # where L_keep is taken: at the erased concept's x_t ("target") or along each kept concept's own trajectory ("own")
 
     def validate(self) -> None:
         super().validate()
@@ -97,6 +102,8 @@ class AboConfig(BankConfig):
             raise ErasekitError(f"lambda must be >= 0, got {self.lam}")
         if self.preserve_weight < 0:
             raise ErasekitError(f"preserve_weight must be >= 0, got {self.preserve_weight}")
+        if self.preserve_at not in ("target", "own"):
+            raise ErasekitError(f"preserve_at must be 'target' or 'own', got '{self.preserve_at}'")
 
 
 def trajectory_for(config: AboConfig, replaced: bool) -> str:
@@ -162,16 +169,37 @@ class Abo(TrajectoryBankMethod):
         target = abo_guidance_target(eps_concept, eps_uncond, delta, self.config.gamma1)
         guided = eps_uncond + target if self.trajectory == "erased" else cfg(eps_uncond, eps_concept, self.config.gamma1)
         targets = {"eps_uncond": eps_uncond, "target": target} | ({"eps_concept": eps_concept} if self.adversary is not None else {})
-        if self.preserve_emb is not None:  # every kept concept's guidance at this x_τ: (n, kept, C, H, W)
+        if self.keeps_at("target"):  # every kept concept's guidance at this x_τ: (n, kept, C, H, W)
             k = len(self.preserve_emb)
             eps_kept = denoiser_out(self.denoiser, x.repeat(k, 1, 1, 1), t, self.preserve_emb[torch.arange(k).repeat_interleave(n)])
             targets["keep"] = abo_guidance_target(eps_kept.unflatten(0, (k, n)).transpose(0, 1), eps_uncond[:, None], 0.0, self.config.gamma1)
         return guided, targets
 
+    def keeps_at(self, where: str) -> bool:
+        """Whether concepts are kept, and L_keep taken `where` ("target" or "own", `preserve_at`)."""
+        return self.preserve_emb is not None and self.config.preserve_at == where
+
+    def kept_teacher_step(self, x, t, i, kept):
+        """At x_τ of kept concepts' own trajectories: γ1 guidance to step with, and L_keep's target (δ = 0)."""
+        n = x.shape[0]
+        eps_uncond, eps_kept = denoiser_out(self.denoiser, x.repeat(2, 1, 1, 1), t, torch.cat([self.uncond_like(n), self.preserve_emb[kept]])).chunk(2)
+        return cfg(eps_uncond, eps_kept, self.config.gamma1), {"target": abo_guidance_target(eps_kept, eps_uncond, 0.0, self.config.gamma1)}
+
+    def prepare(self, generator, progress):
+        super().prepare(generator, progress)
+        if self.keeps_at("own"):  # as many trajectories as the erased concepts', at least one per kept concept
+            k = len(self.preserve_emb)
+            self.kept_bank = build_bank(self.scheduler, self.kept_teacher_step, one_each(self.config.bank_size(len(self.concepts)), k, "kept trajectories"),
+                                        k, self.latent_shape, generator, self.device, progress=progress)
+
     def draw(self, generator):
         batch = super().draw(generator)
-        if self.preserve_emb is not None:  # one kept concept per drawn x_t
-            batch["kept"] = torch.randint(0, len(self.preserve_emb), (len(batch["x"]),), generator=generator)
+        n = len(batch["x"])
+        if self.keeps_at("target"):  # one kept concept per drawn x_t
+            batch["kept"] = torch.randint(0, len(self.preserve_emb), (n,), generator=generator)
+        elif self.keeps_at("own"):  # as many entries of the kept concepts' own trajectories
+            kept = self.kept_bank.draw(n, generator)
+            batch |= {"kept": kept["concept"], "kept_x": kept["x"], "kept_t": kept["t"], "kept_target": kept["target"]}
         return batch
 
     def erasure_loss(self, batch):
@@ -181,20 +209,27 @@ class Abo(TrajectoryBankMethod):
         return abo_concept_loss(eps_concept, eps_uncond, batch["target"].to(self.device), self.config.gamma2)
 
     def loss(self, batch):
-        x = batch["x"].to(self.device)
+        x, t = batch["x"].to(self.device), batch["t"]
         n = x.shape[0]
-        conditions = [self.concept_emb[batch["concept"]], self.uncond_like(n)]
-        if self.preserve_emb is not None:
-            conditions.append(self.preserve_emb[batch["kept"]])
+        # One student forward for every (x_t, t, condition) the loss needs, stacked.
+        inputs = [(x, t, self.concept_emb[batch["concept"]]), (x, t, self.uncond_like(n))]
+        if self.keeps_at("target"):
+            inputs.append((x, t, self.preserve_emb[batch["kept"]]))
+        elif self.keeps_at("own"):  # p and ∅ at p's own x_t
+            kept_x = batch["kept_x"].to(self.device)
+            inputs += [(kept_x, batch["kept_t"], self.preserve_emb[batch["kept"]]), (kept_x, batch["kept_t"], self.uncond_like(n))]
         if "attacked" in batch:
-            conditions.append(batch["attacked"])
-        out = denoiser_out(self.denoiser, x.repeat(len(conditions), 1, 1, 1), batch["t"].repeat(len(conditions)), torch.cat(conditions))
-        eps_concept, eps_uncond, *rest = out.chunk(len(conditions))
+            inputs.append((x, t, batch["attacked"]))
+        xs, ts, conditions = zip(*inputs)
+        out = denoiser_out(self.denoiser, torch.cat(xs), torch.cat(ts), torch.cat(conditions))
+        eps_concept, eps_uncond, *rest = out.chunk(len(inputs))
         target = batch["target"].to(self.device)
         loss, terms = abo_loss(eps_concept, eps_uncond, target, batch["eps_uncond"].to(self.device), self.config.gamma2, self.config.lam)
         if self.preserve_emb is not None:
-            kept_target = batch["keep"][torch.arange(n), batch["kept"]].to(self.device)
-            keep = abo_concept_loss(rest.pop(0), eps_uncond, kept_target, self.config.gamma2)
+            if self.keeps_at("target"):
+                keep = abo_concept_loss(rest.pop(0), eps_uncond, batch["keep"][torch.arange(n), batch["kept"]].to(self.device), self.config.gamma2)
+            else:
+                keep = abo_concept_loss(rest.pop(0), rest.pop(0), batch["kept_target"].to(self.device), self.config.gamma2)
             loss, terms = loss + self.config.preserve_weight / len(self.concepts) * keep, terms | {"keep": keep.item()}
         if "attacked" in batch:  # the same target at the embedding the attacker found (adversary.py)
             attacked = abo_concept_loss(rest.pop(0), eps_uncond, target, self.config.gamma2)

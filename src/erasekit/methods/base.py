@@ -212,9 +212,10 @@ class WeightEditingMethod(Method):
         self.concept_emb = embed(pipe, concepts)
 
     # Methods with a teacher bank keep it here, so that a resumed run reuses it; early stopping's
-    # trajectories, which training never draws, are kept beside it.
+    # trajectories, which training never draws, and AbO's kept concepts' own trajectories beside it.
     bank = None
     held_out = None
+    kept_bank = None
 
     @classmethod
     def accepts(cls, key, value):
