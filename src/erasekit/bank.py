@@ -79,13 +79,13 @@ class Bank:
 @torch.no_grad()
 def build_bank(
     scheduler, teacher_step: TeacherStep, n_trajectories: int, n_concepts: int, latent_shape: tuple[int, ...],
-    generator: torch.Generator, device, batch_size: int = 64, progress: bool = True,
+    generator: torch.Generator, device, batch_size: int = 64, progress: bool = True, label: str = "teacher bank",
 ) -> Bank:
     """Run `n_trajectories` DDIM trajectories (trajectory k draws concept k mod n_concepts) and keep every step."""
     xs, ts, concepts, targets = [], [], [], {}
     steps = len(scheduler.timesteps)
     with progress_bar(disable=not progress) as bar:
-        task = bar.add_task("teacher bank", total=n_trajectories * steps, info=f"{n_trajectories} trajectories x {steps} steps")
+        task = bar.add_task(label, total=n_trajectories * steps, info=f"{n_trajectories} trajectories x {steps} steps")
         for start in range(0, n_trajectories, batch_size):
             n = min(batch_size, n_trajectories - start)
             concept = torch.arange(start, start + n) % n_concepts

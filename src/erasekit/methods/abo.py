@@ -190,7 +190,7 @@ class Abo(TrajectoryBankMethod):
         if self.keeps_at("own"):  # as many trajectories as the erased concepts', at least one per kept concept
             k = len(self.preserve_emb)
             self.kept_bank = build_bank(self.scheduler, self.kept_teacher_step, one_each(self.config.bank_size(len(self.concepts)), k, "kept trajectories"),
-                                        k, self.latent_shape, generator, self.device, progress=progress)
+                                        k, self.latent_shape, generator, self.device, progress=progress, label="kept concepts' bank")
 
     def draw(self, generator):
         batch = super().draw(generator)
