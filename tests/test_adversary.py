@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from erasekit import ErasekitError, erase, load_pipeline
-from erasekit.adversary import Adversary, descend, project
+from erasekit.adversary import Adversary, TokenAdversary, descend, project
 from erasekit.methods import get_method
 
 from .conftest import GENTLE, build_tiny_sd, gentle
@@ -89,10 +89,53 @@ def test_the_attacker_moves_within_its_ball_and_training_adds_its_term_to_every_
     (dict(adversary_weight=-1.0), "adversary_weight must be >= 0"),
     (dict(adversary_radius=0.0), "adversary_radius must be positive"),
     (dict(adversary_step=1.5), "adversary_step must be in"),
+    (dict(adversary="prompt"), "adversary must be 'embedding' or 'token'"),
+    (dict(adversary_lr=0.0), "adversary_lr must be positive"),
 ])
 def test_bad_adversary_settings_are_refused(kwargs, message):
     with pytest.raises(ErasekitError, match=message):
         get_method("abo").make_config(**kwargs)
+
+
+def test_the_token_attacker_starts_at_the_words_and_its_step_is_adam_on_the_inner_loss(tiny_folder):
+    """Started at each concept's words it gives the concept's own embedding; its step is one Adam step
+    on ‖ε_θ(x_t, e(a)) − ε*(x_t, c)‖² (mean over the batch), by hand, and moves nothing but the tokens."""
+    from erasekit.attacks.tokens import placeholder
+    from erasekit.families import family_of
+    from erasekit.sampling import denoiser_out, embed
+
+    pipe = load_pipeline(str(tiny_folder))
+    attacker = TokenAdversary(pipe, ["circle", "red"], lr=0.01, device="cpu")
+    concept = torch.tensor([1, 0, 1])
+    torch.testing.assert_close(attacker.conditioning(concept).hidden, embed(pipe, ["red", "circle", "red"]).hidden)
+
+    x, t = torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(0)), torch.tensor([500, 300, 700])
+    wanted = torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    start = attacker.vector.detach().clone()
+    by_hand = torch.nn.Parameter(start.clone())
+    with placeholder(pipe, "<x>", lambda n: by_hand[concept]):
+        out = denoiser_out(pipe.unet, x, t, family_of(pipe).encode(pipe, ["<x>"] * 3))
+        ((out - wanted).pow(2).flatten(1).mean(1).mean()).backward()
+    adam = torch.optim.Adam([by_hand], lr=0.01)
+    adam.step()
+    weights = {n: p.detach().clone() for n, p in pipe.unet.named_parameters()}
+    attacked = attacker.attack(pipe.unet, x, t, concept, wanted)
+    torch.testing.assert_close(attacker.vector.detach(), by_hand.detach())
+    assert not torch.equal(attacker.vector.detach(), start)
+    assert all(torch.equal(p, weights[n]) and p.grad is None for n, p in pipe.unet.named_parameters())
+    torch.testing.assert_close(attacked.hidden, attacker.conditioning(concept).hidden)
+
+
+def test_training_against_the_token_attacker_resumes_exactly(tiny_folder, tmp_path):
+    """The tokens and their Adam moments travel in the checkpoint: stopped at step 2 and resumed, the
+    run is the one that never stopped, and every step took the attacked term."""
+    run = dict(method="abo", concepts="circle,red", adversary_weight=1.0, adversary="token", bank_trajectories=2, ddim_steps=4, batch_size=2,
+               progress=False, **GENTLE["abo"])
+    whole = erase(str(tiny_folder), steps=4, **run)
+    erase(str(tiny_folder), steps=2, checkpoint_dir=tmp_path / "ckpt", checkpoint_every=2, **run)
+    resumed = erase(str(tiny_folder), steps=4, checkpoint_dir=tmp_path / "ckpt", resume=True, **run)
+    assert all("attacked" in terms for terms in whole.history)
+    assert resumed.history == whole.history and all(torch.equal(resumed.tensors[n], whole.tensors[n]) for n in whole.names)
 
 
 def test_esd_trains_adversarially_only_on_the_bank():
@@ -101,10 +144,10 @@ def test_esd_trains_adversarially_only_on_the_bank():
 
 
 @pytest.mark.slow
-def test_the_attacker_brings_a_concept_to_the_unerased_model_from_another_concepts_embedding():
-    """Before the attacker is used against a student it must work where the answer is known: started
-    at "square", aimed at the unerased model's own circle outputs on circle's bank, it must move the
-    embedding until the model draws circles from it (square's own embedding draws none)."""
+def test_each_attacker_brings_a_concept_to_the_unerased_model_from_another_concepts_words():
+    """Before an attacker is used against a student it must work where the answer is known: started
+    at "square", aimed at the unerased model's own circle outputs on circle's bank, each (the embedding
+    one, the token one) must move until the model draws circles from it (square's own embedding draws none)."""
     from erasekit.sampling import embed
     from erasekit.tasks.shapes import ShapesDetector
 
@@ -128,3 +171,10 @@ def test_the_attacker_brings_a_concept_to_the_unerased_model_from_another_concep
     moved = attacker.conditioning(torch.tensor([0])).hidden
     assert (moved - square.hidden).norm() <= 0.6 * square.hidden.norm() + 1e-3
     assert sum(draw(moved)) >= 6
+
+    # The token attacker, started at the word "square", reads its way to circles through the text encoder.
+    tokens = TokenAdversary(pipe, ["circle"], lr=5e-3, device=method.device, init=["square"])
+    for _ in range(150):
+        batch = method.bank.draw(8, generator)
+        tokens.attack(method.denoiser, batch["x"], batch["t"], torch.zeros(8, dtype=torch.long), batch["eps_concept"])
+    assert sum(draw(tokens.conditioning(torch.tensor([0])).hidden)) >= 6

@@ -1,33 +1,33 @@
 """Adversarial training on the teacher bank: an attacker that brings the concept back on the current
 student, and the method's concept loss applied where it does (AdvUnlearn's bi-level loop, Zhang et
-al. 2024, with the attack on the prompt embedding rather than on the prompt's tokens).
+al. 2024).
 
-The attacker moves each erased concept's prompt embedding e_c (the text encoders' output that the
-denoiser reads, `Conditioning.hidden`) within a ball of radius ρ ‖e_c‖:
-
-  inner:  δ_c ← argmin_{‖δ‖ ≤ ρ ‖e_c‖}  ‖ε_θ(x_t, e_c + δ) − ε*(x_t, c)‖²
-  outer:  the method's concept loss with e_c + δ_c in place of e_c, weighed `adversary_weight`.
+  inner:  a ← argmin_a  ‖ε_θ(x_t, e(a)) − ε*(x_t, c)‖²
+  outer:  the method's concept loss with e(a) in place of e_c, weighed `adversary_weight`.
 
 ε*(x_t, c) is the frozen model's output at x_t, kept in the teacher bank beside the targets: a
-student that still gives it under an embedding near e_c still draws c from there. The bank's
-targets do not depend on the prompt the student sees, so the same targets serve the attacked
-embedding.
+student that still gives it under an attacked conditioning e(a) still draws c from there. The bank's
+targets do not depend on the prompt the student sees, so the same targets serve the attacked one.
 
-Why the embedding and not tokens: every token attack (concept inversion, UnlearnDiffAtk) reaches
-only embeddings the text encoder can produce, no change to the text encoder can answer an attack on
-its output (only one to the denoiser can), and the embedding is the one input every family shares.
+Two spaces the attacker `a` may move in (`adversary`):
+- "embedding" (`Adversary`): δ added to the concept's prompt embedding e_c (the text encoders'
+  output that the denoiser reads, `Conditioning.hidden`), within a ball ‖δ‖ ≤ ρ ‖e_c‖. It is the one
+  input every family shares, and no change to the text encoder can answer an attack there.
+- "token" (`TokenAdversary`): one learned input token per concept, read through the text encoders,
+  with no bound: the space concept inversion searches (Pham et al. 2024), which the ball does not
+  reach (its tokens lie far from the word's embedding: benchmarks/results/tuning-adversary/results.md).
 
-The inner problem gets one normalised, projected gradient step per training step, warm-started
-from the last one (free adversarial training, Shafahi et al. 2019): the attack grows stronger as
-training goes on, at about one more student pass per step, where AdvUnlearn spends 30 attack steps
-per update.
+The inner problem gets one step per training step, warm-started from the last one (free adversarial
+training, Shafahi et al. 2019): the attack grows stronger as training goes on, at about one more
+student pass per step, where AdvUnlearn spends 30 attack steps per update.
 """
 
 from __future__ import annotations
 
 import torch
 
-from .families import Conditioning
+from .attacks.tokens import token_rows, word_embeddings
+from .families import Conditioning, family_of
 from .losses import denoising_loss
 from .sampling import denoiser_out
 
@@ -69,3 +69,50 @@ class Adversary:
         (grad,) = torch.autograd.grad(loss, delta)
         self.delta = descend(self.delta, grad.float(), self.step, self.radius)
         return self.conditioning(concept)
+
+    def state(self) -> dict[str, torch.Tensor]:
+        return {"adversary": self.delta}
+
+    def load_state(self, state: dict[str, torch.Tensor]) -> None:
+        self.delta = state["adversary"].to(self.delta.device)
+
+
+class TokenAdversary:
+    """The attacker's state: one learned input token per erased concept (its vector spans every text
+    encoder, as concept inversion's does) and its Adam moments, kept across training steps (and in
+    checkpoints). It starts at each concept's own words (`init`: other words, one per concept), where
+    it gives the unerased model's e_c exactly, and follows the concept as the student unlearns it."""
+
+    TOKEN = "<adversary>"
+
+    def __init__(self, pipe, concepts: list[str], lr: float, device, init: list[str] | None = None):
+        self.pipe, self.encode = pipe, family_of(pipe).encode
+        self.vector = torch.nn.Parameter(word_embeddings(pipe, init or concepts).to(device))
+        self.optimizer = torch.optim.Adam([self.vector], lr=lr)  # concept inversion's optimiser (attacks/inversion.py)
+
+    def conditioning(self, concept: torch.Tensor) -> Conditioning:
+        """e(a_c) for a batch of concept indices: the prompt "<adversary>", its token's rows a_c; no gradient."""
+        with torch.no_grad(), token_rows(self.pipe, self.TOKEN, lambda n: self.vector[concept]):
+            return self.encode(self.pipe, [self.TOKEN] * len(concept))
+
+    def attack(self, denoiser, x: torch.Tensor, t: torch.Tensor, concept: torch.Tensor, wanted: torch.Tensor) -> Conditioning:
+        """One Adam step of the inner problem on a drawn batch (x_t, t, its concepts, ε*(x_t, c)); returns
+        the attacked conditioning of the batch. Only the tokens get a gradient: the student's stays as it was."""
+        with token_rows(self.pipe, self.TOKEN, lambda n: self.vector[concept]):
+            conditioning = self.encode(self.pipe, [self.TOKEN] * len(concept))
+            loss = denoising_loss(denoiser_out(denoiser, x, t, conditioning), wanted).mean()
+        (self.vector.grad,) = torch.autograd.grad(loss, self.vector)
+        self.optimizer.step()
+        return self.conditioning(concept)
+
+    def state(self) -> dict[str, torch.Tensor]:
+        moments = self.optimizer.state.get(self.vector, {})
+        return {"adversary_token": self.vector.detach()} | {f"adversary_{k}": v for k, v in moments.items()}
+
+    def load_state(self, state: dict[str, torch.Tensor]) -> None:
+        with torch.no_grad():
+            self.vector.copy_(state["adversary_token"])
+        # Adam keeps its step count on the CPU (unless capturable); the moments live beside the tokens.
+        moments = {k.removeprefix("adversary_"): v if k == "adversary_step" else v.to(self.vector.device) for k, v in state.items() if k != "adversary_token"}
+        if moments:
+            self.optimizer.state[self.vector] = moments

@@ -84,15 +84,14 @@ def concept_images(base, concept: str, prompts: list[str], detector, n: int, sam
 
 
 @contextmanager
-def placeholder(pipe, token: str, vectors):
+def token_rows(pipe, token: str, vectors):
     """While inside, each text encoder sees its part of `vectors(n)` ((n, sum of widths): one row per
-    occurrence, in reading order) where prompts hold `token`; the token is in the tokenizers for the
-    while, and the UNet and text encoders are frozen, so gradients reach only what `vectors` is made of."""
+    occurrence, in reading order) where prompts hold `token`, which is in the tokenizers for the while.
+    Nothing is frozen: a caller that wants gradients only in what `vectors` is made of asks for them
+    alone (`torch.autograd.grad`), or freezes the rest (`placeholder`)."""
     from . import learned_tokens
 
     pairs = text_pairs(pipe)
-    modules = [denoiser_of(pipe), *(encoder for _, encoder in pairs)]
-    trainable = [[p.requires_grad for p in m.parameters()] for m in modules]
     widths = [encoder.get_input_embeddings().weight.shape[1] for _, encoder in pairs]
     with learned_tokens(pipe, {token: torch.zeros(sum(widths))}):
         handles = []
@@ -106,16 +105,28 @@ def placeholder(pipe, token: str, vectors):
                 return output
 
             handles.append(encoder.get_input_embeddings().register_forward_hook(swap))
-        for m in modules:
-            m.requires_grad_(False)
         try:
             yield
         finally:
             for handle in handles:
                 handle.remove()
-            for m, flags in zip(modules, trainable):
-                for p, flag in zip(m.parameters(), flags):
-                    p.requires_grad_(flag)
+
+
+@contextmanager
+def placeholder(pipe, token: str, vectors):
+    """`token_rows` with the UNet and text encoders frozen for the while, so that gradients reach only
+    what `vectors` is made of."""
+    modules = [denoiser_of(pipe), *(encoder for _, encoder in text_pairs(pipe))]
+    trainable = [[p.requires_grad for p in m.parameters()] for m in modules]
+    for m in modules:
+        m.requires_grad_(False)
+    try:
+        with token_rows(pipe, token, vectors):
+            yield
+    finally:
+        for m, flags in zip(modules, trainable):
+            for p, flag in zip(m.parameters(), flags):
+                p.requires_grad_(flag)
 
 
 def denoising_inputs(pipe, latents: torch.Tensor, generator: torch.Generator):

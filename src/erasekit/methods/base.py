@@ -19,7 +19,7 @@ from typing import Callable
 
 import torch
 
-from ..adversary import Adversary
+from ..adversary import Adversary, TokenAdversary
 from ..bank import build_bank, sample_latents
 from ..errors import ErasekitError, ErasekitWarning
 from ..sampling import embed, latent_shape, sampling_scheduler
@@ -82,9 +82,11 @@ class BankConfig(MethodConfig):
 
     # Off by default: on the built-in model no radius beat AbO's defaults beyond concept inversion's own
     # spread (benchmarks/results/tuning-adversary/results.md); 0.3 cost SSIM most.
-    adversary_weight: float = 0.0  # weight of the concept loss at the attacked embedding (0: no adversarial training)
-    adversary_radius: float = 0.1  # ρ: how far the attacker may move a concept's embedding, in units of its norm
-    adversary_step: float = 0.1  # the attacker's step, as a fraction of ρ
+    adversary_weight: float = 0.0  # weight of the concept loss at the attacked conditioning (0: no adversarial training)
+    adversary: str = "embedding"  # where the attacker moves: "embedding" (a ball around e_c) or "token" (a learned input token)
+    adversary_radius: float = 0.1  # embedding: ρ, how far the attacker may move a concept's embedding, in units of its norm
+    adversary_step: float = 0.1  # embedding: the attacker's step, as a fraction of ρ
+    adversary_lr: float = 5e-3  # token: the attacker's Adam learning rate (concept inversion's)
     # Early stopping (train.py, `plateaued`): every `check_every` steps the erasing loss is taken on
     # trajectories training never draws, and training stops once it falls by less than `min_gain` of
     # its best; `steps` is then the most it trains.
@@ -102,6 +104,10 @@ class BankConfig(MethodConfig):
             raise ErasekitError(f"held_out_trajectories must be >= 1, got {self.held_out_trajectories}")
         if self.adversary_weight < 0:
             raise ErasekitError(f"adversary_weight must be >= 0, got {self.adversary_weight}")
+        if self.adversary not in ("embedding", "token"):
+            raise ErasekitError(f"adversary must be 'embedding' or 'token', got '{self.adversary}'")
+        if not self.adversary_lr > 0:
+            raise ErasekitError(f"adversary_lr must be positive, got {self.adversary_lr}")
         if not self.adversary_radius > 0:
             raise ErasekitError(f"adversary_radius must be positive, got {self.adversary_radius}")
         if not 0 < self.adversary_step <= 1:
@@ -305,7 +311,12 @@ class TrajectoryBankMethod(TrainedMethod):
     def __init__(self, pipe, concepts, config, replacement=None):
         super().__init__(pipe, concepts, config, replacement)
         trains_adversarially = isinstance(config, BankConfig) and config.adversary_weight > 0  # SDD's bank has no attacker
-        self.adversary = Adversary(self.concept_emb, config.adversary_radius, config.adversary_step) if trains_adversarially else None
+        self.adversary = self.make_adversary(pipe, concepts, config) if trains_adversarially else None
+
+    def make_adversary(self, pipe, concepts, config):
+        if config.adversary == "token":
+            return TokenAdversary(pipe, concepts, config.adversary_lr, self.device)
+        return Adversary(self.concept_emb, config.adversary_radius, config.adversary_step)
 
     def teacher_step(self, x, t, i: int, concept: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """At x_τ of a batch of trajectories: the guided output to step with, and the loss targets to keep."""
@@ -339,11 +350,11 @@ class TrajectoryBankMethod(TrainedMethod):
         return batch
 
     def extra_state(self):
-        return {"adversary": self.adversary.delta} if self.adversary is not None else {}
+        return self.adversary.state() if self.adversary is not None else {}
 
     def load_extra_state(self, state):
         if self.adversary is not None:
-            self.adversary.delta = state["adversary"].to(self.adversary.delta.device)
+            self.adversary.load_state(state)
 
 
 class ImageBankMethod(TrainedMethod):
