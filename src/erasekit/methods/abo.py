@@ -33,7 +33,8 @@ x_t of p's own γ1-guided trajectory, from a second bank, as UCE and MACE keep a
 model draws it, so that a kept neighbour does not pull against the erasure at c's own images.
 
 Adversarial training (`adversary_weight` > 0; adversary.py, not in the paper): each step an attacker
-first moves c's prompt embedding to where the student still gives ε*(x_t, c), then L_concept is
+first moves c's prompt embedding (or, `adversary="token"`, a learned token read through the text
+encoders) to where the student still gives ε*(x_t, c), then L_concept is
 also taken there, with the same target, weighed `adversary_weight`.
 
 Fast path: every x_τ of a trajectory and both targets at it are computed once, in batches, into the

@@ -81,7 +81,8 @@ class BankConfig(MethodConfig):
     """Settings of a method that trains on a teacher bank, which may train adversarially (adversary.py)."""
 
     # Off by default: on the built-in model no radius beat AbO's defaults beyond concept inversion's own
-    # spread (benchmarks/results/tuning-adversary/results.md); 0.3 cost SSIM most.
+    # spread (benchmarks/results/tuning-adversary/results.md); 0.3 cost SSIM most. The token attacker
+    # did not hold circle either, and cost square's neighbours (benchmarks/results/tuning-adversary-token/results.md).
     adversary_weight: float = 0.0  # weight of the concept loss at the attacked conditioning (0: no adversarial training)
     adversary: str = "embedding"  # where the attacker moves: "embedding" (a ball around e_c) or "token" (a learned input token)
     adversary_radius: float = 0.1  # embedding: ρ, how far the attacker may move a concept's embedding, in units of its norm

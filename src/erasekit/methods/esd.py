@@ -10,7 +10,8 @@ does, from the model being trained (`sample_from="student"`), which samples ever
 a frozen copy for the targets.
 
 Adversarial training (`adversary_weight` > 0; adversary.py, as AdvUnlearn does with ESD's loss): each
-step an attacker first moves c's prompt embedding to where the student still gives ε*(x_t, c), then
+step an attacker first moves c's prompt embedding (or, `adversary="token"`, a learned token read
+through the text encoders) to where the student still gives ε*(x_t, c), then
 the loss is also taken there, with the same target. It runs on the teacher bank only.
 
 On a flow-matching model (SD3, FLUX) the output is a velocity v = ε − x0, not ε. The target carries over
