@@ -266,8 +266,11 @@ def test_resume_refuses_another_seed_and_another_base_model(tmp_path):
 
 
 def _spawn(*args: str) -> subprocess.Popen:
+    """The CLI as a user starts it from a terminal: with Ctrl-C's default action even when the suite
+    itself runs in the background (a shell starts background jobs with SIGINT ignored, and Python then
+    installs no KeyboardInterrupt handler)."""
     return subprocess.Popen([sys.executable, "-m", "erasekit", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=os.environ | {"HF_HUB_OFFLINE": "1"})
+                            env=os.environ | {"HF_HUB_OFFLINE": "1"}, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
