@@ -98,12 +98,13 @@ class TokenAdversary:
     def attack(self, denoiser, x: torch.Tensor, t: torch.Tensor, concept: torch.Tensor, wanted: torch.Tensor) -> Conditioning:
         """One Adam step of the inner problem on a drawn batch (x_t, t, its concepts, ε*(x_t, c)); returns
         the attacked conditioning of the batch. Only the tokens get a gradient: the student's stays as it was."""
-        with token_rows(self.pipe, self.TOKEN, lambda n: self.vector[concept]):
-            conditioning = self.encode(self.pipe, [self.TOKEN] * len(concept))
-            loss = denoising_loss(denoiser_out(denoiser, x, t, conditioning), wanted).mean()
-        (self.vector.grad,) = torch.autograd.grad(loss, self.vector)
-        self.optimizer.step()
-        return self.conditioning(concept)
+        prompts = [self.TOKEN] * len(concept)
+        with token_rows(self.pipe, self.TOKEN, lambda n: self.vector[concept]):  # entered once: it copies each tokenizer's state
+            loss = denoising_loss(denoiser_out(denoiser, x, t, self.encode(self.pipe, prompts)), wanted).mean()
+            (self.vector.grad,) = torch.autograd.grad(loss, self.vector)
+            self.optimizer.step()
+            with torch.no_grad():  # the hook reads the tokens as they are now, after the step
+                return self.encode(self.pipe, prompts)
 
     def state(self) -> dict[str, torch.Tensor]:
         moments = self.optimizer.state.get(self.vector, {})
