@@ -5,7 +5,8 @@ experiment's runs, `erasekit bench` (its cells, erasekit.evaluation.bench.bench_
 concept with each method, generates the target prompts on every evaluation seed, and runs every
 attack against the erased model and, once per concept, against the unerased one (the sanity rows).
 ASR before and after each attack, as UnlearnDiffAtk defines it (erasekit.attacks), is averaged
-over training seeds; the attacks' budgets are fixed and written in the table's header. The cells,
+over training seeds; the attacks' budgets are fixed and written in the table's header. A run's
+`preserve = "siblings"` keeps, for each concept, the other values of its attribute (`for_concept`). The cells,
 with the erasures, the found prompts and the learned tokens, are cached in the results folder's
 cells/ (not committed), so an interrupted run resumes and more training seeds add to it.
 """
@@ -59,13 +60,14 @@ def main() -> None:
     concepts, attacks = args.concepts.split(","), tuple(args.attacks.split(","))
     runs = load_runs(args.experiment)
     rows = []
-    # One bench per (training seed, method, settings): a method may run with several settings, each its own cells.
+    # One bench per (training seed, method, settings, concept): a method may run with several settings, each its own cells.
     for train_seed, method, method_settings in sorted(((seed, m, s) for m, s, seed in runs), key=lambda r: r[0]):
-        per_method = {method: method_settings}
-        settings = check_bench([method], concepts, BenchSettings(prompts=args.prompts, sampling=Sampling(seeds=seed_range(args.seeds)),
-                                                                 train_seed=train_seed, attack_restarts=args.attack_restarts), per_method, attacks)
-        for cell in bench_cells(args.results_dir, [method], concepts, settings, per_method, progress=True, attacks=attacks):
-            rows.append({"method": cell["method"], "settings": cell["method_settings"], "train_seed": train_seed, "concept": cell["concept"],
+        for concept in concepts:
+            per_method = {method: for_concept(method_settings, concept)}
+            settings = check_bench([method], [concept], BenchSettings(prompts=args.prompts, sampling=Sampling(seeds=seed_range(args.seeds)),
+                                                                      train_seed=train_seed, attack_restarts=args.attack_restarts), per_method, attacks)
+            cell = next(bench_cells(args.results_dir, [method], [concept], settings, per_method, progress=True, attacks=attacks))
+            rows.append({"method": cell["method"], "settings": method_settings, "train_seed": train_seed, "concept": cell["concept"],
                          "images": cell["evaluation"]["suites"]["target"]["n_images"], "train_s": cell["train_s"],
                          "attacks": {n: {k: a[k] for k in ("asr_before", "asr_after", "asr_attack_only", "budget")} | {"successes": a.get("successes")}
                                      for n, a in cell["attacks"].items()},
@@ -73,6 +75,18 @@ def main() -> None:
                         | ({"collateral": collateral(cell)} if "related" in cell["evaluation"]["suites"] else {}))
             print(label(rows[-1]), rows[-1]["concept"], train_seed, {n: a["asr_after"] for n, a in rows[-1]["attacks"].items()}, flush=True)
             write(rows, args, concepts)  # after every cell, so an interrupted run leaves what it finished
+
+
+def for_concept(settings: dict, concept: str) -> dict:
+    """A run's settings for one concept: `preserve = "siblings"` keeps the other values of its attribute (the other shapes
+    for a shape: the values the related prompts name), a rule that needs no per-concept choice."""
+    if settings.get("preserve") != "siblings":
+        return settings
+    from erasekit.shapes.world import ATTRIBUTES
+    from erasekit.tasks.shapes import attribute_of
+
+    attribute, value = attribute_of(concept)
+    return settings | {"preserve": ",".join(v for v in ATTRIBUTES[attribute] if v != value)}
 
 
 def label(row: dict) -> str:

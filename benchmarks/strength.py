@@ -15,7 +15,7 @@ import argparse
 from pathlib import Path
 
 from common import add_output_flags, heading, load_runs, run_meta, seed_range, write_results
-from robustness import by_concept_and_run, collateral, in_training_order, label
+from robustness import by_concept_and_run, collateral, for_concept, in_training_order, label
 
 # The concepts of the built-in world, attribute by attribute.
 CONCEPTS = "circle,square,triangle,star,hexagon,cross,red,yellow,green,cyan,blue,purple,solid,striped,dotted"
@@ -54,18 +54,6 @@ def main() -> None:
             print(label(rows[-1]), rows[-1]["concept"], train_seed, f"left {rows[-1]['left']:.2f}", f"steps {rows[-1]['steps_trained']}", flush=True)
             write_results(args.results_dir, run_meta(), in_training_order(rows, concepts), table(rows, args))  # after every cell: an interrupted run leaves what it finished
     atomic_save_image(samples(rows, args.results_dir / "cells"), args.results_dir / "samples.png")
-
-
-def for_concept(settings: dict, concept: str) -> dict:
-    """A run's settings for one concept: `preserve = "siblings"` keeps the other values of its attribute (the other shapes
-    for a shape: the values the related prompts name), a rule that needs no per-concept choice."""
-    if settings.get("preserve") != "siblings":
-        return settings
-    from erasekit.shapes.world import ATTRIBUTES
-    from erasekit.tasks.shapes import attribute_of
-
-    attribute, value = attribute_of(concept)
-    return settings | {"preserve": ",".join(v for v in ATTRIBUTES[attribute] if v != value)}
 
 
 def samples(rows: list[dict], cells: Path):

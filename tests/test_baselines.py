@@ -12,7 +12,7 @@ from erasekit.guidance import sld_safety_term
 from erasekit.losses import ablating_loss, ema_update, fmn_loss, sdd_loss
 from erasekit.methods import get_method
 from erasekit.methods.sld import PRESETS, SldConfig, SldPipeline
-from erasekit.methods.uce import uce_solution
+from erasekit.methods.uce import rece_embedding, uce_solution
 
 from .conftest import pixel_diff
 
@@ -38,14 +38,27 @@ def test_uce_without_preserved_concepts_maps_the_concept_onto_its_destination():
     assert torch.allclose(edited @ ce.T, W @ cstar.T, atol=1e-4)
 
 
-def test_uce_edits_only_cross_attention_keys_and_values(builtin_pipe, tmp_path):
+def test_rece_embedding_is_the_least_squares_solution_and_the_concept_itself_before_any_edit():
+    g = torch.Generator().manual_seed(2)
+    old = [torch.randn(5, 4, generator=g, dtype=torch.float64) for _ in range(3)]
+    new = [W + 0.3 * torch.randn(5, 4, generator=g, dtype=torch.float64) for W in old]
+    c, mu = torch.randn(2, 4, generator=g, dtype=torch.float64), 0.2
+    # min_e Σ_l ||W'_l e − W_l c||² + μ||e||², for each row c: one least-squares system of the stacked matrices.
+    A = torch.cat(new + [mu**0.5 * torch.eye(4, dtype=torch.float64)])
+    B = torch.cat([W @ c.T for W in old] + [torch.zeros(4, 2, dtype=torch.float64)])
+    torch.testing.assert_close(rece_embedding(new, old, c, mu), torch.linalg.lstsq(A, B).solution.T)
+    torch.testing.assert_close(rece_embedding(old, old, c, 0.0), c)  # the unedited model: the concept's own embedding
+
+
+@pytest.mark.parametrize("method", ["uce", "rece"])
+def test_uce_edits_only_cross_attention_keys_and_values(builtin_pipe, tmp_path, method):
     import copy
 
     from erasekit import erase, load_erasure, load_pipeline
 
     pipe = copy.deepcopy(builtin_pipe)
     before = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
-    erasure = erase(pipe, method="uce", concepts="red", preset=None, progress=False, preserve="blue,green")
+    erasure = erase(pipe, method=method, concepts="red", preset=None, progress=False, preserve="blue,green")
     changed = {k for k, v in pipe.unet.state_dict().items() if not torch.equal(v, before[k])}
     assert changed and all("attn2.to_k" in k or "attn2.to_v" in k for k in changed)
     assert set(erasure.names) >= changed
@@ -54,7 +67,41 @@ def test_uce_edits_only_cross_attention_keys_and_values(builtin_pipe, tmp_path):
     load_erasure(fresh, tmp_path / "uce.safetensors")
     assert all(torch.equal(fresh.unet.state_dict()[k], pipe.unet.state_dict()[k]) for k in changed)
     with pytest.raises(ErasekitError, match="attn2-kv"):
-        erase(copy.deepcopy(builtin_pipe), method="uce", concepts="red", parameters="attn2", progress=False)
+        erase(copy.deepcopy(builtin_pipe), method=method, concepts="red", parameters="attn2", progress=False)
+    if method == "rece":
+        assert len(erasure.history) == 1 + 5 and all("found_to_concept" in h for h in erasure.history[1:])  # UCE's edit, then 5 rounds
+        with pytest.raises(ErasekitError, match="rounds must be at least 1"):
+            erase(copy.deepcopy(builtin_pipe), method="rece", concepts="red", rounds=0, progress=False)
+
+
+@pytest.mark.slow
+def test_rece_finds_the_embedding_that_brings_square_back_after_uce_and_its_rounds_erase_it(builtin_pipe):
+    """The inner attack first works where the answer is known: on the unerased model it is square's own
+    embedding, which draws squares; on UCE's erasure it brings them back. After RECE's rounds, the
+    embedding found on the result no longer does (measured: 16 of 16 after UCE, 1 of 16 after RECE)."""
+    import copy
+
+    from erasekit.sampling import embed
+    from erasekit.tasks.shapes import ShapesDetector
+
+    square, uncond = embed(builtin_pipe, ["square"]).hidden, embed(builtin_pipe, [""]).hidden
+    kv = [n for n, _ in builtin_pipe.unet.named_parameters() if "attn2.to_k.weight" in n or "attn2.to_v.weight" in n]
+    original = [builtin_pipe.unet.get_parameter(n).detach().clone() for n in kv]
+
+    def squares_from_found(pipe) -> int:
+        """Squares drawn (of 16) when RECE's embedding on `pipe` replaces the word "square" and all after it."""
+        found = square.clone()
+        found[0, 1:] = rece_embedding([pipe.unet.get_parameter(n).detach() for n in kv], original, square[0, 1:], 1e-3)
+        images = pipe(prompt_embeds=found.expand(16, -1, -1), negative_prompt_embeds=uncond.expand(16, -1, -1), num_inference_steps=35,
+                      guidance_scale=7.5, generator=[torch.Generator().manual_seed(100 + s) for s in range(16)]).images
+        return sum(ShapesDetector().detect(images, "square").flags)
+
+    assert squares_from_found(builtin_pipe) >= 14
+    uce, rece = copy.deepcopy(builtin_pipe), copy.deepcopy(builtin_pipe)
+    erase(uce, method="uce", concepts="square", progress=False)
+    erase(rece, method="rece", concepts="square", progress=False)
+    assert squares_from_found(uce) >= 12
+    assert squares_from_found(rece) <= 4
 
 
 def test_sld_safety_term_matches_a_hand_computation():

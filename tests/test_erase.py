@@ -165,7 +165,7 @@ def test_settings_from_the_command_line_are_read_as_json_where_they_parse():
 
 def test_registry_has_every_weight_editing_method():
     get_method("abo")
-    names = {"esd-x", "esd-u", "esd-all", "esd-x-strict", "abo", "uce", "sdd", "ablating", "fmn", "neg-prompt", "sld"}
+    names = {"esd-x", "esd-u", "esd-all", "esd-x-strict", "abo", "uce", "rece", "sdd", "ablating", "fmn", "neg-prompt", "sld"}
     assert set(method_names()) == names
     assert all(get_method(n).name == n for n in names)  # each registry line names its own class
 

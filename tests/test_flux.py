@@ -16,7 +16,7 @@ from .conftest import pixel_diff, red_circles
 
 WEIGHT_METHODS = {  # each with a run small enough for a test, and the layers its default preset means on FLUX
     "esd-x": ({}, "transformer_blocks.0.attn.add_k_proj"), "esd-u": ({}, "single_transformer_blocks.0.attn.to_q"),
-    "abo": ({}, "transformer_blocks.0.attn.add_q_proj"), "uce": ({}, "context_embedder"),
+    "abo": ({}, "transformer_blocks.0.attn.add_q_proj"), "uce": ({}, "context_embedder"), "rece": ({}, "context_embedder"),
     "ablating": ({"anchor_images": 2}, "context_embedder"), "sdd": ({}, "attn.add_k_proj"), "fmn": ({"concept_images": 2}, "attn.add_q_proj"),
     "esd-all": ({}, "proj_out"), "esd-x-strict": ({}, "context_embedder"),
 }

@@ -21,7 +21,7 @@ TRAINED = ["esd-x", "esd-u", "esd-all", "esd-x-strict", "abo", "sdd", "ablating"
 
 
 def settings(method: str) -> dict:
-    if method == "uce":
+    if method in ("uce", "rece"):
         return {"progress": False}
     return QUICK | PER_METHOD.get(method, {"bank_trajectories": 1})
 
@@ -32,7 +32,7 @@ def _params(unet, names):
 
 
 @pytest.mark.parametrize("dtype", ["fp16", "bf16"])
-@pytest.mark.parametrize("method", TRAINED + ["uce"])
+@pytest.mark.parametrize("method", TRAINED + ["uce", "rece"])
 def test_every_method_trains_in_half_precision_and_saves_its_float32_masters(method, dtype, tmp_path):
     pipe = load_pipeline("builtin", device="cpu", dtype=dtype)
     half = pipe.unet.dtype

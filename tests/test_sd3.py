@@ -14,7 +14,7 @@ from .conftest import red_circles
 
 WEIGHT_METHODS = {  # each with a run small enough for a test, and the layers its default preset means on SD3
     "esd-x": ({}, "attn.add_k_proj"), "esd-u": ({}, "transformer_blocks.0.ff.net"), "abo": ({}, "attn.add_q_proj"),
-    "uce": ({}, "context_embedder"), "ablating": ({"anchor_images": 2}, "context_embedder"), "sdd": ({}, "attn.add_k_proj"),
+    "uce": ({}, "context_embedder"), "rece": ({}, "context_embedder"), "ablating": ({"anchor_images": 2}, "context_embedder"), "sdd": ({}, "attn.add_k_proj"),
     "fmn": ({"concept_images": 2}, "attn.add_q_proj"),
     "esd-all": ({}, "proj_out"), "esd-x-strict": ({}, "context_embedder"),
 }

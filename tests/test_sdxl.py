@@ -52,13 +52,13 @@ def test_a_conditioning_batches_like_a_tensor(tiny_sdxl_folder):
     assert torch.equal(denoiser_out(pipe.unet, x, 500, both), direct)
 
 
-@pytest.mark.parametrize("method", TRAINED + ["abo-implicit", "uce"])
+@pytest.mark.parametrize("method", TRAINED + ["abo-implicit", "uce", "rece"])
 def test_every_method_erases_sdxl_saves_and_loads_back_with_plain_diffusers(tiny_sdxl_folder, tmp_path, method):
     from diffusers import StableDiffusionXLPipeline
 
     out = tmp_path / "e.safetensors"
     name = "abo" if method == "abo-implicit" else method
-    settings = {} if method == "uce" else _settings(method)
+    settings = {} if method in ("uce", "rece") else _settings(method)
     erasure = erase(str(tiny_sdxl_folder), method=name, concepts="square", out=out, **settings)
     base = load_pipeline(str(tiny_sdxl_folder))
     base_params = dict(base.unet.named_parameters())

@@ -19,6 +19,7 @@ REGISTRY = {  # name: (module in this folder, class)
     "ablating": ("ablating", "Ablating"),
     "fmn": ("fmn", "Fmn"),
     "uce": ("uce", "Uce"),
+    "rece": ("uce", "Rece"),
     "neg-prompt": ("neg_prompt", "NegativePrompt"),
     "sld": ("sld", "Sld"),
 }

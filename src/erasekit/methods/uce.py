@@ -19,6 +19,10 @@ a timestep modulation, which are not linear in the text embedding, so UCE edits 
 before them, the context embedder (W c: the text stream's input), as UCE's FLUX script does; the
 closed form is the same with c the text encoders' output tokens, aligned within each tokenizer's
 segment of the sequence (SD3: CLIP's, then T5's; FLUX: T5's).
+
+RECE (Gong et al., ECCV 2024) hardens a UCE edit in rounds: each round finds, in closed form, the
+token embeddings the edited model still maps to the concept's keys and values (`rece_embedding`),
+and erases those too with UCE's closed form, taken from the weights as they stand.
 """
 
 from __future__ import annotations
@@ -40,6 +44,21 @@ def uce_solution(W: torch.Tensor, erase_inputs: torch.Tensor, erase_targets: tor
     lhs = erase_scale * (cstar @ W64.T).T @ ce + preserve_scale * (cp @ W64.T).T @ cp + lamb * W64
     gram = erase_scale * ce.T @ ce + preserve_scale * cp.T @ cp + lamb * torch.eye(W.shape[1], dtype=torch.float64)
     return torch.linalg.solve(gram, lhs.T).T.to(W.dtype)  # lhs @ gram⁻¹, gram symmetric
+
+
+def rece_embedding(edited: list[torch.Tensor], original: list[torch.Tensor], concept: torch.Tensor, reg: float) -> torch.Tensor:
+    """RECE's adversarial embedding (its Eq. 7, "regularised to zero"): for each row c of `concept`
+    (n, in), the e' that the edited projections W'_l map nearest to what the original W_l made of c,
+
+        e' = argmin_e Σ_l ||W'_l e − W_l c||² + μ ||e||²  =  (Σ_l W'_lᵀ W'_l + μ I)⁻¹ (Σ_l W'_lᵀ W_l) c,
+
+    over every edited matrix at once (keys and values of every layer); float64, as uce_solution."""
+    gram = reg * torch.eye(concept.shape[1], dtype=torch.float64)
+    cross = torch.zeros_like(gram)
+    for new, old in zip(edited, original):
+        gram += new.double().T @ new.double()
+        cross += new.double().T @ old.double()
+    return torch.linalg.solve(gram, cross @ concept.double().T).T.to(concept.dtype)
 
 
 @dataclass
@@ -91,18 +110,55 @@ class Uce(ClosedFormMethod):
         self.preserve_inputs = (torch.cat([self._aligned_tokens(c, c)[0] for c in self.kept]) if self.kept
                                 else self.erase_inputs.new_zeros((0, self.erase_inputs.shape[1])))
 
-    def edit(self, names: list[str], progress: bool) -> list[dict[str, float]]:
-        cfg = self.config
-        ce, cstar, cp = self.erase_inputs.cpu(), self.erase_targets.cpu(), self.preserve_inputs.cpu()
-        preserve_scale = cfg.preserve_scale or (max(0.1, 1 / len(self.kept)) if self.kept else 0.0)
+    def matrices(self, names: list[str]) -> dict[str, torch.nn.Parameter]:
+        """The edited matrices among `names`: a bias (SD3's context embedder has one) stays, as UCE's closed form is for the matrix."""
         params = dict(self.denoiser.named_parameters())
+        return {name: params[name] for name in names if params[name].dim() == 2}
+
+    def erase_rows(self, matrices: dict[str, torch.nn.Parameter], inputs: torch.Tensor) -> dict[str, float]:
+        """One UCE edit of every matrix, from the weights as they stand: `inputs` (one row per erase target) go to the targets."""
+        cfg = self.config
+        preserve_scale = cfg.preserve_scale or (max(0.1, 1 / len(self.kept)) if self.kept else 0.0)
         change = 0.0
         with torch.no_grad():
-            for name in names:
-                W = params[name]
-                if W.dim() != 2:  # a bias (SD3's context embedder has one): UCE's closed form is for the matrix; the bias stays
-                    continue
-                new = uce_solution(W.float().cpu(), ce, cstar, cp, cfg.erase_scale, preserve_scale, cfg.lamb)
+            for W in matrices.values():
+                new = uce_solution(W.float().cpu(), inputs, self.erase_targets.cpu(), self.preserve_inputs.cpu(), cfg.erase_scale, preserve_scale, cfg.lamb)
                 change += (new - W.float().cpu()).norm().item() ** 2
                 W.copy_(new.to(W.dtype))
-        return [{"weight_change": change**0.5}]
+        return {"weight_change": change**0.5}
+
+    def edit(self, names: list[str], progress: bool) -> list[dict[str, float]]:
+        return [self.erase_rows(self.matrices(names), self.erase_inputs.cpu())]
+
+
+@dataclass
+class ReceConfig(UceConfig):
+    rounds: int = 5  # RECE's epochs (scripts/nudity.sh)
+    rece_reg: float = 1e-3  # μ of rece_embedding: RECE's regular_scale for objects
+
+    def validate(self) -> None:
+        super().validate()
+        if self.rounds < 1:
+            raise ErasekitError(f"rounds must be at least 1 (rounds=0 is plain uce), got {self.rounds}")
+        if self.rece_reg < 0:
+            raise ErasekitError(f"rece_reg must be >= 0, got {self.rece_reg}")
+
+
+class Rece(Uce):
+    """UCE's edit, then `rounds` rounds of RECE: find the embedding that brings the concept back, erase it."""
+
+    name = "rece"
+    Config = ReceConfig
+
+    def edit(self, names: list[str], progress: bool) -> list[dict[str, float]]:
+        from ..progress import counted
+
+        matrices = self.matrices(names)
+        original = [W.detach().float().cpu().clone() for W in matrices.values()]
+        history = [self.erase_rows(matrices, self.erase_inputs.cpu())]
+        with counted("rece rounds", self.config.rounds, not progress) as tick:
+            for _ in range(self.config.rounds):
+                found = rece_embedding([W.detach().float().cpu() for W in matrices.values()], original, self.erase_inputs.cpu(), self.config.rece_reg)
+                history.append({**self.erase_rows(matrices, found), "found_to_concept": (found - self.erase_inputs.cpu()).norm().item()})
+                tick(f"embedding found {history[-1]['found_to_concept']:.2f} from the concept's")
+        return history
