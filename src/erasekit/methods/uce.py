@@ -47,8 +47,9 @@ def uce_solution(W: torch.Tensor, erase_inputs: torch.Tensor, erase_targets: tor
 
 
 def rece_embedding(edited: list[torch.Tensor], original: list[torch.Tensor], concept: torch.Tensor, reg: float) -> torch.Tensor:
-    """RECE's adversarial embedding (its Eq. 7, "regularised to zero"): for each row c of `concept`
-    (n, in), the e' that the edited projections W'_l map nearest to what the original W_l made of c,
+    """RECE's adversarial embedding, regularised towards zero (the official code's default,
+    close_form_emb_regzero): for each row c of `concept` (n, in), the e' that the edited projections
+    W'_l map nearest to what the original W_l made of c,
 
         e' = argmin_e Σ_l ||W'_l e − W_l c||² + μ ||e||²  =  (Σ_l W'_lᵀ W'_l + μ I)⁻¹ (Σ_l W'_lᵀ W_l) c,
 
