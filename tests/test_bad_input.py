@@ -470,15 +470,16 @@ def test_a_named_pipe_or_device_as_an_output_is_refused_by_the_writers_themselve
         assert result.exit_code == 2 and "is a device, not a regular file" in result.output, result.output
 
 
-def test_ctrl_c_in_erase_says_where_the_checkpoint_is_and_how_to_resume(tmp_path):
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])  # Ctrl-C; a job scheduler's or kill's stop
+def test_ctrl_c_in_erase_says_where_the_checkpoint_is_and_how_to_resume(tmp_path, stop):
     out = tmp_path / "e.safetensors"
     proc = _spawn("erase", "-c", "square", "--method", "esd-x", "--steps", "400", "--checkpoint-every", "5",
                   "--set", "bank_trajectories=1", "--set", "ddim_steps=4", "--out", str(out))
     _wait_for(tmp_path / "e.safetensors.ckpt" / "state.pt", proc)
     time.sleep(1.0)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(stop)
     _, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 130, stderr
+    assert proc.returncode == 128 + stop, stderr
     line = [x for x in stderr.splitlines() if x.startswith("interrupted")]
     assert line and str(tmp_path / "e.safetensors.ckpt") in line[0] and "--resume" in line[0], stderr
     assert not out.exists()

@@ -10,7 +10,9 @@ import dataclasses
 import functools
 import json
 import os
+import signal
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 from typing import List, Optional
 
@@ -362,16 +364,18 @@ def erase(
     for folder in [out.parent, report, *(p.parent for p in (save_lora, save_checkpoint, save_pipeline) if p)]:
         if folder is not None:
             ensure_writable_dir(folder)
+    stopped_by = []
     try:
-        erasure = erase_concepts(
-            model, method=method, concepts=concept, replacement=replacement, preset=preset, seed=seed, out=out,
-            checkpoint_dir=checkpoint, checkpoint_every=checkpoint_every, resume=resume, keep_checkpoint=False,
-            device=device, dtype=dtype, model_config=config, gradient_checkpointing=gradient_checkpointing, strict=strict,
-            save_dtype=None if save_dtype == "base" else save_dtype, **settings,
-        )
+        with _terminate_as_interrupt(stopped_by):
+            erasure = erase_concepts(
+                model, method=method, concepts=concept, replacement=replacement, preset=preset, seed=seed, out=out,
+                checkpoint_dir=checkpoint, checkpoint_every=checkpoint_every, resume=resume, keep_checkpoint=False,
+                device=device, dtype=dtype, model_config=config, gradient_checkpointing=gradient_checkpointing, strict=strict,
+                save_dtype=None if save_dtype == "base" else save_dtype, **settings,
+            )
     except KeyboardInterrupt:
         _say_where_to_resume(checkpoint)
-        raise typer.Exit(130) from None
+        raise typer.Exit(128 + (stopped_by[0] if stopped_by else signal.SIGINT)) from None
     meta = erasure.metadata
     typer.echo(f"wrote {out} ({len(erasure.names)} changed tensors, trained in {meta['base_dtype']} on {meta['device']}, final loss {meta['final_loss']})")
     if meta.get("steps_trained", meta["hyperparameters"]["steps"]) < meta["hyperparameters"]["steps"]:
@@ -443,8 +447,23 @@ def _concepts(given: list[str], concepts_file: Optional[Path], replacement: Opti
     return concepts, {c: own.get(c, replacement) for c in concepts if own.get(c, replacement) is not None}
 
 
+@contextmanager
+def _terminate_as_interrupt(stopped_by: list):
+    """SIGTERM (what a job scheduler or `kill` sends) stops erase as Ctrl-C does, so it too says where to
+    resume; the signal's number goes into `stopped_by`, for the exit status (128 + it, as a shell reports)."""
+    def stop(signum, frame):
+        stopped_by.append(signum)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _say_where_to_resume(checkpoint: Path) -> None:
-    """After Ctrl-C in erase: where the checkpoint is and how to go on from it."""
+    """After Ctrl-C (or SIGTERM) in erase: where the checkpoint is and how to go on from it."""
     from .errors import ErasekitError
     from .train import checkpoint_step
 
