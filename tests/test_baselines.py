@@ -72,6 +72,8 @@ def test_uce_edits_only_cross_attention_keys_and_values(builtin_pipe, tmp_path, 
         assert len(erasure.history) == 1 + 5 and all("found_to_concept" in h for h in erasure.history[1:])  # UCE's edit, then 5 rounds
         with pytest.raises(ErasekitError, match="rounds must be at least 1"):
             erase(copy.deepcopy(builtin_pipe), method="rece", concepts="red", rounds=0, progress=False)
+        with pytest.raises(ErasekitError, match="rece_reg must be positive"):
+            erase(copy.deepcopy(builtin_pipe), method="rece", concepts="red", rece_reg=0, progress=False)
 
 
 @pytest.mark.slow

@@ -141,8 +141,8 @@ class ReceConfig(UceConfig):
         super().validate()
         if self.rounds < 1:
             raise ErasekitError(f"rounds must be at least 1 (rounds=0 is plain uce), got {self.rounds}")
-        if self.rece_reg < 0:
-            raise ErasekitError(f"rece_reg must be >= 0, got {self.rece_reg}")
+        if not self.rece_reg > 0:  # without it the solve fails where the edited matrices have less rank than the text width (FLUX's context embedder)
+            raise ErasekitError(f"rece_reg must be positive, got {self.rece_reg}")
 
 
 class Rece(Uce):
