@@ -83,11 +83,12 @@ def test_rece_finds_the_embedding_that_brings_square_back_after_uce_and_its_roun
     embedding found on the result no longer does (measured: 16 of 16 after UCE, 1 of 16 after RECE)."""
     import copy
 
+    from erasekit.presets import select_parameters
     from erasekit.sampling import embed
     from erasekit.tasks.shapes import ShapesDetector
 
     square, uncond = embed(builtin_pipe, ["square"]).hidden, embed(builtin_pipe, [""]).hidden
-    kv = [n for n, _ in builtin_pipe.unet.named_parameters() if "attn2.to_k.weight" in n or "attn2.to_v.weight" in n]
+    kv = select_parameters(builtin_pipe.unet, "attn2-kv")  # what UCE and RECE edit
     original = [builtin_pipe.unet.get_parameter(n).detach().clone() for n in kv]
 
     def squares_from_found(pipe) -> int:
