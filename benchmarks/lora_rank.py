@@ -46,7 +46,7 @@ def main() -> None:
                 lora, path = erasure.lora(rank), Path(work) / f"rank{rank}.safetensors"
                 save_lora(lora, path)
                 merged = load_pipeline("builtin")
-                apply_lora(merged.unet, path)
+                apply_lora(merged, path)
                 variants.append((f"LoRA rank {rank}", merged, (lora, path.stat().st_size / 2**20)))
             for label, pipe, made in variants:
                 evaluation = evaluate(base, pipe, shapes_task(args.concept), suites, detector, sampling=Sampling(seeds=seeds), reference=None, base_images=base_images, progress=True)

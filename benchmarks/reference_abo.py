@@ -34,7 +34,7 @@ def two_unets(pipe, parameters: str):
     frozen = copy.deepcopy(pipe.unet).requires_grad_(False)
     student = pipe.unet.requires_grad_(False)
     names = select_parameters(student, parameters)
-    params = list(hold_in_float32(student, names).values())
+    params = list(hold_in_float32(dict(student.named_parameters()), names).values())
     for p in params:
         p.requires_grad_(True)
     return frozen, student, names, params
@@ -93,5 +93,5 @@ def reference_abo(pipe, concept: str, config: AboConfig, replacement: str | None
             history.append(terms)
             bar.update(task, advance=1, info=f"concept {terms['concept']:.4g} penalty {terms['penalty']:.4g}")
     student.requires_grad_(False)
-    cast_parameters(student, names, dtype)
+    cast_parameters(dict(student.named_parameters()), names, dtype)
     return names, history

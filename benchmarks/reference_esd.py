@@ -52,5 +52,5 @@ def reference_esd(pipe, concept: str, config: EsdConfig, seed: int = 0):
         scaled_step(opt, scaler, loss)
         history.append({"esd": loss.item()})
     student.requires_grad_(False)
-    cast_parameters(student, names, dtype)
+    cast_parameters(dict(student.named_parameters()), names, dtype)
     return names, history

@@ -84,7 +84,7 @@ def test_an_flux_lora_loads_with_load_lora_weights_as_erasekits_own_loader_merge
     assert all(k.startswith("transformer.transformer_blocks.0.attn.add_") for k in load_file(str(lora)))
     theirs, ours = load_pipeline(str(tiny_flux_folder)), load_pipeline(str(tiny_flux_folder))
     theirs.load_lora_weights(str(lora))
-    apply_lora(ours.transformer, lora, "transformer")
+    apply_lora(ours, lora)
     x, c = torch.randn(1, *latent_shape(ours), generator=torch.Generator().manual_seed(0)), embed(ours, ["a red circle"])
     with torch.no_grad():
         torch.testing.assert_close(denoiser_out(theirs.transformer, x, 500, c), denoiser_out(ours.transformer, x, 500, c), atol=1e-5, rtol=1e-4)

@@ -65,7 +65,7 @@ def test_diffusers_load_lora_weights_gives_what_erasekits_own_loader_gives(famil
         save_lora(erasure.lora(4), path, fmt, denoiser=name)
         assert all(k.startswith(f"{name}." if fmt == "peft" else f"lora_{name}_") for k in load_file(str(path))), fmt
         ours = copy.deepcopy(base)
-        apply_lora(denoiser_of(ours), path, name)
+        apply_lora(ours, path)
         with torch.no_grad():
             a = denoiser_out(denoiser_of(ours), x, 500, c)
         # rank 4 is close to the full change next to the change itself
@@ -91,7 +91,7 @@ def test_at_full_rank_the_lora_is_the_erasure_and_below_it_the_reported_error(tm
         lora = erasure.lora(rank)
         save_lora(lora, tmp_path / "l.safetensors", "peft")
         merged = copy.deepcopy(base)
-        apply_lora(merged.unet, tmp_path / "l.safetensors")
+        apply_lora(merged, tmp_path / "l.safetensors")
         params, before = dict(merged.unet.named_parameters()), dict(base.unet.named_parameters())
         for module, error in lora.error.items():
             name = f"{module}.weight"

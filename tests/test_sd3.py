@@ -193,7 +193,7 @@ def test_the_cli_writes_an_sd3_lora_in_diffusers_keys_that_load_lora_weights_rea
     theirs.fuse_lora()
     theirs.unload_lora_weights()  # the fused weights stay, under their own names
     ours = load_pipeline(str(tiny_sd3_folder))
-    apply_lora(ours.transformer, lora, "transformer")
+    apply_lora(ours, lora)
     erased = load_pipeline(str(tiny_sd3_folder))
     load_erasure(erased, tmp_path / "e.safetensors")
     weight = "context_embedder.weight"

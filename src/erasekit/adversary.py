@@ -89,10 +89,12 @@ class TokenAdversary:
         self.pipe, self.encode = pipe, family_of(pipe).encode
         self.vector = torch.nn.Parameter(word_embeddings(pipe, init or concepts).to(device))
         self.optimizer = torch.optim.Adam([self.vector], lr=lr)  # concept inversion's optimiser (attacks/inversion.py)
+        self.live = False  # the text encoders train: the attacked conditioning keeps their gradient, as AdvUnlearn's word_embd attack does
 
     def conditioning(self, concept: torch.Tensor) -> Conditioning:
-        """e(a_c) for a batch of concept indices: the prompt "<adversary>", its token's rows a_c; no gradient."""
-        with torch.no_grad(), token_rows(self.pipe, self.TOKEN, lambda n: self.vector[concept]):
+        """e(a_c) for a batch of concept indices: the prompt "<adversary>", its token's rows a_c (fixed:
+        no gradient reaches them; the text encoders' reaches those while they train)."""
+        with torch.set_grad_enabled(self.live), token_rows(self.pipe, self.TOKEN, lambda n: self.vector[concept].detach()):
             return self.encode(self.pipe, [self.TOKEN] * len(concept))
 
     def attack(self, denoiser, x: torch.Tensor, t: torch.Tensor, concept: torch.Tensor, wanted: torch.Tensor) -> Conditioning:
@@ -103,8 +105,7 @@ class TokenAdversary:
             loss = denoising_loss(denoiser_out(denoiser, x, t, self.encode(self.pipe, prompts)), wanted).mean()
             (self.vector.grad,) = torch.autograd.grad(loss, self.vector)
             self.optimizer.step()
-            with torch.no_grad():  # the hook reads the tokens as they are now, after the step
-                return self.encode(self.pipe, prompts)
+        return self.conditioning(concept)  # the tokens as they are now, after the step
 
     def state(self) -> dict[str, torch.Tensor]:
         moments = self.optimizer.state.get(self.vector, {})

@@ -319,6 +319,7 @@ def erase(
     Many at once: erasekit erase --concepts-file concepts.txt (a line each: "circle -> square", "red")
     Train each concept as long as it needs (abo, esd-x, esd-u): --set check_every=50 --set steps=600 stops once the erasing loss on held-out trajectories falls by less than 5% (min_gain) between checks.
     Many concepts share the method's steps: n times the steps (--set steps=...) and, for abo, what to keep (--set preserve=square,triangle) erase each as well as alone (docs/results.md, "Many concepts at once").
+    Train the text encoders as AdvUnlearn does (esd-*, abo; SD 1.x/2.x, SDXL): --set parameters=text-encoder, or attn2+text-encoder with the cross-attention; the file, LoRA and single file carry them.
     On a GPU: erasekit erase --model CompVis/stable-diffusion-v1-4 --concept "Van Gogh" --method esd-x --dtype bf16
     """
     from .erase import erase as erase_concepts

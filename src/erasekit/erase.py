@@ -13,16 +13,16 @@ from pathlib import Path
 import torch
 
 from . import __version__
-from .families import denoiser_of, family_of
+from .families import denoiser_of, family_of, text_components
 from .errors import ErasekitError, ErasekitWarning
 from .images import ensure_writable_dir
 from .io import output_lock
 from .paths import check_not_under_a_file
-from .methods import get_method
+from .methods import get_method, method_names
 from .methods.base import TrainedMethod, replacements_for
 from .model import hash_rounding, load_pipeline, peek_family, peek_sizes, peek_tokenizer, sizes_of, unet_fingerprint, unet_norms
 from .erasure_file import load_erasure, save_erasure
-from .presets import select_parameters
+from .presets import check_text_training, pipeline_parameters, select_parameters, trains_text
 from .train import checkpoint_step
 from .precision import DTYPES, cast_parameters, dtype_name, hold_in_float32, resolve_device, resolve_dtype
 
@@ -64,7 +64,7 @@ class Erasure:
 
         family, lora = family_of(self.pipe), self.lora(rank)
         meta = {"erasekit.method": self.metadata["method"], "erasekit.concepts": ",".join(self.metadata["concepts"]), "erasekit.rank": lora.rank}
-        save_lora(lora, path, fmt or family.lora_format, meta, family.denoiser)
+        save_lora(lora, path, fmt or family.lora_format, meta, family.denoiser, tuple(text_components(self.pipe)))
         return lora
 
     def save_pipeline(self, folder: Path | str) -> Path:
@@ -144,12 +144,13 @@ def check_concepts(tokenizer, concepts: list[str], strict: bool = False, replace
 
 
 @contextmanager
-def _training_memory(pipe, gradient_checkpointing: bool):
-    """While the UNet trains: on an accelerator the text encoder and VAE wait on the host (every
-    method embeds its prompts before training), and the student may recompute its activations."""
+def _training_memory(pipe, gradient_checkpointing: bool, text_trains: bool):
+    """While the UNet trains: on an accelerator the text encoders (unless they train too) and the VAE
+    wait on the host (every method embeds its prompts before training), and the student may
+    recompute its activations."""
     denoiser = denoiser_of(pipe)
     offload = denoiser.device.type != "cpu"
-    frozen = [*family_of(pipe).text_encoders(pipe), pipe.vae]
+    frozen = [*([] if text_trains else family_of(pipe).text_encoders(pipe)), pipe.vae]
     if offload:
         for module in frozen:
             module.to("cpu")
@@ -206,6 +207,9 @@ def erase(
     method_cls = get_method(method)
     method_cls.check_erasable()
     config = method_cls.make_config(preset, **settings)
+    if trains_text(config.parameters) and not method_cls.trains_text_encoder:
+        raise ErasekitError(f"parameter preset '{config.parameters}' trains the text encoders, which '{method_cls.name}' does not: "
+                            f"use {', '.join(m for m in method_names() if get_method(m).trains_text_encoder)}")
     if isinstance(replacement, dict):
         replacements_for([concepts] if isinstance(concepts, str) else list(concepts), replacement)  # no replacement of a concept not erased
         replacement = {c: r for c, r in replacement.items() if r is not None} or None
@@ -230,6 +234,7 @@ def erase(
     family = family_of(model) if loaded else peek_family(model, model_config)
     if family is not None:  # else checked once the model has loaded
         method_cls.check_family(config, family)
+        check_text_training(config.parameters, family)
     tokenizer = model.tokenizer if loaded else peek_tokenizer(model, model_config)
     if tokenizer is not None:  # else checked once the model has loaded
         concepts, replacement = _check_words(tokenizer, concepts, replacement, strict)
@@ -294,27 +299,29 @@ def _erase(*, model, model_config, method_cls, config, concepts, replacement, pr
     pipe = load_pipeline(model, device, dtype, model_config) if isinstance(model, (str, Path)) else model
     if not family_checked:
         method_cls.check_family(config, family_of(pipe))
+        check_text_training(config.parameters, family_of(pipe))
     if not words_checked:
         concepts, replacement = _check_words(pipe.tokenizer, concepts, replacement, strict)
     denoiser = denoiser_of(pipe)
-    names = select_parameters(denoiser, config.parameters, family_of(pipe))
+    names = select_parameters(denoiser, config.parameters, family_of(pipe), pipe)
     base_dtype, rounding = denoiser.dtype, hash_rounding(denoiser)
     base_hash, base_norms = unet_fingerprint(denoiser, rounding), unet_norms(denoiser)
+    base_text = {c: [unet_fingerprint(getattr(pipe, c), rounding), unet_norms(getattr(pipe, c))] for c in text_components(pipe)} if trains_text(config.parameters) else None
 
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     instance = method_cls(pipe, concepts, config, replacement)
     ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
-    params = dict(denoiser.named_parameters())
+    params = pipeline_parameters(pipe)
     base = {name: params[name].detach().to("cpu", copy=True) for name in names}
-    masters = hold_in_float32(denoiser, names)
+    masters = hold_in_float32(params, names)
     try:
-        with _training_memory(pipe, gradient_checkpointing):
+        with _training_memory(pipe, gradient_checkpointing, trains_text(config.parameters)):
             history = instance.apply(names, generator, ckpt, checkpoint_every, resume, progress,
                                      identity={"seed": seed, "base_unet_sha256": base_hash})
         tensors = {name: p.detach().to("cpu", copy=True) for name, p in masters.items()}
     finally:
-        cast_parameters(denoiser, names, base_dtype)
+        cast_parameters(params, names, base_dtype)
 
     metadata = {
         "method": method_cls.name,
@@ -330,6 +337,8 @@ def _erase(*, model, model_config, method_cls, config, concepts, replacement, pr
         "base_unet_sha256": base_hash,
         "base_unet_hash_rounding": rounding,
         "base_unet_norms": base_norms,
+        # an erasure of the text encoders applies only to the encoders it was made from: each one's hash and norms, as the UNet's
+        "base_text_encoders": base_text,
         "base_dtype": dtype_name(base_dtype),
         "device": str(instance.device),
         "erasekit_version": __version__,

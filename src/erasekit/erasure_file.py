@@ -1,7 +1,9 @@
-"""The erasure file: the changed UNet parameters plus erasekit's metadata, in safetensors.
+"""The erasure file: the changed parameters plus erasekit's metadata, in safetensors.
 
-The file is keyed by the UNet's own parameter names, so plain diffusers applies it:
-`pipe.unet.load_state_dict(safetensors.torch.load_file(path), strict=False)`.
+The file is keyed by the denoiser's own parameter names, so plain diffusers applies it:
+`pipe.unet.load_state_dict(safetensors.torch.load_file(path), strict=False)`. An erasure that
+trained the text encoders also holds theirs under the component's name ("text_encoder.encoder.
+layers.0.mlp.fc1.weight"), which `pipe.text_encoder.load_state_dict` takes with the prefix removed.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from .errors import ErasekitError
 from .io import atomic_path
 from .model import same_base, unet_fingerprint
 from .precision import dtype_name
+from .presets import pipeline_parameters
 from .families import denoiser_of
 
 
@@ -48,6 +51,7 @@ METADATA_TYPES = {  # what load_erasure reads, and the JSON type each must have
     "base_unet_sha256": (str,),
     "base_unet_hash_rounding": (str,),
     "base_unet_norms": (list, type(None)),
+    "base_text_encoders": (dict, type(None)),  # component -> [hash, norms], where the erasure changes the text encoders
 }
 
 
@@ -61,38 +65,43 @@ def check_metadata(metadata: dict, name: str) -> None:
     rounding = metadata.get("base_unet_hash_rounding", "fp16")
     if rounding not in ("fp16", "bf16"):
         raise ErasekitError(f"{name}: its metadata field base_unet_hash_rounding is '{rounding}', not fp16 or bf16: the file is damaged")
+    for component, entry in (metadata.get("base_text_encoders") or {}).items():
+        if not (isinstance(entry, list) and len(entry) == 2 and isinstance(entry[0], str) and isinstance(entry[1], list)):
+            raise ErasekitError(f"{name}: its metadata field base_text_encoders holds no [hash, norms] for {component}: the file is damaged")
     norms = metadata.get("base_unet_norms")
     if norms is not None and not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in norms):
         raise ErasekitError(f"{name}: its metadata field base_unet_norms holds non-numbers: the file is damaged")
 
 
-def check_erasure(unet, state: dict[str, torch.Tensor], name: str) -> None:
-    """Refuse, in one line, tensors that do not fit `unet`: unknown keys, other shapes, a type that is not
-    fp32, fp16, bf16 (or fp64), and values that are not finite once cast to the UNet's dtype, which
-    is what the model will compute with (1e6 is finite in float32 and infinite in float16)."""
+def check_erasure(params: dict[str, torch.Tensor], state: dict[str, torch.Tensor], name: str) -> None:
+    """Refuse, in one line, tensors that do not fit the model's `params` (presets.pipeline_parameters):
+    unknown keys, other shapes, a type that is not fp32, fp16, bf16 (or fp64), and values that are
+    not finite once cast to the parameter's dtype, which is what the model will compute with (1e6 is
+    finite in float32 and infinite in float16)."""
     if not state:
         raise ErasekitError(f"{name} holds no tensors")
-    params = unet.state_dict()
     unknown = sorted(set(state) - set(params))
     if unknown:
-        raise ErasekitError(f"{name} holds {len(unknown)} parameter(s) this UNet lacks, e.g. {unknown[0]}")
+        lacking = "model's text encoders lack" if unknown[0].startswith("text_encoder") else "UNet lacks"
+        raise ErasekitError(f"{name} holds {len(unknown)} parameter(s) this {lacking}, e.g. {unknown[0]}")
     for key, tensor in state.items():
         if tuple(tensor.shape) != tuple(params[key].shape):
-            raise ErasekitError(f"{name}: {key} has shape {tuple(tensor.shape)}, this UNet's has {tuple(params[key].shape)}")
+            raise ErasekitError(f"{name}: {key} has shape {tuple(tensor.shape)}, this model's has {tuple(params[key].shape)}")
         if tensor.dtype not in STORED_DTYPES:
             raise ErasekitError(f"{name}: {key} is {str(tensor.dtype).removeprefix('torch.')}, not a tensor of fp32, fp16 or bf16")
-        if torch.isfinite(tensor.to(unet.dtype)).all():
+        dtype = params[key].dtype
+        if torch.isfinite(tensor.to(dtype)).all():
             continue
         if not torch.isfinite(tensor).all():
             raise ErasekitError(f"{name}: {key} holds NaN or infinite values")
         largest = tensor.abs().max().item()
-        raise ErasekitError(f"{name}: {key} holds values too large for {dtype_name(unet.dtype)} (up to {largest:.3g}; "
-                            f"{dtype_name(unet.dtype)} holds at most {torch.finfo(unet.dtype).max:.3g}): load it with --dtype fp32")
+        raise ErasekitError(f"{name}: {key} holds values too large for {dtype_name(dtype)} (up to {largest:.3g}; "
+                            f"{dtype_name(dtype)} holds at most {torch.finfo(dtype).max:.3g}): load it with --dtype fp32")
 
 
 def load_erasure(pipe, path: Path | str) -> dict:
-    """Apply an erasure file to `denoiser_of(pipe)` in place, cast to the UNet's dtype (an erasure made in
-    one precision loads into a pipeline of any).
+    """Apply an erasure file to `pipe` in place (its denoiser, and its text encoders where the erasure
+    trained them), cast to the model's dtype (an erasure made in one precision loads into a pipeline of any).
 
     Every check comes before the UNet is touched, so a refused file changes nothing: the metadata
     (erasekit's, with the base model's hash), the tensors (check_erasure), and the base model.
@@ -106,13 +115,20 @@ def load_erasure(pipe, path: Path | str) -> dict:
     expected = metadata["base_unet_sha256"]
     denoiser = denoiser_of(pipe)
     state = load_file(str(path), device=str(denoiser.device))
-    check_erasure(denoiser, state, path.name)
+    params = pipeline_parameters(pipe)
+    check_erasure(params, state, path.name)
     rounding = metadata.get("base_unet_hash_rounding", "fp16")  # files from before bf16 support hashed in fp16
     if not same_base(denoiser, expected, rounding, metadata.get("base_unet_norms")):
         raise ErasekitError(
             f"{path.name} was made for base model '{metadata.get('base_model')}' (UNet {expected}), "
             f"not for this one (UNet {unet_fingerprint(denoiser)}): load the model it was made for"
         )
+    for component, (fingerprint, norms) in (metadata.get("base_text_encoders") or {}).items():
+        encoder = getattr(pipe, component, None)
+        if encoder is None or not same_base(encoder, fingerprint, rounding, norms):
+            raise ErasekitError(f"{path.name} changes the text encoders of base model '{metadata.get('base_model')}', and this model's "
+                                f"{component} is not the one it was made from: load the model it was made for")
     with torch.no_grad():
-        denoiser.load_state_dict({k: v.to(denoiser.dtype) for k, v in state.items()}, strict=False)
+        for key, tensor in state.items():
+            params[key].copy_(tensor.to(params[key].device, params[key].dtype))
     return metadata

@@ -125,9 +125,27 @@ def erasure_lora(base: dict[str, torch.Tensor], erased: dict[str, torch.Tensor],
     return lora
 
 
-def save_lora(lora: Lora, path: Path | str, fmt: str = FORMATS[0], metadata: dict | None = None, denoiser: str = "unet") -> None:
+def lora_key(module: str, fmt: str, denoiser: str = "unet", text_encoders: tuple[str, ...] = ("text_encoder",)) -> str:
+    """A module's name in a LoRA file of `fmt`: peft's "<component>.<module>" or kohya's stem
+    "lora_<denoiser>_<module with underscores>". A text encoder's module (presets.pipeline_parameters
+    names it "text_encoder.<module>") is spelt as CLIP's transformers 4 names it, under "text_model."
+    (transformers 5 dropped that wrapper from CLIPTextModel), and kohya's stem starts "lora_te_", or
+    "lora_te1_", "lora_te2_" where there are several: what ComfyUI and diffusers read."""
+    component, _, inner = module.partition(".")
+    if component not in text_encoders:
+        return f"{denoiser}.{module}" if fmt == "peft" else f"lora_{denoiser}_{module.replace('.', '_')}"
+    inner = inner if inner.startswith("text_model.") else f"text_model.{inner}"
+    if fmt == "peft":
+        return f"{component}.{inner}"
+    number = "" if len(text_encoders) == 1 else str(text_encoders.index(component) + 1)
+    return f"lora_te{number}_{inner.replace('.', '_')}"
+
+
+def save_lora(lora: Lora, path: Path | str, fmt: str = FORMATS[0], metadata: dict | None = None, denoiser: str = "unet",
+              text_encoders: tuple[str, ...] = ("text_encoder",)) -> None:
     """Write `lora` as a safetensors file, atomically; `denoiser` is the pipeline's attribute the
-    modules belong to (Family.denoiser: "unet", or SD3's "transformer").
+    modules belong to (Family.denoiser: "unet", or SD3's "transformer"), `text_encoders` the
+    pipeline's text encoders' (presets.text_components), for a LoRA that changes them (`lora_key`).
 
     peft: diffusers' own keys (<denoiser>.<module>.lora_A/lora_B), loaded by `pipe.load_lora_weights(path)`,
     and by ComfyUI for SD3, where it reads "transformer.<module>" (its model_lora_keys_unet).
@@ -139,42 +157,42 @@ def save_lora(lora: Lora, path: Path | str, fmt: str = FORMATS[0], metadata: dic
         raise ErasekitError(f"unknown LoRA format '{fmt}'; choose from {', '.join(FORMATS)}")
     tensors = {}
     for module in lora.up:
+        key = lora_key(module, fmt, denoiser, tuple(text_encoders))
         if fmt == "peft":
-            tensors |= {f"{denoiser}.{module}.lora_A.weight": lora.down[module], f"{denoiser}.{module}.lora_B.weight": lora.up[module]}
+            tensors |= {f"{key}.lora_A.weight": lora.down[module], f"{key}.lora_B.weight": lora.up[module]}
         else:
-            stem = f"lora_{denoiser}_{module.replace('.', '_')}"
-            tensors |= {f"{stem}.lora_down.weight": lora.down[module], f"{stem}.lora_up.weight": lora.up[module],
-                        f"{stem}.alpha": torch.tensor(lora.down[module].shape[0])}
+            tensors |= {f"{key}.lora_down.weight": lora.down[module], f"{key}.lora_up.weight": lora.up[module],
+                        f"{key}.alpha": torch.tensor(lora.down[module].shape[0])}
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata={k: str(v) for k, v in (metadata or {}).items()})
 
 
-def apply_lora(denoiser: torch.nn.Module, path: Path | str, name: str = "unet") -> None:
-    """Merge a LoRA file of either format into `denoiser`'s weights in place (W += up @ down); `name` is
-    the pipeline's attribute holding it, as the keys spell it ("unet", or SD3's "transformer")."""
+def apply_lora(pipe, path: Path | str) -> None:
+    """Merge a LoRA file of either format into the pipeline's weights in place (W += up @ down): its
+    denoiser's, and its text encoders' where the file has keys for them (`lora_key`)."""
+    from .families import family_of, text_components
+    from .presets import pipeline_parameters
+
     state = load_file(str(path))
-    params = dict(denoiser.named_parameters())
-    modules = {}
+    params = pipeline_parameters(pipe)
+    denoiser, text_encoders = family_of(pipe).denoiser, tuple(text_components(pipe))
+    modules = {}  # every weight's module under each format's key
+    for name in params:
+        if name.endswith(".weight"):
+            module = name.removesuffix(".weight")
+            modules |= {lora_key(module, fmt, denoiser, text_encoders): module for fmt in FORMATS}
+    parts = {}
     for key, tensor in state.items():
-        if key.startswith(f"{name}.") and ".lora_" in key:
-            module, part = key.removeprefix(f"{name}.").split(".lora_", 1)
-            modules.setdefault(module, {})[{"A.weight": "down", "B.weight": "up"}[part]] = tensor
-        elif key.startswith(f"lora_{name}_") and not key.endswith(".alpha"):
-            stem, part = key.split(".", 1)
-            modules.setdefault(_module_of(stem, params, name), {})[{"lora_down.weight": "down", "lora_up.weight": "up"}[part]] = tensor
-    if not modules:
-        raise ErasekitError(f"{Path(path).name} holds no LoRA weights for the {name} ({name}.*.lora_A/B or lora_{name}_*)")
+        stem, part = key.split(".lora_", 1) if ".lora_" in key else (key, "alpha")
+        if part == "alpha":
+            continue
+        if stem not in modules:
+            raise ErasekitError(f"LoRA key {key} names no module of this pipeline")
+        parts.setdefault(modules[stem], {})[{"A.weight": "down", "B.weight": "up", "down.weight": "down", "up.weight": "up"}[part]] = tensor
+    if not parts:
+        raise ErasekitError(f"{Path(path).name} holds no LoRA weights ({denoiser}.*.lora_A/B or lora_{denoiser}_*)")
     with torch.no_grad():
-        for module, parts in modules.items():
+        for module, factors in parts.items():
             weight = params[f"{module}.weight"]
-            up, down = parts["up"].float(), parts["down"].float()
+            up, down = factors["up"].float(), factors["down"].float()
             weight += (up.flatten(1) @ down.flatten(1)).reshape(weight.shape).to(weight.dtype)
-
-
-def _module_of(stem: str, params: dict, name: str) -> str:
-    """The module a kohya key names (its dots were written as underscores)."""
-    for parameter in params:
-        module = parameter.rsplit(".", 1)[0]
-        if f"lora_{name}_" + module.replace(".", "_") == stem:
-            return module
-    raise ErasekitError(f"LoRA key {stem} names no module of this {name}")

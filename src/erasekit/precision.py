@@ -81,16 +81,14 @@ def scaled_step(opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler, loss: 
     scaler.update()
 
 
-def hold_in_float32(module: torch.nn.Module, names: list[str]) -> dict[str, torch.nn.Parameter]:
-    """Make the named parameters float32 masters in place (the rest keep their dtype); returns them."""
-    params = dict(module.named_parameters())
+def hold_in_float32(params: dict[str, torch.nn.Parameter], names: list[str]) -> dict[str, torch.nn.Parameter]:
+    """Make the named parameters of `params` float32 masters in place (the rest keep their dtype); returns them."""
     for name in names:
         params[name].data = params[name].data.float()
     return {name: params[name] for name in names}
 
 
-def cast_parameters(module: torch.nn.Module, names: list[str], dtype: torch.dtype) -> None:
-    """Cast the named parameters back to `dtype`, so the module is one dtype again after training."""
-    params = dict(module.named_parameters())
+def cast_parameters(params: dict[str, torch.nn.Parameter], names: list[str], dtype: torch.dtype) -> None:
+    """Cast the named parameters of `params` back to `dtype`, so each module is one dtype again after training."""
     for name in names:
         params[name].data = params[name].data.to(dtype)

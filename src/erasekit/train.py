@@ -1,5 +1,8 @@
 """The one training loop every fine-tuning method runs: optimiser, precision, checkpoints, resume, NaN guard.
 
+It trains the denoiser's parameters a preset names and, with a text-encoder preset, the text
+encoders' (presets.py): their prompts are then encoded afresh at every step (methods.base.Prompts).
+
 The trained parameters are float32 masters (erase() makes them so) and the frozen rest of the
 UNet stays in the compute dtype; the bank's passes and every step run under autocast, with loss
 scaling in float16 (precision.py). A checkpoint holds the trainable parameters, the optimiser,
@@ -24,6 +27,7 @@ import torch
 from .bank import Bank
 from .errors import ErasekitError
 from .io import atomic_dir, atomic_save_torch
+from .presets import of_text_encoder, pipeline_parameters
 from .precision import autocast, dtype_name, grad_scaler, scaled_step
 from .progress import progress_bar
 
@@ -116,11 +120,14 @@ def train(method, names: list[str], generator: torch.Generator, checkpoint_dir: 
     The parameters `names` must already be float32 masters; `method.dtype` is the compute dtype.
     Returns the loss terms of every step, those before a resumed checkpoint included.
     """
-    unet, config = method.denoiser, method.config
-    unet.requires_grad_(False)
-    params = {name: p for name, p in unet.named_parameters() if name in set(names)}
+    config = method.config
+    everything = pipeline_parameters(method.pipe)
+    for p in everything.values():
+        p.requires_grad_(False)
+    params = {name: everything[name] for name in names}
     for p in params.values():
         p.requires_grad_(True)
+    text_trains = any(of_text_encoder(name, method.pipe) for name in names)
     opt = make_optimizer(config, list(params.values()))
     device, dtype = method.device, method.dtype
     scaler = grad_scaler(device, dtype)
@@ -164,6 +171,7 @@ def train(method, names: list[str], generator: torch.Generator, checkpoint_dir: 
                 _save_checkpoint(tmp, 0, params, opt, scaler, generator, run, method, history, best, stopped)
 
     last_saved = start
+    method.train_text(text_trains)  # after `prepare`: the bank's targets are the frozen encoders' own
     with progress_bar(disable=not progress) as bar:
         task = bar.add_task(f"erase ({method.name})", total=config.steps, completed=start, info="")
         for step in range(start, start if stopped else config.steps):  # a run that stopped early is done
@@ -188,5 +196,7 @@ def train(method, names: list[str], generator: torch.Generator, checkpoint_dir: 
                 last_saved = done
             if stopped:
                 break
-    unet.requires_grad_(False)
+    method.train_text(False)
+    for p in params.values():
+        p.requires_grad_(False)
     return history

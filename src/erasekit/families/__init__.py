@@ -150,7 +150,7 @@ class Family:
     @classmethod
     def text_encoders(cls, pipe) -> list[torch.nn.Module]:
         """Every text encoder the pipeline holds, in order (a folder may leave one out: SD3's T5)."""
-        return [getattr(pipe, encoder) for _, encoder in _TEXT if getattr(pipe, encoder, None) is not None]
+        return [getattr(pipe, encoder) for encoder in text_components(pipe)]
 
     @classmethod
     def tokenizers(cls, pipe) -> list:
@@ -168,6 +168,11 @@ class Family:
     def checkpoint_text_encoders(cls, pipe) -> list[tuple[str, str, torch.nn.Module]]:
         """Where each text encoder goes in a single-file checkpoint: (key prefix, "hf", "openclip" or "t5", encoder)."""
         raise NotImplementedError
+
+
+def text_components(pipe) -> list[str]:
+    """The pipeline's attributes holding its text encoders, in order ("text_encoder", "text_encoder_2", ...)."""
+    return [encoder for _, encoder in _TEXT if getattr(pipe, encoder, None) is not None]
 
 
 def _families():

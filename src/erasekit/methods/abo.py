@@ -54,7 +54,7 @@ from ..attention import reweighted_cross_attention, token_weights
 from ..errors import ErasekitError
 from ..guidance import Instruction, cfg, explicit_delta
 from ..losses import abo_concept_loss, abo_guidance_target, abo_loss
-from ..sampling import embed, denoiser_out
+from ..sampling import denoiser_out
 from ..bank import build_bank
 from .base import BankConfig, TrajectoryBankMethod, kept_concepts, needs_cross_attention, one_each
 
@@ -121,6 +121,7 @@ class Abo(TrajectoryBankMethod):
     name = "abo"
     Config = AboConfig
     presets = {"paper": PAPER}
+    trains_text_encoder = True
 
     @classmethod
     def check_family(cls, config, family):
@@ -140,7 +141,7 @@ class Abo(TrajectoryBankMethod):
         # C_I of the paper: "−c" (the step's target concept) and, with a replacement, "+c'" (each concept's own).
         self.instructions = [Instruction("-target", -config.erase_scale, **window)]
         # A concept without a replacement takes "": its Δ = ε(∅) − ε(∅) is zero, so "+c'" leaves it alone.
-        self.replacement_emb = embed(pipe, [self.replacements[c] or "" for c in concepts]) if replaced else None
+        self.replacement_emb = self.encoded([self.replacements[c] or "" for c in concepts]) if replaced else None
         if replaced:
             self.instructions.append(Instruction("+replacement", config.replace_scale, **window))
         self.ptp_weights = token_weights(pipe.tokenizer, concepts, concepts, config.ptp_weight)
@@ -148,7 +149,7 @@ class Abo(TrajectoryBankMethod):
         both = sorted(set(kept) & set(concepts))
         if both:
             raise ErasekitError(f"'{both[0]}' is both erased and preserved: name it in one of them")
-        self.preserve_emb = embed(pipe, kept) if kept else None
+        self.preserve_emb = self.encoded(kept) if kept else None
 
     def delta(self, x, t, i, concept, eps_uncond, eps_concept):
         cfg = self.config

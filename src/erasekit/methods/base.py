@@ -23,7 +23,7 @@ from ..adversary import Adversary, TokenAdversary
 from ..bank import build_bank, sample_latents
 from ..errors import ErasekitError, ErasekitWarning
 from ..sampling import embed, latent_shape, sampling_scheduler
-from ..families import denoiser_of
+from ..families import denoiser_of, family_of
 
 
 # The fewest trajectories per training draw that kept AbO's erasure and preservation inside the seed
@@ -159,6 +159,7 @@ class Method:
     name: str = ""
     Config: type = MethodConfig
     presets: dict[str, dict] = {}
+    trains_text_encoder: bool = False  # whether the text-encoder presets (presets.TEXT_PRESETS) train with it: every prompt it reads in training is a Prompts
 
     @classmethod
     def make_config(cls, preset: str | None = None, **overrides):
@@ -206,6 +207,34 @@ class Method:
         raise NotImplementedError
 
 
+class Prompts:
+    """A method's prompts and the conditioning they give: computed once from the frozen text encoders,
+    or, while the text encoders train (`live`), encoded afresh with gradient at every read, so that
+    the loss reaches them. Indexed like a Conditioning by prompt (an int, a list or a tensor of indices)."""
+
+    def __init__(self, pipe, prompts: list[str]):
+        self.pipe, self.prompts, self.live = pipe, list(prompts), False
+        self.frozen = embed(pipe, self.prompts)
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    @property
+    def hidden(self) -> torch.Tensor:
+        """The prompts' hidden states as the frozen text encoders gave them (for shapes and sizes)."""
+        return self.frozen.hidden
+
+    def __getitem__(self, index):
+        if not self.live:
+            return self.frozen[index]
+        rows = [index] if isinstance(index, int) else index.tolist() if torch.is_tensor(index) else list(index)
+        return family_of(self.pipe).encode(self.pipe, [self.prompts[i] for i in rows])
+
+    def expand(self, n: int, *_):
+        """The first prompt's conditioning repeated n times (`expand(n, -1, -1)`, as for a Conditioning of one)."""
+        return self[0].expand(n)
+
+
 class WeightEditingMethod(Method):
     """A method whose result is new weights for some UNet parameters, saved as an erasure file."""
 
@@ -215,8 +244,9 @@ class WeightEditingMethod(Method):
         self.replacements = replacements_for(concepts, replacement)
         self.device, self.dtype = self.denoiser.device, self.denoiser.dtype  # dtype: the compute dtype, taken before training holds masters in float32
         self.latent_shape = latent_shape(pipe)
-        self.uncond = embed(pipe, [""])
-        self.concept_emb = embed(pipe, concepts)
+        self.prompts: list[Prompts] = []  # every Prompts of the method (`encoded`): live while the text encoders train
+        self.uncond = self.encoded([""])
+        self.concept_emb = self.encoded(concepts)
 
     # Methods with a teacher bank keep it here, so that a resumed run reuses it; early stopping's
     # trajectories, which training never draws, and AbO's kept concepts' own trajectories beside it.
@@ -251,6 +281,16 @@ class WeightEditingMethod(Method):
 
     def uncond_like(self, n: int) -> torch.Tensor:
         return self.uncond.expand(n, -1, -1)
+
+    def encoded(self, prompts: list[str]) -> "Prompts":
+        """`prompts` and their conditioning (Prompts), read afresh while the text encoders train."""
+        self.prompts.append(Prompts(self.pipe, prompts))
+        return self.prompts[-1]
+
+    def train_text(self, on: bool) -> None:
+        """From now on, encode every prompt afresh through the text encoders as they train (`on`), or read them as computed once."""
+        for prompts in self.prompts:
+            prompts.live = on
 
 
 class TrainedMethod(WeightEditingMethod):
@@ -349,6 +389,11 @@ class TrajectoryBankMethod(TrainedMethod):
             batch["attacked"] = self.adversary.attack(self.denoiser, batch["x"].to(self.device), batch["t"], batch["concept"],
                                                       batch["eps_concept"].to(self.device))
         return batch
+
+    def train_text(self, on):
+        super().train_text(on)
+        if isinstance(self.adversary, TokenAdversary):
+            self.adversary.live = on
 
     def extra_state(self):
         return self.adversary.state() if self.adversary is not None else {}

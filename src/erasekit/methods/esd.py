@@ -30,7 +30,8 @@ import torch
 from ..errors import ErasekitError
 from ..guidance import cfg
 from ..losses import esd_loss, esd_target
-from ..sampling import embed, initial_noise, run_sampler, denoiser_out
+from ..presets import trains_text
+from ..sampling import initial_noise, run_sampler, denoiser_out
 from .base import BankConfig, TrajectoryBankMethod
 
 
@@ -57,6 +58,8 @@ class EsdConfig(BankConfig):
             raise ErasekitError("adversarial training (adversary_weight > 0) runs on the teacher bank: use sample_from='frozen'")
         if self.check_every > 0 and self.sample_from != "frozen":
             raise ErasekitError("early stopping (check_every > 0) holds out trajectories of the teacher bank: use sample_from='frozen'")
+        if trains_text(self.parameters) and self.sample_from != "frozen":  # the frozen copy's targets would read the trained text encoders
+            raise ErasekitError(f"parameter preset '{self.parameters}' trains the text encoders on the teacher bank: use sample_from='frozen'")
 
 
 PAPER = {"optimizer": "adam", "lr": 1e-5, "steps": 1000, "batch_size": 1, "eta": 1.0, "ddim_steps": 50, "start_guidance": 3.0, "sample_from": "student"}
@@ -65,6 +68,7 @@ PAPER = {"optimizer": "adam", "lr": 1e-5, "steps": 1000, "batch_size": 1, "eta":
 class Esd(TrajectoryBankMethod):
     Config = EsdConfig
     presets = {"paper": PAPER}
+    trains_text_encoder = True
 
     @classmethod
     def check_replacement(cls, config, replacement):
@@ -73,7 +77,7 @@ class Esd(TrajectoryBankMethod):
 
     def __init__(self, pipe, concepts, config: EsdConfig, replacement=None):
         super().__init__(pipe, concepts, config)
-        self.from_emb = embed(pipe, [config.from_prompt]) if config.from_prompt else None
+        self.from_emb = self.encoded([config.from_prompt]) if config.from_prompt else None
         self.frozen = None
 
     def teacher_outputs(self, unet, x, t, concept):
@@ -107,7 +111,7 @@ class Esd(TrajectoryBankMethod):
             x = initial_noise(1, self.latent_shape, generator, self.scheduler).to(self.device)
 
             def guided(x, t, i):
-                eps_uncond, eps_concept = denoiser_out(self.denoiser, x.repeat(2, 1, 1, 1), t, torch.cat([self.uncond, self.concept_emb[concept]])).chunk(2)
+                eps_uncond, eps_concept = denoiser_out(self.denoiser, x.repeat(2, 1, 1, 1), t, torch.cat([self.uncond_like(1), self.concept_emb[concept]])).chunk(2)
                 return cfg(eps_uncond, eps_concept, self.config.start_guidance)
 
             x = run_sampler(self.scheduler, x, guided, stop=stop)
