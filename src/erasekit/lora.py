@@ -145,7 +145,7 @@ def save_lora(lora: Lora, path: Path | str, fmt: str = FORMATS[0], metadata: dic
               text_encoders: tuple[str, ...] = ("text_encoder",)) -> None:
     """Write `lora` as a safetensors file, atomically; `denoiser` is the pipeline's attribute the
     modules belong to (Family.denoiser: "unet", or SD3's "transformer"), `text_encoders` the
-    pipeline's text encoders' (presets.text_components), for a LoRA that changes them (`lora_key`).
+    pipeline's text encoders' (families.text_components), for a LoRA that changes them (`lora_key`).
 
     peft: diffusers' own keys (<denoiser>.<module>.lora_A/lora_B), loaded by `pipe.load_lora_weights(path)`,
     and by ComfyUI for SD3, where it reads "transformer.<module>" (its model_lora_keys_unet).
